@@ -1,0 +1,147 @@
+"""Deterministic mock backends: no model, instant, and visibly faithful to their input.
+
+- MockLLM's reply quotes the user's message, names the tutor and counts the history it saw.
+- MockTTS returns a valid 16 kHz mono WAV whose duration grows with the text, carrying the
+  text in a RIFF ``LIST/INFO/ICMT`` chunk; MockASR reads that chunk back, so a mock
+  TTS → ASR round trip returns the same words, as a real pair would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import io
+import math
+import struct
+import wave
+from collections.abc import AsyncIterator, Iterator, Sequence
+
+from .base import AudioDecodeError, ChatMessage
+
+SAMPLE_RATE = 16_000
+SECONDS_PER_CHAR = 0.06
+
+
+class MockLLM:
+    """Echoes the last user message with the tutor id and the size of the history."""
+
+    name = "mock-llm"
+
+    def __init__(self, tutor_id: int, delay_s: float = 0.0) -> None:
+        self.tutor_id = tutor_id
+        self.delay_s = delay_s
+
+    async def load(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    async def stream(self, messages: Sequence[ChatMessage]) -> AsyncIterator[str]:
+        user = [m for m in messages if m.role == "user"]
+        earlier = sum(1 for m in messages[:-1] if m.role != "system")
+        last = user[-1].content if user else ""
+        reply = (
+            f"Tutor {self.tutor_id} heard: {last}. "
+            f"This is turn {len(user)}, with {earlier} earlier messages in this session."
+        )
+        for word in reply.split(" "):
+            if self.delay_s:
+                await asyncio.sleep(self.delay_s)
+            yield word + " "
+
+
+@functools.cache
+def _tone_second(sample_rate: int) -> bytes:
+    """One second of a quiet 220 Hz tone, PCM16 mono."""
+    return b"".join(
+        struct.pack("<h", int(1000 * math.sin(2 * math.pi * 220 * i / sample_rate)))
+        for i in range(sample_rate)
+    )
+
+
+def make_wav(text: str, sample_rate: int = SAMPLE_RATE) -> bytes:
+    """A quiet tone as long as the text takes to say, with the text in an ICMT chunk."""
+    frames = max(1, int(len(text) * SECONDS_PER_CHAR * sample_rate))
+    pcm = (_tone_second(sample_rate) * (frames // sample_rate + 1))[: frames * 2]
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as wav:
+        wav.setnchannels(1)
+        wav.setsampwidth(2)
+        wav.setframerate(sample_rate)
+        wav.writeframes(pcm)
+    riff = buf.getvalue()
+    comment = text.encode("utf-8") + b"\x00"
+    if len(comment) % 2:
+        comment += b"\x00"
+    info = b"INFO" + b"ICMT" + struct.pack("<I", len(comment)) + comment
+    body = riff[8:] + b"LIST" + struct.pack("<I", len(info)) + info
+    return b"RIFF" + struct.pack("<I", len(body)) + body
+
+
+def _riff_chunks(data: bytes, pos: int) -> Iterator[tuple[bytes, bytes]]:
+    """(chunk id, chunk body) pairs of a RIFF chunk list starting at ``pos``."""
+    while pos + 8 <= len(data):
+        size = struct.unpack("<I", data[pos + 4 : pos + 8])[0]
+        yield data[pos : pos + 4], data[pos + 8 : pos + 8 + size]
+        pos += 8 + size + (size & 1)
+
+
+def read_wav_comment(data: bytes) -> str | None:
+    """The ICMT text of a RIFF/WAVE file, or None if it has none; raises on non-WAV bytes."""
+    if len(data) < 12 or data[:4] != b"RIFF" or data[8:12] != b"WAVE":
+        raise AudioDecodeError("Audio is not a WAV file (the mock recogniser reads WAV only)")
+    for chunk_id, body in _riff_chunks(data, 12):
+        if chunk_id == b"LIST" and body[:4] == b"INFO":
+            for sub_id, text in _riff_chunks(body, 4):
+                if sub_id == b"ICMT":
+                    return text.split(b"\x00")[0].decode("utf-8", errors="replace")
+    return None
+
+
+def wav_duration(data: bytes) -> float:
+    """Duration in seconds of a PCM WAV file."""
+    try:
+        with wave.open(io.BytesIO(data), "rb") as wav:
+            return wav.getnframes() / wav.getframerate()
+    except (wave.Error, EOFError) as exc:
+        raise AudioDecodeError(f"Audio is not a readable WAV file: {exc}") from exc
+
+
+class MockASR:
+    """Reads back the text MockTTS embedded; other WAVs are described by their duration."""
+
+    name = "mock-asr"
+
+    def __init__(self, max_audio_seconds: float = 60.0) -> None:
+        self.max_audio_seconds = max_audio_seconds
+
+    async def load(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    async def transcribe(self, audio: bytes) -> str:
+        comment = read_wav_comment(audio)
+        duration = wav_duration(audio)
+        if duration > self.max_audio_seconds:
+            raise AudioDecodeError(
+                f"Audio too long: {duration:.1f} s (limit {self.max_audio_seconds:.0f} s)"
+            )
+        return comment if comment is not None else f"(speech, {duration:.2f} seconds)"
+
+
+class MockTTS:
+    """Synthesises a placeholder WAV whose length grows with the text."""
+
+    name = "mock-tts"
+
+    async def load(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    async def synthesize(self, text: str) -> bytes:
+        return make_wav(text)

@@ -1,0 +1,33 @@
+"""Prometheus metrics of one engine, on a registry of its own (several apps may share a process)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+@dataclass
+class EngineMetrics:
+    """Counters and timings the engine exports at ``/metrics``."""
+
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+
+    def __post_init__(self) -> None:
+        r = self.registry
+        self.messages = Counter(
+            "tutor_engine_messages_total", "Client messages handled, by type", ["type"], registry=r
+        )
+        self.errors = Counter(
+            "tutor_engine_errors_total", "Error messages sent, by reason", ["reason"], registry=r
+        )
+        self.turn_seconds = Histogram(
+            "tutor_engine_turn_seconds", "Time to answer one message, by type", ["type"], registry=r
+        )
+        self.connections = Gauge(
+            "tutor_engine_connections", "Open WebSocket connections", registry=r
+        )
+        self.sessions = Gauge(
+            "tutor_engine_sessions", "Sessions with conversation history in memory", registry=r
+        )
+        self.ready = Gauge("tutor_engine_ready", "1 when every model is loaded", registry=r)
