@@ -1,0 +1,73 @@
+"""The conversation WebSocket: ``/ws/ws/{session_id}`` (unified) and ``/ws/{session_id}`` (split).
+
+The gateway authenticates the session's token, then relays frames to the tutor's engine.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+
+from fastapi import APIRouter, Query, WebSocket, WebSocketDisconnect
+
+from ..frames import (
+    CLOSE_SESSION_ENDED,
+    CLOSE_SESSION_EXPIRED,
+    CLOSE_SESSION_NOT_FOUND,
+    CLOSE_UNAUTHORIZED,
+    error_frame,
+)
+from ..relay import Relay
+from ..tokens import token_matches
+from .deps import GatewayDep
+
+log = logging.getLogger("tutor_gateway.ws")
+router = APIRouter(tags=["conversation"])
+
+REFUSALS = {
+    "expired": (CLOSE_SESSION_EXPIRED, "Session expired"),
+    "deleted": (CLOSE_SESSION_ENDED, "Session ended"),
+    None: (CLOSE_SESSION_NOT_FOUND, "Session not found"),
+}
+
+
+async def _refuse(websocket: WebSocket, code: int, message: str) -> None:
+    with contextlib.suppress(WebSocketDisconnect, RuntimeError, OSError):
+        await websocket.send_json(error_frame(message))
+        await websocket.close(code, message)
+
+
+@router.websocket("/ws/ws/{session_id}")
+@router.websocket("/ws/{session_id}")
+async def conversation(
+    websocket: WebSocket,
+    session_id: str,
+    gateway: GatewayDep,
+    token: str | None = Query(None, description="The session's engine_token."),
+) -> None:
+    """Authenticate, then relay this connection to the session's engine until it ends."""
+    await websocket.accept()
+    session = await gateway.store.get(session_id)
+    if session is None:
+        reason = gateway.store.ended_reason(session_id)
+        gateway.metrics.ws_rejected.labels(reason or "not_found").inc()
+        await _refuse(websocket, *REFUSALS[reason])
+        return
+    if not token_matches(token, session.token_hash):
+        gateway.metrics.ws_rejected.labels("unauthorized").inc()
+        await _refuse(websocket, CLOSE_UNAUTHORIZED, "Invalid or missing token")
+        return
+    await gateway.store.touch(session_id)
+    relay = Relay(
+        websocket,
+        session,
+        gateway.router,
+        max_message_bytes=gateway.settings.max_message_bytes,
+        engine_wait_seconds=gateway.settings.engine_start_timeout_seconds,
+        on_activity=lambda: gateway.store.touch(session_id),
+    )
+    gateway.connections.add(session_id, relay)
+    try:
+        await relay.run()
+    finally:
+        gateway.connections.remove(session_id, relay)

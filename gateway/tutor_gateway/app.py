@@ -1,0 +1,76 @@
+"""Builds the gateway app: routes, and the session store and engine router of the mode."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+from collections.abc import AsyncIterator
+
+from fastapi import APIRouter, FastAPI
+
+from .api import health, sessions, ws
+from .config import GatewaySettings
+from .engines import LocalEngines
+from .frames import CLOSE_GOING_AWAY
+from .relay import Ending
+from .service import Gateway, LocalHousekeeping
+from .sessions import MemorySessionStore
+
+log = logging.getLogger("tutor_gateway")
+
+
+@contextlib.asynccontextmanager
+async def _local_mode(settings: GatewaySettings) -> AsyncIterator[Gateway]:
+    """In-memory sessions and one engine process per tutor on this machine."""
+    store = MemorySessionStore(settings.max_sessions)
+    engines = LocalEngines(
+        api_key=settings.engine_api_key or secrets.token_urlsafe(32),
+        start_timeout=settings.engine_start_timeout_seconds,
+        idle_timeout=settings.engine_idle_timeout_seconds,
+        command=settings.engine_command,
+    )
+    gateway = Gateway(settings, store, engines)
+    housekeeping = asyncio.create_task(LocalHousekeeping(store, engines, settings).run())
+    try:
+        yield gateway
+    finally:
+        housekeeping.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await housekeeping
+        gateway.connections.terminate_all(
+            Ending(CLOSE_GOING_AWAY, "gateway shutting down", "The server is shutting down")
+        )
+        await engines.close()
+
+
+def create_app(settings: GatewaySettings | None = None) -> FastAPI:
+    """The gateway ASGI app; its mode's resources live in the lifespan."""
+    settings = settings or GatewaySettings()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with _local_mode(settings) as gateway:
+            app.state.gateway = gateway
+            log.info(
+                "gateway ready (%s mode, max %d sessions)",
+                settings.gateway_mode,
+                settings.max_sessions,
+            )
+            yield
+
+    app = FastAPI(
+        title="tutor-serving gateway",
+        description="The GPU Server's session API and conversation WebSocket.",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    for prefix in ("/v1", "/mgmt/v1"):
+        versioned = APIRouter(prefix=prefix)
+        versioned.include_router(sessions.router)
+        app.include_router(versioned)
+    app.include_router(health.router)
+    app.include_router(ws.router)
+    return app

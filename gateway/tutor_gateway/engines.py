@@ -1,0 +1,221 @@
+"""Where a session's engine is: the router interface, and local engine processes per tutor."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shlex
+import socket
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+import httpx
+
+from .policy import idle_engines
+from .sessions import Session
+
+log = logging.getLogger("tutor_gateway.engines")
+
+
+class EngineUnavailable(Exception):
+    """The session's engine could not be started or reached in time."""
+
+
+@dataclass(frozen=True)
+class EngineEndpoint:
+    """How to reach one engine: its HTTP base URL and the key it expects."""
+
+    base_url: str
+    api_key: str
+
+    def websocket_url(self, session: Session) -> str:
+        """The engine's WebSocket URL for a session, carrying its knowledge-base id."""
+        url = f"{self.base_url.replace('http', 'ws', 1)}/ws/{session.session_id}"
+        return f"{url}?{httpx.QueryParams({'kb_id': session.kb_id})}" if session.kb_id else url
+
+
+class EngineRouter(Protocol):
+    """Finds (starting if needed) the engine serving a session."""
+
+    async def endpoint(self, session: Session) -> EngineEndpoint: ...
+
+    async def release(self, session: Session) -> None: ...
+
+    def report_failure(self, session: Session, endpoint: EngineEndpoint) -> None: ...
+
+
+@dataclass
+class LocalEngine:
+    """One engine process on 127.0.0.1 serving one tutor."""
+
+    tutor_id: int
+    port: int
+    process: asyncio.subprocess.Process
+    suspect: bool = False
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def alive(self) -> bool:
+        return self.process.returncode is None
+
+
+class LocalEngines:
+    """Starts one engine process per tutor on demand and stops it when idle (embedded mode)."""
+
+    def __init__(
+        self,
+        api_key: str,
+        start_timeout: float,
+        idle_timeout: float,
+        command: str = "",
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.api_key = api_key
+        self.start_timeout = start_timeout
+        self.idle_timeout = idle_timeout
+        self.command = shlex.split(command) if command else [sys.executable, "-m", "tutor_engine"]
+        self._clock = clock
+        self._engines: dict[int, LocalEngine] = {}
+        self._locks: dict[int, asyncio.Lock] = {}
+        self._idle_since: dict[int, float] = {}
+        self._http = httpx.AsyncClient(timeout=5.0)
+
+    @property
+    def running(self) -> dict[int, LocalEngine]:
+        """Live engines by tutor id."""
+        return {t: e for t, e in self._engines.items() if e.alive}
+
+    async def endpoint(self, session: Session) -> EngineEndpoint:
+        engine = await self.ensure(session.tutor_id)
+        return EngineEndpoint(engine.base_url, self.api_key)
+
+    async def ensure(self, tutor_id: int) -> LocalEngine:
+        """The tutor's ready engine, started (and waited for) if it is not running."""
+        async with self._locks.setdefault(tutor_id, asyncio.Lock()):
+            engine = self._engines.get(tutor_id)
+            if engine is not None and engine.suspect and not await self._healthy(engine):
+                log.warning("engine for tutor %s stopped answering; replacing it", tutor_id)
+                await self._stop(engine)
+            if engine is None or not engine.alive:
+                engine = await self._start(tutor_id)
+            self._idle_since.pop(tutor_id, None)
+            return engine
+
+    async def release(self, session: Session) -> None:
+        """Drop a finished session's conversation history from its engine, if running."""
+        engine = self.running.get(session.tutor_id)
+        if engine is None:
+            return
+        with contextlib.suppress(httpx.HTTPError):
+            await self._http.delete(
+                f"{engine.base_url}/sessions/{session.session_id}",
+                headers={"X-Engine-Key": self.api_key},
+            )
+
+    def report_failure(self, session: Session, endpoint: EngineEndpoint) -> None:
+        """Mark the engine suspect: the next ``ensure`` checks it before reusing it."""
+        engine = self._engines.get(session.tutor_id)
+        if engine is not None and engine.base_url == endpoint.base_url:
+            engine.suspect = True
+
+    async def _healthy(self, engine: LocalEngine) -> bool:
+        if not engine.alive:
+            return False
+        try:
+            response = await self._http.get(f"{engine.base_url}/healthz", timeout=2.0)
+        except httpx.HTTPError:
+            return False
+        engine.suspect = response.status_code != 200
+        return not engine.suspect
+
+    async def _start(self, tutor_id: int) -> LocalEngine:
+        listener = socket.create_server(("127.0.0.1", 0))
+        port = listener.getsockname()[1]
+        env = {**os.environ, "ENGINE_TUTOR_ID": str(tutor_id), "ENGINE_API_KEY": self.api_key}
+        try:
+            process = await asyncio.create_subprocess_exec(
+                *self.command,
+                "--fd",
+                str(listener.fileno()),
+                env=env,
+                pass_fds=(listener.fileno(),),
+                stdin=asyncio.subprocess.DEVNULL,
+            )
+        finally:
+            listener.close()
+        engine = LocalEngine(tutor_id, port, process)
+        self._engines[tutor_id] = engine
+        log.info("started engine for tutor %s (pid %s, port %s)", tutor_id, process.pid, port)
+        try:
+            await asyncio.wait_for(self._wait_ready(engine), self.start_timeout)
+        except (TimeoutError, EngineUnavailable) as exc:
+            await self._stop(engine)
+            reason = str(exc) or f"not ready within {self.start_timeout:.0f}s"
+            raise EngineUnavailable(
+                f"Engine for tutor {tutor_id} failed to start: {reason}"
+            ) from exc
+        return engine
+
+    async def _wait_ready(self, engine: LocalEngine) -> None:
+        delay = 0.05
+        while True:
+            if not engine.alive:
+                raise EngineUnavailable(f"process exited with code {engine.process.returncode}")
+            try:
+                response = await self._http.get(f"{engine.base_url}/readyz")
+                if response.status_code == 200:
+                    log.info("engine for tutor %s is ready", engine.tutor_id)
+                    return
+                error = response.json().get("error")
+                if error:
+                    raise EngineUnavailable(error)
+            except httpx.TransportError:
+                pass
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.5)
+
+    async def stop_idle(self, busy_tutors: set[int]) -> list[int]:
+        """Stop engines that have had no sessions for the idle timeout; return their tutors."""
+        for tutor in [t for t, e in self._engines.items() if not e.alive]:
+            log.warning(
+                "engine for tutor %s exited (code %s)",
+                tutor,
+                self._engines[tutor].process.returncode,
+            )
+            self._engines.pop(tutor)
+        decision = idle_engines(
+            [t for t in self._engines if not self._locks[t].locked()],
+            self._idle_since,
+            busy_tutors,
+            self._clock(),
+            self.idle_timeout,
+        )
+        self._idle_since = decision.idle_since
+        for tutor in decision.stop:
+            log.info("stopping idle engine for tutor %s", tutor)
+            await self._stop(self._engines.pop(tutor))
+        return decision.stop
+
+    async def _stop(self, engine: LocalEngine, grace: float = 5.0) -> None:
+        if engine.alive:
+            engine.process.terminate()
+            try:
+                await asyncio.wait_for(engine.process.wait(), grace)
+            except TimeoutError:
+                engine.process.kill()
+                await engine.process.wait()
+        if self._engines.get(engine.tutor_id) is engine:
+            self._engines.pop(engine.tutor_id)
+
+    async def close(self) -> None:
+        """Stop every engine (gateway shutdown)."""
+        await asyncio.gather(*(self._stop(e) for e in list(self._engines.values())))
+        await self._http.aclose()

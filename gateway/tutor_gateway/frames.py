@@ -1,0 +1,24 @@
+"""What the gateway itself says on a WebSocket: ``error`` frames and close codes.
+
+Conversation frames belong to the engine; the gateway only speaks for auth, routing and limits.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+CLOSE_NORMAL = 1000
+CLOSE_GOING_AWAY = 1001  # the gateway is shutting down
+CLOSE_INTERNAL_ERROR = 1011
+CLOSE_UNAUTHORIZED = 4401  # missing or wrong token
+CLOSE_SESSION_NOT_FOUND = 4404  # no such session
+CLOSE_SESSION_EXPIRED = 4408  # idle past SESSION_TIMEOUT_SECONDS
+CLOSE_SESSION_ENDED = 4410  # ended through DELETE /v1/sessions/{id}
+CLOSE_ENGINE_UNAVAILABLE = 4503  # the tutor's engine could not start or stopped
+
+
+def error_frame(content: str) -> dict[str, Any]:
+    """The seed's ``error`` message."""
+    stamp = datetime.now(UTC).replace(tzinfo=None).isoformat(timespec="seconds")
+    return {"type": "error", "content": content, "timestamp": stamp}

@@ -1,0 +1,50 @@
+"""Pure decisions about time and capacity: no I/O, no clocks of their own."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+
+def is_expired(last_activity: float, now: float, timeout: float) -> bool:
+    """Whether a session idle since ``last_activity`` has passed its timeout at ``now``."""
+    return now - last_activity >= timeout
+
+
+def expired_sessions(last_activity: Mapping[str, float], now: float, timeout: float) -> list[str]:
+    """Ids of the sessions whose last activity is at least ``timeout`` seconds old."""
+    return [sid for sid, seen in last_activity.items() if is_expired(seen, now, timeout)]
+
+
+def has_capacity(active: int, maximum: int) -> bool:
+    """Whether one more session fits under the limit."""
+    return active < maximum
+
+
+@dataclass(frozen=True)
+class IdleDecision:
+    """Which engines to stop now, and since when each remaining engine has been idle."""
+
+    stop: list[int]
+    idle_since: dict[int, float]
+
+
+def idle_engines(
+    running: Iterable[int],
+    idle_since: Mapping[int, float],
+    busy_tutors: set[int],
+    now: float,
+    idle_timeout: float,
+) -> IdleDecision:
+    """Engines with no sessions for ``idle_timeout`` are stopped; busy ones reset their clock."""
+    stop: list[int] = []
+    still_idle: dict[int, float] = {}
+    for tutor in running:
+        if tutor in busy_tutors:
+            continue
+        since = idle_since.get(tutor, now)
+        if now - since >= idle_timeout:
+            stop.append(tutor)
+        else:
+            still_idle[tutor] = since
+    return IdleDecision(stop=stop, idle_since=still_idle)
