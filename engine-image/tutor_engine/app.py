@@ -19,12 +19,22 @@ from fastapi import FastAPI, Header, HTTPException, Path, Request, WebSocket, We
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from .backends import AudioDecodeError, Backends, build_backends
+from .backends import AudioDecodeError, Backend, Backends, build_backends
 from .config import EngineSettings
 from .history import ConversationStore
+from .knowledge import KnowledgeError, check_kb_id
 from .metrics import EngineMetrics
-from .pipeline import TutorPipeline
-from .protocol import AudioIn, ProtocolError, error_message, parse_client_frame
+from .pipeline import Conversation, Send, TutorPipeline
+from .protocol import (
+    AudioIn,
+    OptionsIn,
+    ProtocolError,
+    TextIn,
+    error_message,
+    interrupted_message,
+    options_message,
+    parse_client_frame,
+)
 
 log = logging.getLogger("tutor_engine")
 
@@ -41,21 +51,21 @@ class EngineState:
         self.settings = settings
         self.backends = backends
         self.store = ConversationStore(settings.max_history_messages, settings.session_ttl_seconds)
-        self.pipeline = TutorPipeline(backends, self.store, settings.system_prompt)
         self.metrics = EngineMetrics()
+        self.pipeline = TutorPipeline(backends, self.store, settings, self.metrics)
         self.ready = False
         self.load_error: str | None = None
+        self.loaded = {b.name: False for b in backends.all()}
 
     async def load(self) -> None:
-        """Load and warm every backend; record the failure instead of raising."""
+        """Load and warm every backend at once; record failures instead of raising."""
         started = time.perf_counter()
-        try:
-            for backend in self.backends.all():
-                await backend.load()
-                log.info("loaded %s", backend.name)
-        except Exception as exc:
-            self.load_error = f"{type(exc).__name__}: {exc}"
-            log.exception("model loading failed")
+        results = await asyncio.gather(
+            *(self._load_one(b) for b in self.backends.all()), return_exceptions=True
+        )
+        errors = [str(r) for r in results if isinstance(r, BaseException)]
+        if errors:
+            self.load_error = "; ".join(errors)
             return
         self.ready = True
         self.metrics.ready.set(1)
@@ -64,6 +74,16 @@ class EngineState:
             self.settings.tutor_id,
             time.perf_counter() - started,
         )
+
+    async def _load_one(self, backend: Backend) -> None:
+        started = time.perf_counter()
+        try:
+            await backend.load()
+        except Exception as exc:
+            log.exception("loading %s failed", backend.name)
+            raise RuntimeError(f"{backend.name}: {type(exc).__name__}: {exc}") from exc
+        self.loaded[backend.name] = True
+        log.info("loaded %s in %.2fs", backend.name, time.perf_counter() - started)
 
     def authorized(self, key: str | None) -> bool:
         """Whether a caller presented the shared engine key (always, if none is configured)."""
@@ -115,7 +135,7 @@ def create_app(settings: EngineSettings | None = None, backends: Backends | None
         body = {
             "ready": state.ready,
             "tutor_id": settings.tutor_id,
-            "backends": {b.name: state.ready for b in state.backends.all()},
+            "backends": dict(state.loaded),
             "error": state.load_error,
         }
         return JSONResponse(body, status_code=200 if state.ready else 503)
@@ -143,9 +163,15 @@ def create_app(settings: EngineSettings | None = None, backends: Backends | None
             await websocket.send_json(error_message(f"Engine not ready: {reason}"))
             await websocket.close(CLOSE_NOT_READY, "engine not ready")
             return
+        conv = Conversation(session_id, stream=_truthy(websocket.query_params.get("stream")))
+        if kb_id := websocket.query_params.get("kb_id"):
+            try:
+                conv.kb_id = check_kb_id(kb_id)
+            except KnowledgeError as exc:
+                await websocket.send_json(error_message(f"{exc}; answering without it"))
         state.metrics.connections.inc()
         try:
-            await _serve(websocket, session_id, state)
+            await _serve(websocket, conv, state)
         except WebSocketDisconnect:
             pass
         finally:
@@ -159,31 +185,84 @@ def create_app(settings: EngineSettings | None = None, backends: Backends | None
     return app
 
 
-async def _serve(websocket: WebSocket, session_id: str, state: EngineState) -> None:
-    """Answer the client's messages in order until it disconnects."""
+def _truthy(value: str | None) -> bool:
+    return (value or "").lower() in ("1", "true", "yes", "on")
+
+
+async def _serve(websocket: WebSocket, conv: Conversation, state: EngineState) -> None:
+    """Answer the client's messages until it disconnects.
+
+    A plain client's messages are answered one after another, as the seed did. On a streaming
+    connection a turn runs in the background, and a new message cancels it (barge-in).
+    """
     settings, metrics = state.settings, state.metrics
-    while True:
-        frame = await websocket.receive()
-        if frame["type"] == "websocket.disconnect":
-            return
-        raw = frame.get("text") if frame.get("text") is not None else frame.get("bytes", b"")
-        try:
-            message = parse_client_frame(
-                raw, max_bytes=settings.max_message_bytes, max_text_chars=settings.max_text_chars
-            )
-        except ProtocolError as exc:
-            metrics.errors.labels("protocol").inc()
-            await websocket.send_json(error_message(str(exc)))
-            continue
-        kind = "audio" if isinstance(message, AudioIn) else "text"
-        metrics.messages.labels(kind).inc()
-        with metrics.turn_seconds.labels(kind).time():
+    lock = asyncio.Lock()
+
+    async def send(message: dict[str, Any]) -> None:
+        async with lock:
+            await websocket.send_json(message)
+
+    turn: asyncio.Task[None] | None = None
+    try:
+        while True:
+            frame = await websocket.receive()
+            if frame["type"] == "websocket.disconnect":
+                return
+            raw = frame.get("text") if frame.get("text") is not None else frame.get("bytes", b"")
             try:
-                await state.pipeline.run_turn(session_id, message, websocket.send_json)
-            except AudioDecodeError as exc:
-                metrics.errors.labels("audio").inc()
-                await websocket.send_json(error_message(str(exc)))
-            except Exception:
-                log.exception("turn failed in session %s", session_id[:8])
-                metrics.errors.labels("internal").inc()
-                await websocket.send_json(error_message("The tutor could not answer; try again"))
+                message = parse_client_frame(
+                    raw,
+                    max_bytes=settings.max_message_bytes,
+                    max_text_chars=settings.max_text_chars,
+                )
+            except ProtocolError as exc:
+                metrics.errors.labels("protocol").inc()
+                await send(error_message(str(exc)))
+                continue
+            if isinstance(message, OptionsIn):
+                conv.stream = message.stream
+                await send(options_message(conv.stream))
+                continue
+            if not conv.stream:
+                await _turn(state, conv, message, send)
+                continue
+            if turn is not None and not turn.done():
+                await _interrupt(turn, conv, state, send)
+            turn = asyncio.create_task(_turn(state, conv, message, send))
+    finally:
+        if turn is not None and not turn.done():
+            turn.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await turn
+
+
+async def _interrupt(
+    turn: asyncio.Task[None], conv: Conversation, state: EngineState, send: Send
+) -> None:
+    """Cancel the reply in flight and tell the client how far it got."""
+    reply = conv.reply
+    turn.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await turn
+    state.metrics.interruptions.inc()
+    if reply is not None:
+        await send(interrupted_message(reply.id, reply.text.strip()))
+
+
+async def _turn(
+    state: EngineState, conv: Conversation, message: TextIn | AudioIn, send: Send
+) -> None:
+    """Run one turn, turning any failure into an ``error`` message for the client."""
+    metrics = state.metrics
+    kind = "audio" if isinstance(message, AudioIn) else "text"
+    metrics.messages.labels(kind).inc()
+    with metrics.turn_seconds.labels(kind).time():
+        try:
+            await state.pipeline.run_turn(conv, message, send)
+        except AudioDecodeError as exc:
+            metrics.errors.labels("audio").inc()
+            await send(error_message(str(exc)))
+        except Exception:
+            log.exception("turn failed in session %s", conv.session_id[:8])
+            metrics.errors.labels("internal").inc()
+            await send(error_message("The tutor could not answer; try again"))

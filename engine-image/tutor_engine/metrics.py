@@ -31,3 +31,18 @@ class EngineMetrics:
             "tutor_engine_sessions", "Sessions with conversation history in memory", registry=r
         )
         self.ready = Gauge("tutor_engine_ready", "1 when every model is loaded", registry=r)
+        self.stage_seconds = Histogram(
+            "tutor_engine_stage_seconds",
+            "Time spent per pipeline stage (asr, retrieval, llm_first_token, llm, tts)",
+            ["stage"],
+            registry=r,
+        )
+        self.first_audio_seconds = Histogram(
+            "tutor_engine_first_audio_seconds",
+            "From a user's audio message to the first reply audio sent (whole reply or stream)",
+            ["mode"],
+            registry=r,
+        )
+        self.interruptions = Counter(
+            "tutor_engine_interruptions_total", "Replies cancelled by a newer message", registry=r
+        )

@@ -1,59 +1,216 @@
-"""One conversational turn: (speech →) text → LLM → text (→ speech), with history."""
+"""One conversational turn: (speech →) text → LLM → text (→ speech), with history and retrieval.
+
+A connection that has not opted in gets the seed's messages: ``text`` for a text message;
+``transcription``, ``text`` and one whole-reply ``audio`` for an audio message. A streaming
+connection gets ``text_delta`` events as tokens arrive, an ``audio_chunk`` per sentence
+synthesised while the model is still generating, and a final ``text``.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from .backends import Backends, ChatMessage
+from .config import EngineSettings
 from .history import ConversationStore
+from .metrics import EngineMetrics
+from .prompt import build_prompt
 from .protocol import (
     AudioIn,
     TextIn,
+    audio_chunk_message,
     audio_message,
     error_message,
+    final_message,
+    text_delta_message,
     text_message,
     transcription_message,
 )
+from .text import SentenceSplitter
+
+log = logging.getLogger("tutor_engine.pipeline")
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+@dataclass
+class Reply:
+    """The assistant reply being produced: its id on the connection and the text so far."""
+
+    id: int
+    text: str = ""
+
+
+@dataclass
+class Conversation:
+    """One connection's view of a session: its knowledge base and chosen protocol extensions."""
+
+    session_id: str
+    kb_id: str | None = None
+    stream: bool = False
+    reply: Reply | None = None
+    _replies: int = field(default=0, repr=False)
+
+    def next_reply(self) -> Reply:
+        self._replies += 1
+        self.reply = Reply(self._replies)
+        return self.reply
 
 
 class TutorPipeline:
     """Runs turns for every session of one tutor against that tutor's backends."""
 
-    def __init__(self, backends: Backends, store: ConversationStore, system_prompt: str) -> None:
+    def __init__(
+        self,
+        backends: Backends,
+        store: ConversationStore,
+        settings: EngineSettings,
+        metrics: EngineMetrics,
+    ) -> None:
         self.backends = backends
         self.store = store
-        self.system_prompt = system_prompt
+        self.settings = settings
+        self.metrics = metrics
 
-    def prompt(self, session_id: str, user_text: str) -> list[ChatMessage]:
-        """System prompt, the session's history, then the new user message."""
-        return [
-            ChatMessage("system", self.system_prompt),
-            *self.store.history(session_id),
-            ChatMessage("user", user_text),
-        ]
+    async def passages(self, conv: Conversation, query: str) -> list[str]:
+        """Knowledge-base passages for the question (none without a kb_id or knowledge base)."""
+        if not conv.kb_id or self.backends.knowledge is None:
+            return []
+        try:
+            with self.metrics.stage_seconds.labels("retrieval").time():
+                return await self.backends.knowledge.search(conv.kb_id, query)
+        except Exception:
+            log.exception("retrieval from knowledge base %s failed", conv.kb_id)
+            return []
 
-    async def reply(self, session_id: str, user_text: str) -> str:
-        """Generate the assistant's answer and record both messages in the history."""
-        prompt = self.prompt(session_id, user_text)
-        answer = "".join([piece async for piece in self.backends.llm.stream(prompt)]).strip()
-        self.store.append(
-            session_id, ChatMessage("user", user_text), ChatMessage("assistant", answer)
+    async def prompt(self, conv: Conversation, user_text: str) -> list[ChatMessage]:
+        """Persona and passages, the session's history trimmed to fit, then the question."""
+        s = self.settings
+        return build_prompt(
+            s.system_prompt,
+            self.store.history(conv.session_id),
+            user_text,
+            passages=await self.passages(conv, user_text),
+            context_tokens=s.llm_context_tokens,
+            reply_tokens=s.llm_max_tokens,
         )
+
+    async def generate(
+        self,
+        conv: Conversation,
+        user_text: str,
+        reply: Reply,
+        on_delta: Callable[[str], Awaitable[None]] | None = None,
+    ) -> str:
+        """Stream the answer into ``reply.text`` and record the exchange in the history.
+
+        A cancelled reply is recorded as far as it got, so the next turn knows what was said.
+        """
+        prompt = await self.prompt(conv, user_text)
+        started = time.perf_counter()
+        first = True
+        try:
+            async for piece in self.backends.llm.stream(prompt):
+                if first:
+                    self.metrics.stage_seconds.labels("llm_first_token").observe(
+                        time.perf_counter() - started
+                    )
+                    first = False
+                reply.text += piece
+                if on_delta is not None:
+                    await on_delta(piece)
+        except asyncio.CancelledError:
+            self._record(conv, user_text, reply.text)
+            raise
+        self.metrics.stage_seconds.labels("llm").observe(time.perf_counter() - started)
+        return self._record(conv, user_text, reply.text)
+
+    def _record(self, conv: Conversation, user_text: str, answer: str) -> str:
+        answer = answer.strip()
+        said = [ChatMessage("assistant", answer)] if answer else []
+        self.store.append(conv.session_id, ChatMessage("user", user_text), *said)
         return answer
 
-    async def run_turn(self, session_id: str, message: TextIn | AudioIn, send: Send) -> None:
-        """Answer text with ``text``; audio with ``transcription``, ``text`` and ``audio``."""
+    async def run_turn(self, conv: Conversation, message: TextIn | AudioIn, send: Send) -> None:
+        """Answer one user message with the seed's messages or, if opted in, a stream."""
+        started = time.perf_counter()
+        reply = conv.next_reply()
         if isinstance(message, TextIn):
-            await send(text_message(await self.reply(session_id, message.content)))
+            user_text = message.content
+        else:
+            with self.metrics.stage_seconds.labels("asr").time():
+                user_text = (await self.backends.asr.transcribe(message.data)).strip()
+            if not user_text:
+                await send(error_message("No speech was recognised in the audio"))
+                return
+            heard = transcription_message(user_text)
+            await send({**heard, "reply_id": reply.id} if conv.stream else heard)
+        speak = isinstance(message, AudioIn)
+        if conv.stream:
+            await self._stream_reply(conv, user_text, reply, send, speak, started)
             return
-        heard = (await self.backends.asr.transcribe(message.data)).strip()
-        if not heard:
-            await send(error_message("No speech was recognised in the audio"))
-            return
-        await send(transcription_message(heard))
-        answer = await self.reply(session_id, heard)
+        answer = await self.generate(conv, user_text, reply)
         await send(text_message(answer))
-        await send(audio_message(answer, await self.backends.tts.synthesize(answer)))
+        if speak:
+            wav = await self._synthesize(answer)
+            self.metrics.first_audio_seconds.labels("whole").observe(time.perf_counter() - started)
+            await send(audio_message(answer, wav))
+
+    async def _synthesize(self, text: str) -> bytes:
+        with self.metrics.stage_seconds.labels("tts").time():
+            return await self.backends.tts.synthesize(text)
+
+    async def _stream_reply(
+        self,
+        conv: Conversation,
+        user_text: str,
+        reply: Reply,
+        send: Send,
+        speak: bool,
+        started: float,
+    ) -> None:
+        """Deltas as tokens arrive; each finished sentence spoken while generation goes on."""
+        splitter = SentenceSplitter()
+        sentences: asyncio.Queue[str | None] = asyncio.Queue()
+        speaker = (
+            asyncio.create_task(self._speak(sentences, reply.id, send, started)) if speak else None
+        )
+
+        async def on_delta(piece: str) -> None:
+            await send(text_delta_message(reply.id, piece))
+            for sentence in splitter.feed(piece):
+                sentences.put_nowait(sentence)
+
+        try:
+            answer = await self.generate(conv, user_text, reply, on_delta)
+            if rest := splitter.flush():
+                sentences.put_nowait(rest)
+            sentences.put_nowait(None)
+            chunks = await speaker if speaker else 0
+        finally:
+            if speaker and not speaker.done():
+                speaker.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await speaker
+        await send(final_message(reply.id, answer, chunks))
+
+    async def _speak(
+        self, sentences: asyncio.Queue[str | None], reply_id: int, send: Send, started: float
+    ) -> int:
+        """Synthesise queued sentences in order and send each as an ``audio_chunk``."""
+        index = 0
+        while (sentence := await sentences.get()) is not None:
+            wav = await self._synthesize(sentence)
+            if index == 0:
+                self.metrics.first_audio_seconds.labels("stream").observe(
+                    time.perf_counter() - started
+                )
+            await send(audio_chunk_message(reply_id, index, sentence, wav))
+            index += 1
+        return index

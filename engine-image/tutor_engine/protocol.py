@@ -2,13 +2,23 @@
 
 Client → server: ``{"type": "text", "content": str}`` and ``{"type": "audio", "data": base64}``.
 Server → client: ``text``, ``transcription``, ``audio`` and ``error``, each with a ``timestamp``.
+
+Extensions old clients never see (documented in the README):
+
+- an audio message may say ``"format": "pcm16"`` for raw 16 kHz mono PCM16 (other formats
+  are recognised from the bytes);
+- ``{"type": "options", "stream": true}`` opts a connection into incremental events:
+  ``text_delta``, ``audio_chunk`` (one per sentence), a final ``text`` with ``"final": true``,
+  and ``interrupted`` when a new message cancels a reply in flight (barge-in).
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import io
 import json
+import wave
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -28,9 +38,32 @@ class TextIn:
 
 @dataclass(frozen=True)
 class AudioIn:
-    """A user's recorded speech, already base64-decoded."""
+    """A user's recorded speech as an encoded audio file (raw PCM16 arrives wrapped as WAV)."""
 
     data: bytes
+
+
+@dataclass(frozen=True)
+class OptionsIn:
+    """A client's choice of protocol extensions for the rest of the connection."""
+
+    stream: bool
+
+
+PCM16_RATE = 16_000
+# Formats an audio message may name; all but raw PCM are recognised from the bytes anyway.
+AUDIO_FORMATS = ("wav", "webm", "ogg", "mp3", "flac", "m4a", "mp4", "pcm16")
+
+
+def pcm16_to_wav(pcm: bytes, sample_rate: int = PCM16_RATE) -> bytes:
+    """Raw little-endian mono PCM16 wrapped in a WAV header."""
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(sample_rate)
+        out.writeframes(pcm)
+    return buf.getvalue()
 
 
 class ProtocolError(ValueError):
@@ -39,7 +72,7 @@ class ProtocolError(ValueError):
 
 def parse_client_frame(
     frame: str | bytes, *, max_bytes: int, max_text_chars: int
-) -> TextIn | AudioIn:
+) -> TextIn | AudioIn | OptionsIn:
     """Validate one client frame and return the message it carries, or raise ProtocolError."""
     if len(frame) > max_bytes:
         raise ProtocolError(f"Message too large: {len(frame)} bytes (limit {max_bytes})")
@@ -69,10 +102,30 @@ def parse_client_frame(
             raise ProtocolError("Audio 'data' is not valid base64") from exc
         if not audio:
             raise ProtocolError("Audio message is empty")
-        return AudioIn(data=audio)
+        return AudioIn(data=_audio_file(audio, payload.get("format")))
+    if kind == "options":
+        stream = payload.get("stream", False)
+        if not isinstance(stream, bool):
+            raise ProtocolError("Options 'stream' must be true or false")
+        return OptionsIn(stream=stream)
     if kind is None:
         raise ProtocolError("Message has no 'type' (expected 'text' or 'audio')")
     raise ProtocolError(f"Unknown message type: {kind!r} (expected 'text' or 'audio')")
+
+
+def _audio_file(audio: bytes, fmt: object) -> bytes:
+    """The audio as a file the recogniser can decode, given the client's optional format."""
+    if fmt is None:
+        return audio
+    if not isinstance(fmt, str) or fmt.lower() not in AUDIO_FORMATS:
+        raise ProtocolError(
+            f"Unknown audio 'format' {str(fmt)[:20]!r} (expected one of {', '.join(AUDIO_FORMATS)})"
+        )
+    if fmt.lower() != "pcm16":
+        return audio
+    if len(audio) % 2:
+        raise ProtocolError("Raw pcm16 audio must have an even number of bytes")
+    return pcm16_to_wav(audio)
 
 
 def text_message(content: str) -> dict[str, Any]:
@@ -99,3 +152,54 @@ def audio_message(content: str, wav: bytes) -> dict[str, Any]:
 def error_message(content: str) -> dict[str, Any]:
     """An error the client should show; the connection stays open unless a close follows."""
     return {"type": "error", "content": content, "timestamp": timestamp()}
+
+
+# Incremental events, sent only to connections that opted in with an ``options`` message.
+
+
+def options_message(stream: bool) -> dict[str, Any]:
+    """Acknowledges a client's ``options``."""
+    return {"type": "options", "stream": stream, "timestamp": timestamp()}
+
+
+def text_delta_message(reply_id: int, delta: str) -> dict[str, Any]:
+    """A piece of the reply's text as the model produces it."""
+    return {
+        "type": "text_delta",
+        "reply_id": reply_id,
+        "content": delta,
+        "role": "assistant",
+        "timestamp": timestamp(),
+    }
+
+
+def audio_chunk_message(reply_id: int, index: int, sentence: str, wav: bytes) -> dict[str, Any]:
+    """One sentence of the reply as speech (a complete base64 WAV), in order by ``index``."""
+    return {
+        **audio_message(sentence, wav),
+        "type": "audio_chunk",
+        "reply_id": reply_id,
+        "index": index,
+    }
+
+
+def final_message(reply_id: int, content: str, audio_chunks: int) -> dict[str, Any]:
+    """The whole reply once it is complete: the seed's ``text`` message plus stream fields."""
+    return {
+        **text_message(content),
+        "reply_id": reply_id,
+        "final": True,
+        "audio_chunks": audio_chunks,
+    }
+
+
+def interrupted_message(reply_id: int, partial: str) -> dict[str, Any]:
+    """A reply cut short by a newer user message; ``content`` is what had been produced."""
+    return {
+        "type": "interrupted",
+        "reply_id": reply_id,
+        "content": partial,
+        "role": "assistant",
+        "reason": "A new message arrived; the previous reply was cancelled",
+        "timestamp": timestamp(),
+    }

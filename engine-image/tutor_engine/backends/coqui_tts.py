@@ -1,0 +1,102 @@
+"""Speech synthesis with Coqui TTS (the ``coqui-tts`` package): XTTS-v2, VITS and the rest.
+
+``ENGINE_TTS_MODEL`` is either a model folder or ``model.pth`` file on disk (its
+``config.json`` beside it, or ``ENGINE_TTS_CONFIG``) or a Coqui model name such as
+``tts_models/multilingual/multi-dataset/xtts_v2`` (downloaded to the Coqui cache on first use).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+from typing import Any
+
+from ..config import EngineSettings
+from ..protocol import pcm16_to_wav
+from ..text import speakable
+
+log = logging.getLogger("tutor_engine.tts")
+
+
+def model_files(model: str, config: str) -> tuple[str, str] | None:
+    """(checkpoint, config) for a model on disk, or None when ``model`` is a Coqui name."""
+    path = Path(model)
+    if path.is_dir():
+        checkpoints = sorted(path.glob("*.pth"))
+        if not checkpoints:
+            raise FileNotFoundError(f"No .pth checkpoint in {path}")
+        path = checkpoints[0]
+    elif not path.is_file():
+        return None
+    return str(path), config or str(path.with_name("config.json"))
+
+
+def float_to_pcm16(samples: Any) -> bytes:
+    """Float samples in [-1, 1] as little-endian PCM16 bytes."""
+    import numpy as np
+
+    clipped = np.clip(np.asarray(samples, dtype=np.float32), -1.0, 1.0)
+    return (clipped * 32767).astype("<i2").tobytes()
+
+
+class CoquiTTS:
+    """A Coqui ``TTS`` model on ``ENGINE_TTS_DEVICE`` (``auto``: CUDA when torch sees one)."""
+
+    name = "coqui"
+
+    def __init__(self, settings: EngineSettings) -> None:
+        self.settings = settings
+        self._tts: Any = None
+
+    async def load(self) -> None:
+        """Load the model and synthesise one word to warm it."""
+        self._tts = await asyncio.to_thread(self._load)
+
+    def _load(self) -> Any:
+        import torch
+        from TTS.api import TTS
+
+        s = self.settings
+        if not s.tts_model:
+            raise ValueError("ENGINE_TTS_MODEL must name a Coqui model or point to one on disk")
+        files = model_files(s.tts_model, s.tts_config)
+        tts = (
+            TTS(model_path=files[0], config_path=files[1], progress_bar=False)
+            if files
+            else TTS(model_name=s.tts_model, progress_bar=False)
+        )
+        device = s.tts_device
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        tts.to(device)
+        self._tts = tts
+        self._speak("Hello.")
+        log.info("coqui model %s loaded on %s", s.tts_model, device)
+        return tts
+
+    async def close(self) -> None:
+        self._tts = None
+
+    async def synthesize(self, text: str) -> bytes:
+        return await asyncio.to_thread(self._synthesize, text)
+
+    def _synthesize(self, text: str) -> bytes:
+        text = speakable(text)
+        samples = self._speak(text) if text else []
+        return pcm16_to_wav(float_to_pcm16(samples), self._sample_rate())
+
+    def _speak(self, text: str) -> Any:
+        s, tts = self.settings, self._tts
+        kwargs: dict[str, Any] = {}
+        if tts.is_multi_speaker:
+            if s.tts_speaker_wav:
+                kwargs["speaker_wav"] = s.tts_speaker_wav
+            else:
+                kwargs["speaker"] = s.tts_speaker or tts.speakers[0]
+        if tts.is_multi_lingual:
+            kwargs["language"] = s.tts_language
+        return tts.tts(text=text, **kwargs)
+
+    def _sample_rate(self) -> int:
+        return int(self._tts.synthesizer.output_sample_rate)

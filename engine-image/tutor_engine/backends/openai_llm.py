@@ -1,0 +1,107 @@
+"""A chat model behind an OpenAI-compatible HTTP API (vLLM's server in production).
+
+Replies stream as server-sent events (``"stream": true``); closing the stream when a reply is
+cancelled makes vLLM abort the request and free its batch slot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import httpx
+
+from ..config import EngineSettings
+from .base import ChatMessage
+
+log = logging.getLogger("tutor_engine.llm")
+
+
+class LLMError(RuntimeError):
+    """The LLM server refused or broke a request."""
+
+
+def sse_deltas(line: str) -> tuple[str | None, bool]:
+    """(content delta or None, whether the stream ended) for one SSE line of a chat stream."""
+    if not line.startswith("data:"):
+        return None, False  # blank separators, comments, "event:" lines
+    data = line[5:].strip()
+    if data == "[DONE]":
+        return None, True
+    try:
+        chunk = json.loads(data)
+    except json.JSONDecodeError as exc:
+        raise LLMError(f"LLM server sent a malformed event: {data[:80]!r}") from exc
+    if "error" in chunk:
+        raise LLMError(f"LLM server error: {chunk['error']}")
+    choices = chunk.get("choices") or [{}]
+    return (choices[0].get("delta") or {}).get("content"), False
+
+
+class OpenAICompatibleLLM:
+    """Streams chat completions from ``ENGINE_LLM_BASE_URL`` (e.g. ``http://127.0.0.1:8001/v1``)."""
+
+    name = "openai-llm"
+
+    def __init__(self, settings: EngineSettings) -> None:
+        self.settings = settings
+        self.model = settings.llm_model
+        self._client = httpx.AsyncClient(
+            base_url=settings.llm_base_url.rstrip("/") + "/",
+            headers={"Authorization": f"Bearer {settings.llm_api_key}"},
+            timeout=httpx.Timeout(settings.llm_timeout_seconds, connect=5.0),
+        )
+
+    async def load(self) -> None:
+        """Wait for the server to list its models, pick one if unset, and warm it up."""
+        deadline = time.monotonic() + self.settings.llm_wait_seconds
+        while True:
+            try:
+                response = await self._client.get("models")
+                response.raise_for_status()
+                break
+            except httpx.HTTPError as exc:
+                if time.monotonic() >= deadline:
+                    raise LLMError(
+                        f"LLM server {self.settings.llm_base_url} not reachable: {exc}"
+                    ) from exc
+                await asyncio.sleep(2.0)
+        served = [m.get("id") for m in response.json().get("data", [])]
+        if not self.model:
+            if not served:
+                raise LLMError(f"LLM server {self.settings.llm_base_url} serves no model")
+            self.model = served[0]
+        elif served and self.model not in served:
+            raise LLMError(f"LLM server does not serve {self.model!r} (it serves {served})")
+        async for _ in self._stream([ChatMessage("user", "Hi")], max_tokens=1):
+            pass
+        log.info("LLM %s ready at %s", self.model, self.settings.llm_base_url)
+
+    async def close(self) -> None:
+        await self._client.aclose()
+
+    def stream(self, messages: Sequence[ChatMessage]) -> AsyncIterator[str]:
+        return self._stream(messages, max_tokens=self.settings.llm_max_tokens)
+
+    async def _stream(self, messages: Sequence[ChatMessage], max_tokens: int) -> AsyncIterator[str]:
+        body: dict[str, Any] = {
+            "model": self.model,
+            "messages": [{"role": m.role, "content": m.content} for m in messages],
+            "max_tokens": max_tokens,
+            "temperature": self.settings.llm_temperature,
+            "stream": True,
+        }
+        async with self._client.stream("POST", "chat/completions", json=body) as response:
+            if response.status_code != 200:
+                detail = (await response.aread()).decode("utf-8", "replace")[:200]
+                raise LLMError(f"LLM server answered {response.status_code}: {detail}")
+            async for line in response.aiter_lines():
+                delta, done = sse_deltas(line)
+                if done:
+                    return
+                if delta:
+                    yield delta

@@ -1,0 +1,79 @@
+"""Engine test helpers: a real engine (uvicorn on 127.0.0.1, a free port) in a background thread."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+from fastapi import FastAPI
+from tutor_engine.app import create_app
+from tutor_engine.backends import Backends
+from tutor_engine.config import EngineSettings
+
+
+@dataclass
+class Running:
+    """A server running in a thread: its base URLs."""
+
+    http: str
+    ws: str
+
+
+@contextlib.contextmanager
+def serve(app: FastAPI, ready: bool = True, timeout: float = 60.0) -> Iterator[Running]:
+    """Serve ``app`` on a free port; wait for /readyz to pass unless ``ready`` is False."""
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=0, log_level="warning", ws_ping_interval=None
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + timeout
+    while not server.started:
+        assert thread.is_alive(), "server thread died"
+        assert time.monotonic() < deadline, "server did not start"
+        time.sleep(0.02)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    running = Running(http=f"http://127.0.0.1:{port}", ws=f"ws://127.0.0.1:{port}")
+    try:
+        if ready:
+            while httpx.get(f"{running.http}/readyz").status_code != 200:
+                assert time.monotonic() < deadline, httpx.get(f"{running.http}/readyz").text
+                time.sleep(0.05)
+        yield running
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+def engine(backends: Backends | None = None, **settings: Any) -> FastAPI:
+    """An engine app with mock backends unless given others."""
+    return create_app(EngineSettings(_env_file=None, **settings), backends)
+
+
+async def recv(ws: Any, timeout: float = 60.0) -> dict[str, Any]:
+    """The next JSON message from a websockets client."""
+    return json.loads(await asyncio.wait_for(ws.recv(), timeout))
+
+
+async def recv_until(ws: Any, kind: str, timeout: float = 60.0) -> list[dict[str, Any]]:
+    """Messages up to and including the first of type ``kind``."""
+    got: list[dict[str, Any]] = []
+    while not got or got[-1]["type"] != kind:
+        got.append(await recv(ws, timeout))
+    return got
+
+
+@pytest.fixture
+def mock_engine() -> Iterator[Running]:
+    with serve(engine()) as running:
+        yield running

@@ -1,0 +1,87 @@
+"""Client frame parsing (seed messages and extensions) and the server's event builders."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import wave
+
+import pytest
+from tutor_engine.protocol import (
+    AudioIn,
+    OptionsIn,
+    ProtocolError,
+    TextIn,
+    audio_chunk_message,
+    final_message,
+    interrupted_message,
+    parse_client_frame,
+    text_delta_message,
+)
+
+
+def parse(payload: object) -> TextIn | AudioIn | OptionsIn:
+    return parse_client_frame(json.dumps(payload), max_bytes=1 << 20, max_text_chars=100)
+
+
+def test_seed_messages_parse() -> None:
+    assert parse({"type": "text", "content": "hi"}) == TextIn("hi")
+    data = base64.b64encode(b"RIFF....").decode()
+    assert parse({"type": "audio", "data": data}) == AudioIn(b"RIFF....")
+
+
+def test_options_opt_in_and_out() -> None:
+    assert parse({"type": "options", "stream": True}) == OptionsIn(stream=True)
+    assert parse({"type": "options"}) == OptionsIn(stream=False)
+
+
+def test_raw_pcm16_arrives_as_a_16khz_wav() -> None:
+    pcm = b"\x01\x00" * 1600
+    message = parse({"type": "audio", "format": "pcm16", "data": base64.b64encode(pcm).decode()})
+    assert isinstance(message, AudioIn)
+    with wave.open(io.BytesIO(message.data)) as wav:
+        assert (wav.getframerate(), wav.getnchannels(), wav.getsampwidth()) == (16000, 1, 2)
+        assert wav.readframes(wav.getnframes()) == pcm
+
+
+def test_a_container_format_is_only_a_hint() -> None:
+    data = base64.b64encode(b"\x1aE\xdf\xa3").decode()
+    assert parse({"type": "audio", "format": "webm", "data": data}) == AudioIn(b"\x1aE\xdf\xa3")
+
+
+@pytest.mark.parametrize(
+    ("payload", "error"),
+    [
+        ({"type": "options", "stream": "yes"}, "'stream' must be true or false"),
+        ({"type": "audio", "format": "aiff", "data": "AAAA"}, "Unknown audio 'format'"),
+        ({"type": "audio", "format": 3, "data": "AAAA"}, "Unknown audio 'format'"),
+        ({"type": "audio", "format": "pcm16", "data": "AAAA"}, "even number of bytes"),
+        ({"type": "audio", "data": "not base64!"}, "not valid base64"),
+        ({"type": "text", "content": "x" * 101}, "too long"),
+        ({"type": "video"}, "Unknown message type"),
+        ([1, 2], "JSON object"),
+    ],
+)
+def test_bad_frames_get_clear_errors(payload: object, error: str) -> None:
+    with pytest.raises(ProtocolError, match=error):
+        parse(payload)
+
+
+def test_stream_events_carry_the_reply_id() -> None:
+    assert text_delta_message(3, "Hel")["reply_id"] == 3
+    chunk = audio_chunk_message(3, 1, "Hello there.", b"RIFF")
+    assert chunk["type"] == "audio_chunk"
+    assert (chunk["index"], chunk["content"], base64.b64decode(chunk["data"])) == (
+        1,
+        "Hello there.",
+        b"RIFF",
+    )
+    final = final_message(3, "Hello there.", 1)
+    assert (final["type"], final["final"], final["role"], final["audio_chunks"]) == (
+        "text",
+        True,
+        "assistant",
+        1,
+    )
+    assert interrupted_message(3, "Hel")["content"] == "Hel"

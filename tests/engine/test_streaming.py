@@ -1,0 +1,97 @@
+"""Opt-in streaming (text deltas, per-sentence audio, final message) and barge-in."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterator
+
+import pytest
+import websockets
+from tutor_engine.backends import Backends
+from tutor_engine.backends.mock import MockASR, MockLLM, MockTTS, make_wav, read_wav_comment
+from tutor_engine.text import split_sentences
+
+from .conftest import Running, engine, recv, recv_until, serve
+
+
+@pytest.fixture
+def slow_engine() -> Iterator[Running]:
+    """Mock backends whose LLM takes 50 ms per word, so a reply can be interrupted."""
+    backends = Backends(llm=MockLLM(7, delay_s=0.05), asr=MockASR(), tts=MockTTS())
+    with serve(engine(backends, tutor_id=7)) as running:
+        yield running
+
+
+def audio_frame(text: str) -> str:
+    return '{"type": "audio", "data": "%s"}' % base64.b64encode(make_wav(text)).decode()
+
+
+async def test_opting_in_by_first_message_streams_deltas_chunks_and_a_final(
+    mock_engine: Running,
+) -> None:
+    async with websockets.connect(f"{mock_engine.ws}/ws/st1") as ws:
+        await ws.send('{"type": "options", "stream": true}')
+        assert (await recv(ws))["stream"] is True
+        await ws.send(audio_frame("Explain recursion to me please."))
+        events = await recv_until(ws, "text")
+    heard = events[0]
+    assert (heard["type"], heard["content"], heard["reply_id"]) == (
+        "transcription",
+        "Explain recursion to me please.",
+        1,
+    )
+    final = events[-1]
+    assert final["final"] is True and final["reply_id"] == 1
+    deltas = [e["content"] for e in events if e["type"] == "text_delta"]
+    assert len(deltas) > 5
+    assert "".join(deltas).strip() == final["content"]
+    chunks = [e for e in events if e["type"] == "audio_chunk"]
+    assert [c["index"] for c in chunks] == list(range(final["audio_chunks"]))
+    assert [c["content"] for c in chunks] == split_sentences(final["content"])
+    for chunk in chunks:  # each chunk is the speech of its own sentence
+        assert read_wav_comment(base64.b64decode(chunk["data"])) == chunk["content"]
+    assert not [e for e in events if e["type"] == "audio"]
+
+
+async def test_opting_in_by_query_parameter_and_text_gets_no_audio(mock_engine: Running) -> None:
+    async with websockets.connect(f"{mock_engine.ws}/ws/st2?stream=1") as ws:
+        await ws.send('{"type": "text", "content": "hi"}')
+        events = await recv_until(ws, "text")
+    assert {e["type"] for e in events} == {"text_delta", "text"}
+    assert events[-1]["final"] is True
+
+
+async def test_opting_out_again_restores_the_seed_messages(mock_engine: Running) -> None:
+    async with websockets.connect(f"{mock_engine.ws}/ws/st3?stream=true") as ws:
+        await ws.send('{"type": "options", "stream": false}')
+        assert (await recv(ws))["stream"] is False
+        await ws.send('{"type": "text", "content": "hi"}')
+        assert set(await recv(ws)) == {"type", "content", "role", "timestamp"}
+
+
+async def test_a_new_message_interrupts_the_reply_in_flight(slow_engine: Running) -> None:
+    async with websockets.connect(f"{slow_engine.ws}/ws/barge?stream=1") as ws:
+        await ws.send('{"type": "text", "content": "Tell me a long story"}')
+        first = await recv(ws)
+        assert first["type"] == "text_delta" and first["reply_id"] == 1
+        await ws.send('{"type": "text", "content": "Stop, a question"}')
+        events = await recv_until(ws, "interrupted")
+        interrupted = events[-1]
+        assert interrupted["reply_id"] == 1
+        sent = (first["content"] + "".join(e["content"] for e in events[:-1])).strip()
+        full = "Tutor 7 heard: Tell me a long story. This is turn 1, with 0 earlier messages"
+        assert interrupted["content"].startswith(sent)  # at most one word was still in flight
+        assert full.startswith(interrupted["content"]) and len(interrupted["content"]) < len(full)
+        after = await recv_until(ws, "text")
+    assert {e["reply_id"] for e in after} == {2}
+    # The cut reply stays in the history as far as it got: user, partial answer, user.
+    assert "This is turn 2, with 2 earlier messages" in after[-1]["content"]
+
+
+async def test_a_plain_client_is_never_interrupted(slow_engine: Running) -> None:
+    async with websockets.connect(f"{slow_engine.ws}/ws/plain") as ws:
+        await ws.send('{"type": "text", "content": "one"}')
+        await ws.send('{"type": "text", "content": "two"}')
+        first, second = await recv(ws), await recv(ws)
+    assert first["content"].startswith("Tutor 7 heard: one.")
+    assert second["content"].startswith("Tutor 7 heard: two.")
