@@ -13,8 +13,6 @@ from fastapi import APIRouter, FastAPI
 from .api import health, sessions, ws
 from .config import GatewaySettings
 from .engines import LocalEngines
-from .frames import CLOSE_GOING_AWAY
-from .relay import Ending
 from .service import Gateway, LocalHousekeeping
 from .sessions import MemorySessionStore
 
@@ -39,9 +37,6 @@ async def _local_mode(settings: GatewaySettings) -> AsyncIterator[Gateway]:
         housekeeping.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await housekeeping
-        gateway.connections.terminate_all(
-            Ending(CLOSE_GOING_AWAY, "gateway shutting down", "The server is shutting down")
-        )
         await engines.close()
 
 

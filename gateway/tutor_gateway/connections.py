@@ -30,10 +30,5 @@ class Connections:
             relay.terminate(ending)
         return len(relays)
 
-    def terminate_all(self, ending: Ending) -> None:
-        """End every connection (gateway shutdown)."""
-        for session_id in list(self._relays):
-            self.terminate(session_id, ending)
-
     def __len__(self) -> int:
         return sum(len(r) for r in self._relays.values())

@@ -8,8 +8,6 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-CLOSE_NORMAL = 1000
-CLOSE_GOING_AWAY = 1001  # the gateway is shutting down
 CLOSE_INTERNAL_ERROR = 1011
 CLOSE_UNAUTHORIZED = 4401  # missing or wrong token
 CLOSE_SESSION_NOT_FOUND = 4404  # no such session

@@ -17,13 +17,14 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
 from .engines import EngineRouter, EngineUnavailable
-from .frames import CLOSE_ENGINE_UNAVAILABLE, error_frame
+from .frames import CLOSE_ENGINE_UNAVAILABLE, CLOSE_INTERNAL_ERROR, error_frame
 from .sessions import Session
 
 log = logging.getLogger("tutor_gateway.relay")
 
 Frame = str | bytes
 ENGINE_LOST = "The tutor engine stopped unexpectedly; reconnect to continue"
+INTERNAL = "The gateway hit an internal error; reconnect to continue"
 # Engine close codes meaning "this engine is gone" (shutdown, restart, crash), not a verdict.
 ENGINE_GONE_CODES = frozenset({1001, 1006, 1011, 1012})
 
@@ -79,8 +80,13 @@ class Relay:
             await asyncio.gather(reader, bridge, return_exceptions=True)
         if self._terminated.done():
             await self._close(self._terminated.result())
-        elif bridge in done and not bridge.cancelled() and bridge.exception() is None:
-            await self._close(bridge.result())
+        elif bridge in done and not bridge.cancelled():
+            failure = bridge.exception()
+            if failure is None:
+                await self._close(bridge.result())
+            else:
+                log.error("session %s: relay failed", self.session.session_id[:8], exc_info=failure)
+                await self._close(Ending(CLOSE_INTERNAL_ERROR, "internal error", INTERNAL))
 
     async def _send(self, frame: Frame | dict[str, object]) -> None:
         async with self._send_lock:
@@ -172,7 +178,7 @@ class Relay:
                 exc = task.exception()
                 if not isinstance(exc, ConnectionClosed):
                     raise exc  # type: ignore[misc]
-        close = upstream.close_rcvd
+        close = upstream.protocol.close_rcvd
         if close is None or close.code in ENGINE_GONE_CODES:
             log.warning("session %s: engine connection lost", self.session.session_id[:8])
             return None

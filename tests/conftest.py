@@ -1,0 +1,37 @@
+"""Fixtures shared by every test tier."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from tutor_gateway.app import create_app
+from tutor_gateway.config import GatewaySettings
+
+from .servers import RunningServer, loopback_socket, serve
+
+GatewayFactory = Callable[..., RunningServer]
+
+
+@pytest.fixture
+def gateway_factory() -> Iterator[GatewayFactory]:
+    """Start local-mode gateways with settings overrides; all are stopped after the test."""
+    with contextlib.ExitStack() as stack:
+
+        def start(**overrides: Any) -> RunningServer:
+            sock = loopback_socket()
+            port = sock.getsockname()[1]
+            overrides.setdefault("websocket_url", f"ws://127.0.0.1:{port}/ws")
+            settings = GatewaySettings(_env_file=None, **overrides)  # type: ignore[call-arg]
+            app = create_app(settings)
+            return stack.enter_context(serve(app, sock=sock, ws_max_size=64 * 1024 * 1024))
+
+        yield start
+
+
+@pytest.fixture
+def gateway(gateway_factory: GatewayFactory) -> RunningServer:
+    """A local-mode gateway with the seed's defaults (engines start on demand)."""
+    return gateway_factory()

@@ -1,0 +1,149 @@
+"""The seed's REST API, over real HTTP, on both path prefixes."""
+
+from __future__ import annotations
+
+import re
+import uuid
+
+import httpx
+import pytest
+from tutor_gateway.config import GatewaySettings
+
+from tests.servers import RunningServer
+
+from .helpers import create_session
+
+SEED_TIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d$")
+
+
+def test_health_has_the_seeds_fields(gateway_factory) -> None:
+    server = gateway_factory(max_sessions=7)
+    create_session(server)
+    body = httpx.get(f"{server.http}/health").json()
+    assert body == {
+        "status": "healthy",
+        "service": "GPU Server Management API",
+        "active_sessions": 1,
+        "max_sessions": 7,
+    }
+
+
+@pytest.mark.parametrize("prefix", ["/v1", "/mgmt/v1"])
+def test_session_lifecycle(gateway: RunningServer, prefix: str) -> None:
+    created = httpx.post(
+        f"{gateway.http}{prefix}/sessions",
+        json={"tutor_id": 1, "student_id": 2, "kb_id": "test-kb"},
+    )
+    assert created.status_code == 201
+    body = created.json()
+    assert set(body) == {"session_id", "engine_url", "engine_token", "status"}
+    session_id = body["session_id"]
+    assert str(uuid.UUID(session_id)) == session_id
+    assert body["engine_url"] == f"{gateway.ws}/ws/ws/{session_id}"
+    assert body["status"] == "active"
+    assert len(body["engine_token"]) >= 32
+
+    got = httpx.get(f"{gateway.http}{prefix}/sessions/{session_id}")
+    assert got.status_code == 200
+    info = got.json()
+    assert info["session_id"] == session_id
+    assert (info["tutor_id"], info["student_id"], info["kb_id"]) == (1, 2, "test-kb")
+    assert info["status"] == "active"
+    assert SEED_TIME.match(info["created_at"]) and SEED_TIME.match(info["last_activity"])
+    assert body["engine_token"] not in got.text
+
+    listed = httpx.get(f"{gateway.http}{prefix}/sessions").json()
+    assert listed["total"] == 1
+    assert [s["session_id"] for s in listed["sessions"]] == [session_id]
+    assert body["engine_token"] not in str(listed)
+
+    deleted = httpx.delete(f"{gateway.http}{prefix}/sessions/{session_id}")
+    assert deleted.status_code == 204 and deleted.content == b""
+    assert httpx.get(f"{gateway.http}{prefix}/sessions/{session_id}").status_code == 404
+    assert httpx.delete(f"{gateway.http}{prefix}/sessions/{session_id}").status_code == 404
+    assert httpx.get(f"{gateway.http}{prefix}/sessions").json() == {"total": 0, "sessions": []}
+
+
+def test_both_prefixes_share_one_store(gateway: RunningServer) -> None:
+    session = create_session(gateway)
+    got = httpx.get(f"{gateway.http}/mgmt/v1/sessions/{session['session_id']}")
+    assert got.status_code == 200
+
+
+def test_engine_url_defaults_to_the_seeds_unified_url() -> None:
+    settings = GatewaySettings(_env_file=None)
+    assert settings.engine_url("abc") == "ws://localhost:9000/ws/ws/abc"
+    assert GatewaySettings(_env_file=None, management_api_port=9100).engine_url("x") == (
+        "ws://localhost:9100/ws/ws/x"
+    )
+
+
+def test_engine_url_uses_the_public_websocket_url(gateway_factory) -> None:
+    server = gateway_factory(websocket_url="wss://tutor.example.edu/ws/")
+    session = create_session(server)
+    assert session["engine_url"] == f"wss://tutor.example.edu/ws/ws/{session['session_id']}"
+
+
+def test_unknown_session_is_404_with_detail(gateway: RunningServer) -> None:
+    for method in ("GET", "DELETE"):
+        response = httpx.request(method, f"{gateway.http}/v1/sessions/{uuid.uuid4()}")
+        assert response.status_code == 404
+        assert response.json() == {"detail": "Session not found"}
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"student_id": 1}, "tutor_id"),
+        ({"tutor_id": 1}, "student_id"),
+        ({"tutor_id": "one", "student_id": 1}, "tutor_id"),
+        ({"tutor_id": -1, "student_id": 1}, "tutor_id"),
+        ({"tutor_id": 1, "student_id": 1, "kb_id": ""}, "kb_id"),
+        ({"tutor_id": 1, "student_id": 1, "kb_id": "k" * 300}, "kb_id"),
+    ],
+)
+def test_invalid_body_is_422_naming_the_field(gateway: RunningServer, body, field) -> None:
+    response = httpx.post(f"{gateway.http}/v1/sessions", json=body)
+    assert response.status_code == 422
+    detail = response.json()["detail"]
+    assert any(error["loc"][-1] == field for error in detail), detail
+
+
+def test_non_json_body_is_422(gateway: RunningServer) -> None:
+    response = httpx.post(
+        f"{gateway.http}/v1/sessions",
+        content=b"tutor_id=1",
+        headers={"content-type": "application/json"},
+    )
+    assert response.status_code == 422
+    assert response.json()["detail"]
+
+
+def test_session_limit_is_503_then_frees_up(gateway_factory) -> None:
+    server = gateway_factory(max_sessions=3)
+    sessions = [create_session(server, student_id=i) for i in range(3)]
+    refused = httpx.post(f"{server.http}/v1/sessions", json={"tutor_id": 1, "student_id": 9})
+    assert refused.status_code == 503
+    assert refused.json() == {"detail": "Maximum number of sessions reached (3)"}
+    assert httpx.get(f"{server.http}/health").json()["active_sessions"] == 3
+    httpx.delete(f"{server.http}/v1/sessions/{sessions[0]['session_id']}")
+    assert (
+        httpx.post(f"{server.http}/v1/sessions", json={"tutor_id": 1, "student_id": 9}).status_code
+        == 201
+    )
+
+
+def test_swagger_and_openapi(gateway: RunningServer) -> None:
+    docs = httpx.get(f"{gateway.http}/docs")
+    assert docs.status_code == 200 and "swagger" in docs.text.lower()
+    paths = httpx.get(f"{gateway.http}/openapi.json").json()["paths"]
+    for prefix in ("/v1", "/mgmt/v1"):
+        assert {"post", "get"} <= set(paths[f"{prefix}/sessions"])
+        assert {"get", "delete"} <= set(paths[f"{prefix}/sessions/{{session_id}}"])
+    assert "/health" in paths
+
+
+def test_metrics_count_sessions(gateway: RunningServer) -> None:
+    create_session(gateway)
+    text = httpx.get(f"{gateway.http}/metrics").text
+    assert "tutor_gateway_sessions_created_total 1.0" in text
