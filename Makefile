@@ -1,0 +1,63 @@
+# tutor-serving — the verbs. `make help` lists them.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PY := $(BIN)/python
+PIP := $(PY) -m pip --disable-pip-version-check
+
+# Extras installed for `make run` and for `make test` (see pyproject.toml).
+RUN_EXTRAS ?= speech
+TEST_EXTRAS ?= test,kube,speech
+
+##@ General
+
+.PHONY: help
+help: ## Show this help
+	@awk 'BEGIN {FS = ":.*##"; printf "Usage: make <target>\n"} \
+	  /^[a-zA-Z0-9_-]+:.*?##/ { printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2 } \
+	  /^##@/ { printf "\n\033[1m%s\033[0m\n", substr($$0, 5) }' $(MAKEFILE_LIST)
+
+##@ Install
+
+$(PY):
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is required"'
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed-run: pyproject.toml | $(PY)
+	$(PIP) install -e ".[$(RUN_EXTRAS)]"
+	@touch $@
+
+$(VENV)/.installed-test: pyproject.toml | $(PY)
+	$(PIP) install -e ".[$(TEST_EXTRAS)]"
+	@touch $@
+
+.PHONY: install
+install: $(VENV)/.installed-run ## Install the gateway, the engine and the CPU speech models into .venv
+
+##@ Run
+
+.PHONY: run
+run: install ## Run the embedded default: the gateway and per-tutor engines on :9000
+	$(PY) -m tutor_gateway
+
+##@ Test
+
+.PHONY: test
+test: $(VENV)/.installed-test ## Install what the tests need and run the whole suite
+	$(PY) -m pytest
+
+.PHONY: lint
+lint: $(VENV)/.installed-test ## Ruff lint and format check
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+.PHONY: bench
+bench: $(VENV)/.installed-test ## Run the benchmarks; JSON results in bench/results/
+	$(PY) -m bench.relay
+
+.PHONY: clean
+clean: ## Remove the virtualenv and caches
+	rm -rf $(VENV) .pytest_cache .ruff_cache bench/results
