@@ -60,16 +60,17 @@ def engine(backends: Backends | None = None, **settings: Any) -> FastAPI:
     return create_app(EngineSettings(_env_file=None, **settings), backends)
 
 
-async def recv(ws: Any, timeout: float = 60.0) -> dict[str, Any]:
-    """The next JSON message from a websockets client."""
-    return json.loads(await asyncio.wait_for(ws.recv(), timeout))
+async def recv(ws: Any) -> dict[str, Any]:
+    """The next JSON message from a websockets client (a minute at most)."""
+    async with asyncio.timeout(60):
+        return json.loads(await ws.recv())
 
 
-async def recv_until(ws: Any, kind: str, timeout: float = 60.0) -> list[dict[str, Any]]:
+async def recv_until(ws: Any, kind: str) -> list[dict[str, Any]]:
     """Messages up to and including the first of type ``kind``."""
     got: list[dict[str, Any]] = []
     while not got or got[-1]["type"] != kind:
-        got.append(await recv(ws, timeout))
+        got.append(await recv(ws))
     return got
 
 

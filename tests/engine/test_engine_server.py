@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import json
 
 import httpx
 import pytest
@@ -21,7 +23,7 @@ SEED_KEYS = {
 
 
 def audio_frame(wav: bytes) -> str:
-    return '{"type": "audio", "data": "%s"}' % base64.b64encode(wav).decode()
+    return json.dumps({"type": "audio", "data": base64.b64encode(wav).decode()})
 
 
 async def test_a_plain_client_gets_exactly_the_seed_messages(mock_engine: Running) -> None:
@@ -70,9 +72,10 @@ async def test_wrong_engine_key_closes_with_4401() -> None:
             with pytest.raises(websockets.ConnectionClosed) as closed:
                 await ws.recv()
         assert closed.value.rcvd.code == 4401
-        headers = {"X-Engine-Key": "secret"}
-        assert httpx.delete(f"{running.http}/sessions/s4").status_code == 401
-        assert httpx.delete(f"{running.http}/sessions/s4", headers=headers).status_code == 204
+        async with httpx.AsyncClient(base_url=running.http) as http:
+            assert (await http.delete("/sessions/s4")).status_code == 401
+            headers = {"X-Engine-Key": "secret"}
+            assert (await http.delete("/sessions/s4", headers=headers)).status_code == 204
 
 
 class BrokenTTS(MockTTS):
@@ -85,11 +88,12 @@ class BrokenTTS(MockTTS):
 async def test_a_model_that_fails_to_load_shows_in_readyz_and_refuses_sessions() -> None:
     backends = Backends(llm=MockLLM(0), asr=MockASR(), tts=BrokenTTS())
     with serve(engine(backends), ready=False) as running:
-        for _ in range(100):
-            body = httpx.get(f"{running.http}/readyz").json()
-            if body["error"]:
-                break
-        response = httpx.get(f"{running.http}/readyz")
+        async with httpx.AsyncClient(base_url=running.http) as http:
+            for _ in range(400):  # the failing load runs in the background
+                response = await http.get("/readyz")
+                if response.json()["error"]:
+                    break
+                await asyncio.sleep(0.05)
         assert response.status_code == 503
         body = response.json()
         assert body["ready"] is False

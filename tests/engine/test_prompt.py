@@ -28,13 +28,17 @@ def test_token_estimate_counts_english_and_cjk() -> None:
 
 def test_trim_keeps_the_newest_messages_that_fit() -> None:
     history = turns(10)
-    kept = trim_history(history, budget_tokens=sum(estimate_tokens(m.content) for m in history[-4:]))
+    kept = trim_history(
+        history, budget_tokens=sum(estimate_tokens(m.content) for m in history[-4:])
+    )
     assert kept == history[-4:]
 
 
 def test_trim_never_starts_with_an_assistant_message() -> None:
     history = turns(3)
-    kept = trim_history(history, budget_tokens=sum(estimate_tokens(m.content) for m in history[-3:]))
+    kept = trim_history(
+        history, budget_tokens=sum(estimate_tokens(m.content) for m in history[-3:])
+    )
     assert kept[0].role == "user"
     assert kept == history[-2:]
 
@@ -66,7 +70,9 @@ def test_prompt_has_persona_passages_history_and_question() -> None:
 def test_the_history_gets_what_the_context_leaves() -> None:
     history = turns(50, words=40)
     context, reply = 1024, 256
-    prompt = build_prompt("You are Ada.", history, "Next?", context_tokens=context, reply_tokens=reply)
+    prompt = build_prompt(
+        "You are Ada.", history, "Next?", context_tokens=context, reply_tokens=reply
+    )
     assert sum(estimate_tokens(m.content) for m in prompt) <= context - reply
     assert prompt[1:-1] == history[-len(prompt[1:-1]) :]
     assert len(prompt) > 2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 from collections.abc import Iterator
 
 import pytest
@@ -23,7 +24,7 @@ def slow_engine() -> Iterator[Running]:
 
 
 def audio_frame(text: str) -> str:
-    return '{"type": "audio", "data": "%s"}' % base64.b64encode(make_wav(text)).decode()
+    return json.dumps({"type": "audio", "data": base64.b64encode(make_wav(text)).decode()})
 
 
 async def test_opting_in_by_first_message_streams_deltas_chunks_and_a_final(

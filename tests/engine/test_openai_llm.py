@@ -1,0 +1,99 @@
+"""The OpenAI-compatible LLM backend against a real HTTP server that streams like vLLM."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import websockets
+from tutor_engine.backends.base import ChatMessage
+from tutor_engine.backends.openai_llm import LLMError, OpenAICompatibleLLM, sse_deltas
+from tutor_engine.config import EngineSettings
+
+from .conftest import Running, engine, recv, serve
+from .fake_vllm import MODEL, fake_vllm
+
+
+@pytest.fixture(scope="module")
+def vllm() -> Iterator[Running]:
+    app = fake_vllm()
+    with serve(app, ready=False) as running:
+        running.requests = app.state.requests  # type: ignore[attr-defined]
+        yield running
+
+
+def llm_settings(vllm: Running, **overrides: object) -> EngineSettings:
+    return EngineSettings(
+        _env_file=None, llm_backend="openai", llm_base_url=f"{vllm.http}/v1", **overrides
+    )
+
+
+def test_sse_lines() -> None:
+    assert sse_deltas('data: {"choices": [{"delta": {"content": "Hi"}}]}') == ("Hi", False)
+    assert sse_deltas('data: {"choices": [{"delta": {"role": "assistant"}}]}') == (None, False)
+    assert sse_deltas("data: [DONE]") == (None, True)
+    assert sse_deltas("") == (None, False)
+    with pytest.raises(LLMError, match="malformed"):
+        sse_deltas("data: {oops")
+    with pytest.raises(LLMError, match="overloaded"):
+        sse_deltas('data: {"error": {"message": "overloaded"}}')
+
+
+async def test_streams_tokens_from_the_served_model(vllm: Running) -> None:
+    llm = OpenAICompatibleLLM(llm_settings(vllm, llm_max_tokens=64))
+    await llm.load()
+    assert llm.model == MODEL  # picked from /v1/models
+    pieces = [p async for p in llm.stream([ChatMessage("user", "What is 2+2?")])]
+    await llm.close()
+    assert len(pieces) > 3
+    assert "".join(pieces) == "You asked: What is 2+2? Material: none."
+    request = vllm.requests[-1]  # type: ignore[attr-defined]
+    assert (request["stream"], request["max_tokens"], request["model"]) == (True, 64, MODEL)
+
+
+async def test_a_model_the_server_does_not_serve_fails_loading(vllm: Running) -> None:
+    llm = OpenAICompatibleLLM(llm_settings(vllm, llm_model="gpt-17"))
+    with pytest.raises(LLMError, match="does not serve 'gpt-17'"):
+        await llm.load()
+    await llm.close()
+
+
+async def test_an_error_status_is_raised_with_its_detail(vllm: Running) -> None:
+    llm = OpenAICompatibleLLM(llm_settings(vllm, llm_model="gpt-17"))
+    with pytest.raises(LLMError, match=r"answered 404: .*does not exist"):
+        [p async for p in llm.stream([ChatMessage("user", "hi")])]
+    await llm.close()
+
+
+async def test_an_unreachable_server_fails_loading_after_the_wait() -> None:
+    settings = EngineSettings(
+        _env_file=None,
+        llm_backend="openai",
+        llm_base_url="http://127.0.0.1:9/v1",
+        llm_wait_seconds=0,
+    )
+    llm = OpenAICompatibleLLM(settings)
+    with pytest.raises(LLMError, match="not reachable"):
+        await llm.load()
+    await llm.close()
+
+
+async def test_the_engine_answers_with_the_served_model_and_keeps_history(vllm: Running) -> None:
+    app = engine(
+        llm_backend="openai", llm_base_url=f"{vllm.http}/v1", system_prompt="You are Tutor Ada."
+    )
+    with serve(app) as running:
+        async with websockets.connect(f"{running.ws}/ws/llm1") as ws:
+            await ws.send('{"type": "text", "content": "What is a variable?"}')
+            first = await recv(ws)
+            await ws.send('{"type": "text", "content": "And a constant?"}')
+            second = await recv(ws)
+    assert first["content"] == "You asked: What is a variable? Material: none."
+    assert second["content"] == "You asked: And a constant? Material: none."
+    messages = vllm.requests[-1]["messages"]  # type: ignore[attr-defined]
+    assert messages == [
+        {"role": "system", "content": "You are Tutor Ada."},
+        {"role": "user", "content": "What is a variable?"},
+        {"role": "assistant", "content": first["content"]},
+        {"role": "user", "content": "And a constant?"},
+    ]
