@@ -40,13 +40,21 @@ async def _local_mode(settings: GatewaySettings) -> AsyncIterator[Gateway]:
         await engines.close()
 
 
+def cluster_mode(settings: GatewaySettings) -> contextlib.AbstractAsyncContextManager[Gateway]:
+    """The cluster mode, imported only when chosen (it needs the ``kube`` extra)."""
+    from .kube.mode import cluster_mode as mode
+
+    return mode(settings)
+
+
 def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     """The gateway ASGI app; its mode's resources live in the lifespan."""
     settings = settings or GatewaySettings()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with _local_mode(settings) as gateway:
+        mode = cluster_mode if settings.gateway_mode == "kubernetes" else _local_mode
+        async with mode(settings) as gateway:
             app.state.gateway = gateway
             log.info(
                 "gateway ready (%s mode, max %d sessions)",

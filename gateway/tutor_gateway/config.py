@@ -50,6 +50,15 @@ class GatewaySettings(BaseSettings):
     engine_command: str = Field(
         "", description="Local mode: command that starts an engine (default: this Python)."
     )
+    kube_namespace: str = Field(
+        "", description="Cluster mode: namespace of the sessions (default: the pod's own)."
+    )
+    kube_api_url: str = Field(
+        "", description="Cluster mode: API server URL (default: in-cluster or kubeconfig)."
+    )
+    activity_patch_interval_seconds: float = Field(
+        15, ge=0, description="Cluster mode: least time between two lastActivity patches."
+    )
     log_level: str = "info"
 
     @model_validator(mode="after")

@@ -1,0 +1,1 @@
+"""The gateway's cluster mode: sessions as TutorSession resources, engines as pods."""

@@ -1,0 +1,137 @@
+"""Sessions stored as TutorSession resources; reads come from the watch-fed cache."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable
+
+from cachetools import TTLCache
+from lightkube import AsyncClient
+from lightkube.core.exceptions import ApiError
+from lightkube.types import PatchType
+
+from ..policy import has_capacity
+from ..sessions import CapacityError, EndReason, RemovalListener, Session
+from .reflector import Obj, Reflector
+from .resources import TutorSession, activity_patch, build_session, session_of
+
+log = logging.getLogger("tutor_gateway.kube")
+
+
+class KubeSessionStore:
+    """The SessionStore of the cluster mode. Every gateway replica sees the same sessions."""
+
+    def __init__(
+        self,
+        client: AsyncClient,
+        reflector: Reflector,
+        namespace: str,
+        max_sessions: int,
+        session_timeout: float,
+        activity_interval: float,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.client = client
+        self.reflector = reflector
+        self.namespace = namespace
+        self.max_sessions = max_sessions
+        self.session_timeout = session_timeout
+        self.activity_interval = activity_interval
+        self._clock = clock
+        self._patched: TTLCache[str, float] = TTLCache(100_000, max(activity_interval, 1) * 4)
+        self._ended: TTLCache[str, EndReason] = TTLCache(10_000, 24 * 3600)
+        self._listeners: list[RemovalListener] = []
+        reflector.add_listener(self._on_event)
+
+    async def _on_event(self, event: str, obj: Obj) -> None:
+        if event != "DELETED":
+            return
+        status = obj.get("status") or {}
+        reason: EndReason = "expired" if status.get("phase") == "Expired" else "deleted"
+        session = session_of(obj, self._clock())
+        self._ended[session.session_id] = reason
+        for listener in self._listeners:
+            await listener(session, reason)
+
+    def _live(self) -> list[Obj]:
+        return [o for o in self.reflector.objects.values() if not _ending(o)]
+
+    async def create(
+        self, tutor_id: int, student_id: int, kb_id: str | None, token_hash: str
+    ) -> Session:
+        if not has_capacity(len(self._live()), self.max_sessions):
+            raise CapacityError(f"Maximum number of sessions reached ({self.max_sessions})")
+        body = build_session(
+            str(uuid.uuid4()), tutor_id, student_id, kb_id, token_hash, self.session_timeout
+        )
+        created = await self.client.create(TutorSession.from_dict(body), namespace=self.namespace)
+        obj = created.to_dict()
+        self.reflector.objects.setdefault(obj["metadata"]["name"], obj)
+        return session_of(obj, self._clock())
+
+    async def get_object(self, session_id: str) -> Obj | None:
+        """The TutorSession from the cache, or from the API if this replica has not seen it yet."""
+        obj = self.reflector.objects.get(session_id)
+        if obj is None and session_id not in self._ended:
+            try:
+                obj = (
+                    await self.client.get(TutorSession, session_id, namespace=self.namespace)
+                ).to_dict()
+            except ApiError as exc:
+                if exc.status.code != 404:
+                    raise
+                return None
+        return None if obj is None or _ending(obj) else obj
+
+    async def get(self, session_id: str) -> Session | None:
+        obj = await self.get_object(session_id)
+        return None if obj is None else session_of(obj, self._clock())
+
+    async def list(self) -> list[Session]:
+        now = self._clock()
+        return sorted((session_of(o, now) for o in self._live()), key=lambda s: s.created_at)
+
+    async def count(self) -> int:
+        return len(self._live())
+
+    async def delete(self, session_id: str, reason: EndReason = "deleted") -> Session | None:
+        obj = await self.get_object(session_id)
+        if obj is None:
+            return None
+        try:
+            await self.client.delete(TutorSession, session_id, namespace=self.namespace)
+        except ApiError as exc:
+            if exc.status.code != 404:
+                raise
+        return session_of(obj, self._clock())
+
+    async def touch(self, session_id: str) -> None:
+        """Record activity on the session's status, at most once per ``activity_interval``."""
+        now = self._clock()
+        if now - self._patched.get(session_id, 0.0) < self.activity_interval:
+            return
+        self._patched[session_id] = now
+        try:
+            await self.client.patch(
+                TutorSession.Status,
+                session_id,
+                activity_patch(now),
+                namespace=self.namespace,
+                patch_type=PatchType.MERGE,
+            )
+        except ApiError as exc:
+            log.warning("could not record activity on %s: %s", session_id[:8], exc.status.message)
+
+    def ended_reason(self, session_id: str) -> EndReason | None:
+        return self._ended.get(session_id)
+
+    def add_removal_listener(self, listener: RemovalListener) -> None:
+        self._listeners.append(listener)
+
+
+def _ending(obj: Obj) -> bool:
+    """Whether a TutorSession is on its way out (expired or being deleted)."""
+    status = obj.get("status") or {}
+    return bool(obj["metadata"].get("deletionTimestamp")) or status.get("phase") == "Expired"
