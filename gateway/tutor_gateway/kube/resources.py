@@ -58,8 +58,13 @@ def _epoch(text: str | None, default: float) -> float:
     return moment.timestamp() if moment else default
 
 
+def seed_status(phase: str | None) -> str:
+    """The seed's ``status`` for a phase: a live session (waiting or routed) is ``active``."""
+    return "active" if phase in (None, "Pending", "Active") else phase.lower()
+
+
 def session_of(obj: Obj, now: float) -> Session:
-    """The gateway's Session for a TutorSession (status lowercased: pending, active, …)."""
+    """The gateway's Session for a TutorSession."""
     meta, spec, status = obj["metadata"], obj.get("spec", {}), obj.get("status") or {}
     created = _epoch(meta.get("creationTimestamp"), now)
     return Session(
@@ -68,7 +73,7 @@ def session_of(obj: Obj, now: float) -> Session:
         student_id=int(spec["studentId"]),
         kb_id=spec.get("kbId"),
         token_hash=spec["tokenHash"],
-        status=str(status.get("phase") or "Pending").lower(),
+        status=seed_status(status.get("phase")),
         created_at=created,
         last_activity=_epoch(status.get("lastActivity"), created),
     )
