@@ -31,6 +31,9 @@ class EngineSettings(BaseSettings):
     llm_api_key: str = "EMPTY"
     llm_max_tokens: int = Field(512, ge=1)
     llm_temperature: float = Field(0.7, ge=0, le=2)
+    llm_mock_token_seconds: float = Field(
+        0.0, ge=0, le=5, description="Mock LLM: pause per word, to imitate generation speed."
+    )
     llm_context_tokens: int = Field(
         4096, ge=256, description="The model's context window; history is trimmed to fit."
     )
