@@ -1,0 +1,44 @@
+"""Run the operator: ``python -m tutor_operator [--server URL] [--namespace NS] [--verbose]``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+
+import kopf
+
+from .handlers import register
+from .kube import KubeApi
+from .reconcile import Context
+from .settings import OperatorSettings
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Reconcile TutorSessions and TutorEngines until SIGINT/SIGTERM."""
+    parser = argparse.ArgumentParser(prog="tutor-operator", description=__doc__)
+    parser.add_argument("--server", help="API server URL, no TLS checks (tests, emulators)")
+    parser.add_argument("--namespace", help="watch only this namespace (default: all)")
+    parser.add_argument(
+        "--liveness", help="serve kopf's health probe, e.g. http://0.0.0.0:8080/healthz"
+    )
+    parser.add_argument("--verbose", action="store_true")
+    parser.add_argument("--debug", action="store_true")
+    args = parser.parse_args(argv)
+    overrides = {"api_server": args.server, "namespace": args.namespace}
+    settings = OperatorSettings(**{k: v for k, v in overrides.items() if v is not None})
+    kopf.configure(verbose=args.verbose, debug=args.debug)
+    registry = kopf.OperatorRegistry()
+    register(registry, Context(KubeApi.from_settings(settings), settings))
+    asyncio.run(
+        kopf.operator(
+            registry=registry,
+            standalone=settings.standalone,
+            clusterwide=not settings.namespace,
+            namespaces=[settings.namespace] if settings.namespace else [],
+            liveness_endpoint=args.liveness,
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

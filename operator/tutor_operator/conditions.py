@@ -1,0 +1,68 @@
+"""Kubernetes-style status conditions as pure functions, and the reasons the operator uses."""
+
+from __future__ import annotations
+
+from typing import Any
+
+READY = "Ready"
+RECONCILED = "Reconciled"
+
+# Reasons (CamelCase, as Kubernetes has them). Sessions: why not Active yet, or why gone.
+ASSIGNED = "Assigned"
+SCALING_UP = "ScalingUp"
+STARTING = "Starting"
+SCHEDULING = "Scheduling"
+PULLING = "Pulling"
+LOADING = "Loading"
+CRASHING = "Crashing"
+AT_CAPACITY = "AtCapacity"
+ENGINE_FAILED = "EngineFailed"
+EXPIRED = "Expired"
+# Engines.
+REPLICAS_READY = "ReplicasReady"
+SCALED_DOWN = "ScaledDown"
+SUCCEEDED = "Succeeded"
+API_ERROR = "ApiError"
+INVALID_SPEC = "InvalidSpec"
+
+
+def condition(
+    type_: str, status: bool, reason: str, message: str = "", generation: int | None = None
+) -> dict[str, Any]:
+    """A condition without its transition time (``set_condition`` adds it)."""
+    cond: dict[str, Any] = {
+        "type": type_,
+        "status": "True" if status else "False",
+        "reason": reason,
+        "message": message,
+    }
+    if generation is not None:
+        cond["observedGeneration"] = generation
+    return cond
+
+
+def set_condition(
+    conditions: list[dict[str, Any]] | None, new: dict[str, Any], now: str
+) -> tuple[list[dict[str, Any]], bool]:
+    """Return ``conditions`` with ``new`` in place of its type, and whether anything changed.
+
+    ``lastTransitionTime`` moves to ``now`` only when the status flips (or the type is new).
+    """
+    conditions = list(conditions or [])
+    for index, old in enumerate(conditions):
+        if old.get("type") != new["type"]:
+            continue
+        flipped = old.get("status") != new["status"]
+        merged = {**new, "lastTransitionTime": now if flipped else old.get("lastTransitionTime")}
+        if merged["lastTransitionTime"] is None:
+            merged["lastTransitionTime"] = now
+        if merged == old:
+            return conditions, False
+        conditions[index] = merged
+        return conditions, True
+    return [*conditions, {**new, "lastTransitionTime": now}], True
+
+
+def find_condition(conditions: list[dict[str, Any]] | None, type_: str) -> dict[str, Any] | None:
+    """The condition of ``type_``, if present."""
+    return next((c for c in conditions or [] if c.get("type") == type_), None)

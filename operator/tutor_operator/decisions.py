@@ -1,0 +1,355 @@
+"""Pure decisions: pod state, session expiry, replica counts, session-to-pod assignment.
+
+Plain data in, plain data out, no I/O: ``plan_engine`` turns one engine's observed world
+(its sessions and pods, as the operator's indices hold them) into what should be written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import math
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from . import conditions as c
+from .names import PORT_NAME, format_time, parse_time
+
+POD_READY = "Ready"
+POD_TERMINATING = "Terminating"
+POD_FAILED = "Failed"
+# Not-ready pods take the session condition reasons, best (closest to ready) first.
+_WAITING_RANK = {c.LOADING: 0, c.PULLING: 1, c.SCHEDULING: 2, c.CRASHING: 3}
+_CRASH_REASONS = {
+    "CrashLoopBackOff",
+    "CreateContainerConfigError",
+    "CreateContainerError",
+    "RunContainerError",
+    "InvalidImageName",
+    "ErrImageNeverPull",
+}
+DEFAULT_PORT = 8000
+
+PENDING, ACTIVE, EXPIRED, FAILED = "Pending", "Active", "Expired", "Failed"
+ENGINE_PENDING, ENGINE_READY, ENGINE_IDLE = "Pending", "Ready", "Idle"
+ENGINE_SCALED_DOWN, ENGINE_FAILED = "ScaledDown", "Failed"
+
+
+@dataclasses.dataclass(frozen=True)
+class PodView:
+    """What the operator needs of an engine pod."""
+
+    name: str
+    state: str
+    message: str = ""
+    endpoint: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class SessionView:
+    """What the operator needs of a TutorSession."""
+
+    name: str
+    created: dt.datetime
+    timeout_seconds: int = 3600
+    resource_version: str = ""
+    phase: str | None = None
+    engine: str | None = None
+    pod: str | None = None
+    endpoint: str | None = None
+    last_activity: dt.datetime | None = None
+    conditions: tuple[dict[str, Any], ...] = ()
+    deleting: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class Scaling:
+    """An engine's effective scaling and idling parameters."""
+
+    min_replicas: int
+    max_replicas: int
+    per_replica: int
+    idle_timeout: int
+    idle_policy: str
+    deletable: bool  # created by the operator from its defaults, so Delete may remove it
+
+
+@dataclasses.dataclass
+class EnginePlan:
+    """What one reconciliation of an engine should write."""
+
+    replicas: int
+    status_patch: dict[str, Any]
+    session_patches: dict[str, dict[str, Any]]
+    reassigned: set[str]  # sessions whose pod changes: patch them only if unchanged meanwhile
+    expire: list[str]  # delete these (after their Expired status patch, if any)
+    delete_engine: bool
+
+
+def pod_endpoint(pod: Mapping[str, Any]) -> str | None:
+    """``http://<podIP>:<port>`` of the engine container's named port, or ``None`` without IP."""
+    ip = (pod.get("status") or {}).get("podIP")
+    if not ip:
+        return None
+    port = DEFAULT_PORT
+    for container in (pod.get("spec") or {}).get("containers") or []:
+        ports = container.get("ports") or []
+        named = [p for p in ports if p.get("name") == PORT_NAME] or ports
+        if named:
+            port = named[0].get("containerPort", DEFAULT_PORT)
+            break
+    host = f"[{ip}]" if ":" in ip else ip
+    return f"http://{host}:{port}"
+
+
+def pod_view(pod: Mapping[str, Any]) -> PodView:
+    """Classify a pod: Ready, or why not (Scheduling, Pulling, Loading, Crashing), or gone."""
+    meta, status = pod.get("metadata") or {}, pod.get("status") or {}
+    name = meta.get("name", "")
+    if meta.get("deletionTimestamp"):
+        return PodView(name, POD_TERMINATING, "pod is terminating")
+    if status.get("phase") in ("Succeeded", "Failed"):
+        return PodView(name, POD_FAILED, status.get("message") or f"pod {status['phase']}")
+    conds = {cond.get("type"): cond for cond in status.get("conditions") or []}
+    scheduled = conds.get("PodScheduled") or {}
+    if scheduled.get("status") != "True":
+        return PodView(name, c.SCHEDULING, scheduled.get("message") or "waiting for a node")
+    statuses = status.get("containerStatuses") or []
+    for container in statuses:
+        waiting = (container.get("state") or {}).get("waiting")
+        if waiting:
+            reason = waiting.get("reason") or "ContainerCreating"
+            text = f"{reason}: {waiting['message']}" if waiting.get("message") else reason
+            return PodView(name, c.CRASHING if reason in _CRASH_REASONS else c.PULLING, text)
+    if not statuses:
+        return PodView(name, c.PULLING, "ContainerCreating")
+    endpoint = pod_endpoint(pod)
+    if (conds.get("Ready") or {}).get("status") == "True" and endpoint:
+        return PodView(name, POD_READY, "", endpoint)
+    return PodView(name, c.LOADING, "engine is loading its models", endpoint)
+
+
+def session_view(body: Mapping[str, Any]) -> SessionView:
+    """Read a TutorSession body into a ``SessionView``."""
+    meta, spec = body.get("metadata") or {}, body.get("spec") or {}
+    status = body.get("status") or {}
+    return SessionView(
+        name=meta.get("name", ""),
+        created=parse_time(meta.get("creationTimestamp")) or dt.datetime.now(dt.UTC),
+        timeout_seconds=int(spec.get("timeoutSeconds") or 3600),
+        resource_version=str(meta.get("resourceVersion") or ""),
+        phase=status.get("phase"),
+        engine=status.get("engine"),
+        pod=status.get("pod"),
+        endpoint=status.get("endpoint"),
+        last_activity=parse_time(status.get("lastActivity")),
+        conditions=tuple(status.get("conditions") or ()),
+        deleting=bool(meta.get("deletionTimestamp")),
+    )
+
+
+def is_expired(session: SessionView, now: dt.datetime) -> bool:
+    """Idle past its timeout: no activity (or creation) within ``timeout_seconds``."""
+    last = max(filter(None, (session.created, session.last_activity)))
+    return (now - last).total_seconds() > session.timeout_seconds
+
+
+def desired_replicas(
+    sessions: int, busy_pods: int, scaling: Scaling, current: int, idle_expired: bool
+) -> int:
+    """Replicas for ``sessions`` live sessions, never fewer than the pods that hold sessions.
+
+    With no sessions one replica stays warm until the idle timeout, then ``min_replicas``.
+    """
+    if sessions:
+        need = math.ceil(sessions / scaling.per_replica)
+        return min(max(need, busy_pods, scaling.min_replicas, 1), scaling.max_replicas)
+    if idle_expired:
+        return min(scaling.min_replicas, scaling.max_replicas)
+    return min(max(scaling.min_replicas, min(current, 1)), scaling.max_replicas)
+
+
+def waiting_reason(
+    pods: Iterable[PodView], scaling: Scaling, engine: str, current: int
+) -> tuple[str, str]:
+    """Why a session without a pod waits: the best not-ready pod's state, or capacity."""
+    pods = list(pods)
+    waiting = [p for p in pods if p.state in _WAITING_RANK]
+    if waiting:
+        best = min(waiting, key=lambda p: (_WAITING_RANK[p.state], p.name))
+        return best.state, f"pod {best.name}: {best.message}"
+    ready = [p for p in pods if p.state == POD_READY]
+    if ready and len(ready) >= scaling.max_replicas:
+        return c.AT_CAPACITY, (
+            f"all {len(ready)} replicas of {engine} serve {scaling.per_replica} sessions each"
+        )
+    if not current:
+        return c.SCALING_UP, f"scaling {engine} up from zero"
+    return c.STARTING, f"waiting for pods of {engine}"
+
+
+def status_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
+    """A merge patch turning ``old`` into ``new`` at the top level (``None`` removes a key)."""
+    patch = {key: value for key, value in new.items() if old.get(key) != value}
+    patch.update({key: None for key in old if key not in new and old[key] is not None})
+    return patch
+
+
+def _session_patch(
+    session: SessionView, desired: dict[str, Any], ready: dict[str, Any], now: str
+) -> dict[str, Any]:
+    current = {
+        "phase": session.phase,
+        "engine": session.engine,
+        "pod": session.pod,
+        "endpoint": session.endpoint,
+    }
+    patch = {k: v for k, v in desired.items() if current.get(k) != v}
+    conds, changed = c.set_condition(list(session.conditions), ready, now)
+    if changed:
+        patch["conditions"] = conds
+    return patch
+
+
+def plan_engine(
+    *,
+    name: str,
+    generation: int | None,
+    scaling: Scaling | None,
+    sessions: Iterable[SessionView],
+    pods: Iterable[PodView],
+    current_replicas: int,
+    status: Mapping[str, Any],
+    now: dt.datetime,
+    error: str | None = None,
+) -> EnginePlan:
+    """Decide replicas, session assignments and statuses, expiries and the engine's status.
+
+    ``error`` is a permanent problem of the engine (an invalid spec, so ``scaling`` may be
+    ``None``): its sessions fail and its replicas are left alone until it is fixed.
+    """
+    now_s = format_time(now)
+    sessions = [s for s in sessions if not s.deleting]
+    expire = sorted(s.name for s in sessions if s.phase == EXPIRED or is_expired(s, now))
+    live = sorted((s for s in sessions if s.name not in expire), key=lambda s: (s.created, s.name))
+    usable = {p.name: p for p in pods if p.state not in (POD_TERMINATING, POD_FAILED)}
+    ready = sorted((p for p in usable.values() if p.state == POD_READY), key=lambda p: p.name)
+    load = Counter(s.pod for s in live if s.pod in usable)
+
+    idle_since = None if live else (parse_time(status.get("idleSince")) or now)
+    idle_expired = idle_since is not None and (
+        (now - idle_since).total_seconds() >= scaling.idle_timeout
+    )
+    if error or scaling is None:
+        error = error or "no scaling parameters"
+        replicas, waiting = current_replicas, (c.ENGINE_FAILED, error)
+    else:
+        replicas = desired_replicas(len(live), len(load), scaling, current_replicas, idle_expired)
+        waiting = waiting_reason(usable.values(), scaling, name, replicas)
+
+    patches: dict[str, dict[str, Any]] = {}
+    reassigned: set[str] = set()
+    for session in live:
+        pod = usable.get(session.pod or "")
+        if pod is None and scaling is not None and not error:
+            free = [p for p in ready if load[p.name] < scaling.per_replica]
+            pod = min(free, key=lambda p: (load[p.name], p.name), default=None)
+            if pod is not None:
+                load[pod.name] += 1
+        desired: dict[str, Any] = {"engine": name, "pod": pod.name if pod else None}
+        if error:
+            desired.update(phase=FAILED, endpoint=None)
+            cond = c.condition(c.READY, False, c.ENGINE_FAILED, error)
+        elif pod is not None and pod.state == POD_READY:
+            desired.update(phase=ACTIVE, endpoint=pod.endpoint)
+            cond = c.condition(c.READY, True, c.ASSIGNED, f"pinned to pod {pod.name}")
+        elif pod is not None:
+            desired.update(phase=PENDING, endpoint=None)
+            cond = c.condition(c.READY, False, pod.state, f"pod {pod.name}: {pod.message}")
+        else:
+            desired.update(phase=PENDING, endpoint=None)
+            cond = c.condition(c.READY, False, *waiting)
+        patch = _session_patch(session, desired, cond, now_s)
+        if patch:
+            patches[session.name] = patch
+        if "pod" in patch and patch["pod"] is not None:
+            reassigned.add(session.name)
+
+    for session in sessions:
+        if session.name in expire and session.phase != EXPIRED:
+            last = max(filter(None, (session.created, session.last_activity)))
+            idle = int((now - last).total_seconds())
+            cond = c.condition(
+                c.READY, False, c.EXPIRED, f"idle {idle}s, timeout {session.timeout_seconds}s"
+            )
+            patches[session.name] = _session_patch(
+                session, {"phase": EXPIRED, "engine": name}, cond, now_s
+            )
+
+    new_status = _engine_status(
+        name, generation, status, live, ready, replicas, waiting, idle_since, now, error
+    )
+    return EnginePlan(
+        replicas=replicas,
+        status_patch=status_patch(status, new_status),
+        session_patches=patches,
+        reassigned=reassigned,
+        expire=expire,
+        delete_engine=bool(
+            scaling is not None
+            and not error
+            and idle_expired
+            and scaling.idle_policy == "Delete"
+            and scaling.deletable
+        ),
+    )
+
+
+def _engine_status(
+    name: str,
+    generation: int | None,
+    old: Mapping[str, Any],
+    live: list[SessionView],
+    ready: list[PodView],
+    replicas: int,
+    waiting: tuple[str, str],
+    idle_since: dt.datetime | None,
+    now: dt.datetime,
+    error: str | None,
+) -> dict[str, Any]:
+    if error:
+        phase, cond = ENGINE_FAILED, c.condition(c.READY, False, c.INVALID_SPEC, error)
+    elif ready:
+        phase = ENGINE_READY if live else ENGINE_IDLE
+        message = f"{len(ready)}/{replicas} replicas ready"
+        cond = c.condition(c.READY, True, c.REPLICAS_READY, message)
+    elif replicas == 0:
+        phase, cond = ENGINE_SCALED_DOWN, c.condition(c.READY, False, c.SCALED_DOWN, "no sessions")
+    else:
+        phase, cond = ENGINE_PENDING, c.condition(c.READY, False, *waiting)
+    now_s = format_time(now)
+    cond["observedGeneration"] = generation
+    conds, _ = c.set_condition(old.get("conditions"), cond, now_s)
+    reconciled = (
+        c.condition(c.RECONCILED, False, c.INVALID_SPEC, error, generation)
+        if error
+        else c.condition(c.RECONCILED, True, c.SUCCEEDED, f"{name} reconciled", generation)
+    )
+    conds, _ = c.set_condition(conds, reconciled, now_s)
+    status: dict[str, Any] = {
+        "phase": phase,
+        "replicas": replicas,
+        "readyReplicas": len(ready),
+        "sessions": len(live),
+        "endpoints": [p.endpoint for p in ready],
+        "observedGeneration": generation,
+        "conditions": conds,
+    }
+    newest = max((s.created for s in live), default=None)
+    last_session = format_time(newest) if newest else old.get("lastSessionTime")
+    if last_session:
+        status["lastSessionTime"] = last_session
+    if idle_since is not None:
+        status["idleSince"] = format_time(idle_since)
+    return status

@@ -1,0 +1,61 @@
+"""Operator settings: environment variables with the ``TUTOR_OPERATOR_`` prefix (and ``.env``)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class OperatorSettings(BaseSettings):
+    """Where the operator watches, how fast it reconciles, and the defaults for new engines.
+
+    Dict and list fields are read from JSON, e.g.
+    ``TUTOR_OPERATOR_NODE_SELECTOR='{"gpu": "a100"}'``.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="TUTOR_OPERATOR_", env_file=".env", extra="ignore")
+
+    namespace: str = Field("", description="Namespace to watch; empty watches all namespaces.")
+    api_server: str = Field(
+        "", description="API server URL without TLS checks (tests); else in-cluster/kubeconfig."
+    )
+    standalone: bool = Field(True, description="Skip kopf peering (run a single replica).")
+    reconcile_interval: float = Field(
+        2.0, gt=0, description="Seconds between engine reconciliations (assignment, scaling)."
+    )
+    session_check_interval: float = Field(
+        10.0, gt=0, description="Seconds between checks that each session's engine exists."
+    )
+
+    # Defaults for TutorEngines the operator creates and for fields an administrator omits.
+    engine_image: str = "ghcr.io/vts/tutor-engine:0.1.0"
+    engine_port: int = Field(8000, ge=1, le=65535)
+    gpu_count: int = Field(1, ge=0)
+    gpu_resource_name: str = "nvidia.com/gpu"
+    cpu: str = "2"
+    memory: str = "16Gi"
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    tolerations: list[dict[str, Any]] = Field(
+        default_factory=lambda: [
+            {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+        ]
+    )
+    llm_backend: Literal["mock", "openai"] = "openai"
+    llm_model: str = ""
+    llm_base_url: str = "http://vllm:8000/v1"
+    asr_backend: Literal["mock", "faster-whisper"] = "faster-whisper"
+    asr_model: str = "large-v3"
+    tts_backend: Literal["mock", "piper", "coqui"] = "piper"
+    tts_model: str = ""
+    min_replicas: int = Field(0, ge=0)
+    max_replicas: int = Field(1, ge=1)
+    max_sessions_per_replica: int = Field(8, ge=1)
+    idle_timeout_seconds: int = Field(900, ge=0)
+    idle_policy: Literal["ScaleToZero", "Delete"] = "ScaleToZero"
+    api_key_secret: str = Field(
+        "tutor-engine-key",
+        description="Secret holding the engine API key (ENGINE_API_KEY); empty disables it.",
+    )
+    api_key_secret_key: str = "api-key"
