@@ -1,0 +1,214 @@
+"""Pytest fixtures for cluster tests: the API emulator, the fake kubelet, the real operator.
+
+Import them into a ``conftest.py`` (``from tests.support.cluster import *`` style, naming
+them) to reuse: ``kube_api`` (a ``RunningEmulator`` with the CRDs), ``kube`` (a ``KubeClient``
+on the test namespace, with the engine-key Secret), ``kubelet`` (a started ``FakeKubelet``),
+``operator_factory`` (start ``python -m tutor_operator`` processes) and ``cluster`` (all of
+them, with the operator running on mock-backend defaults).
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import dataclasses
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from .kube_emulator import KubeEmulator, RunningEmulator
+from .kubelet import FakeKubelet
+
+NAMESPACE = "tutors"
+ENGINE_KEY = "test-engine-key"
+ENGINE_KEY_SECRET = "tutor-engine-key"
+API_VERSIONS = {
+    "tutorsessions": "tutor.vts.dev/v1alpha1",
+    "tutorengines": "tutor.vts.dev/v1alpha1",
+    "deployments": "apps/v1",
+}
+# Operator settings for tests: mock backends, fast reconciliation, long idle timeouts.
+OPERATOR_ENV = {
+    "TUTOR_OPERATOR_RECONCILE_INTERVAL": "0.5",
+    "TUTOR_OPERATOR_LLM_BACKEND": "mock",
+    "TUTOR_OPERATOR_ASR_BACKEND": "mock",
+    "TUTOR_OPERATOR_TTS_BACKEND": "mock",
+    "TUTOR_OPERATOR_ENGINE_IMAGE": "tutor-engine:test",
+    "TUTOR_OPERATOR_MAX_REPLICAS": "2",
+    "TUTOR_OPERATOR_MAX_SESSIONS_PER_REPLICA": "4",
+    "TUTOR_OPERATOR_IDLE_TIMEOUT_SECONDS": "600",
+}
+
+
+def wait_for(check: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
+    """Poll ``check`` every 0.1 s until it returns something truthy; fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.1)
+
+
+class KubeClient:
+    """A small synchronous client for tests: JSON objects on one namespace."""
+
+    def __init__(self, url: str, namespace: str = NAMESPACE) -> None:
+        self.http = httpx.Client(base_url=url, timeout=10)
+        self.namespace = namespace
+
+    def path(self, plural: str, name: str | None = None, sub: str | None = None) -> str:
+        """The REST path of a namespaced collection or object."""
+        api_version = API_VERSIONS.get(plural, "v1")
+        root = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
+        return "/".join(p for p in (root, "namespaces", self.namespace, plural, name, sub) if p)
+
+    def create(self, plural: str, body: dict[str, Any]) -> httpx.Response:
+        return self.http.post(self.path(plural), json=body)
+
+    def get(self, plural: str, name: str) -> dict[str, Any] | None:
+        response = self.http.get(self.path(plural, name))
+        return response.json() if response.status_code == 200 else None
+
+    def list(self, plural: str, selector: str | None = None) -> list[dict[str, Any]]:
+        params = {"labelSelector": selector} if selector else {}
+        return self.http.get(self.path(plural), params=params).json()["items"]
+
+    def patch(
+        self, plural: str, name: str, body: dict[str, Any], sub: str | None = None
+    ) -> httpx.Response:
+        headers = {"Content-Type": "application/merge-patch+json"}
+        return self.http.patch(self.path(plural, name, sub), json=body, headers=headers)
+
+    def delete(self, plural: str, name: str) -> httpx.Response:
+        return self.http.delete(self.path(plural, name))
+
+    def close(self) -> None:
+        self.http.close()
+
+
+class OperatorProcess:
+    """``python -m tutor_operator`` against the emulator, as a killable child process."""
+
+    def __init__(self, api_url: str, namespace: str, env: dict[str, str], log: pathlib.Path):
+        self.api_url, self.namespace, self.env, self.log = api_url, namespace, env, log
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> OperatorProcess:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("TUTOR_OPERATOR_")}
+        command = [sys.executable, "-m", "tutor_operator", "--verbose"]
+        command += ["--server", self.api_url, "--namespace", self.namespace]
+        with self.log.open("ab") as out:
+            self.process = subprocess.Popen(
+                command, env={**env, **self.env}, stdout=out, stderr=subprocess.STDOUT
+            )
+        return self
+
+    def kill(self) -> None:
+        """SIGKILL: no cleanup, no goodbye — as a crashed or evicted pod."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL if it lingers."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def logs(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+
+@dataclasses.dataclass
+class Cluster:
+    """Everything a cluster test touches."""
+
+    api: RunningEmulator
+    kube: KubeClient
+    kubelet: FakeKubelet
+    operator: OperatorProcess
+
+    @property
+    def url(self) -> str:
+        return self.api.url
+
+    @property
+    def namespace(self) -> str:
+        return self.kube.namespace
+
+
+@pytest.fixture
+def kube_api() -> Iterator[RunningEmulator]:
+    """The Kubernetes API emulator on 127.0.0.1 with the project's CRDs registered."""
+    emulator = KubeEmulator()
+    emulator.load_crds()
+    with RunningEmulator(emulator) as running:
+        yield running
+
+
+@pytest.fixture
+def kube(kube_api: RunningEmulator) -> Iterator[KubeClient]:
+    """A client on the test namespace, where the engine-key Secret already exists."""
+    client = KubeClient(kube_api.url)
+    secret = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": ENGINE_KEY_SECRET},
+        "data": {"api-key": base64.b64encode(ENGINE_KEY.encode()).decode()},
+    }
+    client.create("secrets", secret).raise_for_status()
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def kubelet(kube_api: RunningEmulator) -> Iterator[FakeKubelet]:
+    """A fake kubelet running engine Deployments of the test namespace as local processes."""
+    with FakeKubelet(kube_api.url, NAMESPACE) as running:
+        yield running
+        print("fake kubelet engine logs:\n" + running.logs())
+
+
+@pytest.fixture
+def operator_factory(kube_api: RunningEmulator) -> Iterator[Callable[..., OperatorProcess]]:
+    """Start operators (``**env`` overrides ``OPERATOR_ENV``); all are stopped at the end."""
+    started: list[OperatorProcess] = []
+    log_dir = pathlib.Path(tempfile.mkdtemp(prefix="tutor-operator-"))
+
+    def start(**env: str) -> OperatorProcess:
+        log = log_dir / f"operator-{len(started)}.log"
+        operator = OperatorProcess(kube_api.url, NAMESPACE, {**OPERATOR_ENV, **env}, log)
+        started.append(operator.start())
+        return operator
+
+    yield start
+    for operator in started:
+        operator.stop()
+        with contextlib.suppress(Exception):
+            print(f"--- operator log {operator.log}:\n{operator.logs()[-20000:]}")
+
+
+@pytest.fixture
+def cluster(
+    kube_api: RunningEmulator,
+    kube: KubeClient,
+    kubelet: FakeKubelet,
+    operator_factory: Callable[..., OperatorProcess],
+) -> Cluster:
+    """Emulator + fake kubelet + the operator (test defaults), on namespace ``tutors``."""
+    return Cluster(kube_api, kube, kubelet, operator_factory())
