@@ -10,7 +10,12 @@ PIP := $(PY) -m pip --disable-pip-version-check
 
 # Extras installed for `make run` and for `make test` (see pyproject.toml).
 RUN_EXTRAS ?= speech
-TEST_EXTRAS ?= test,kube,speech
+TEST_EXTRAS ?= test,kube,speech,kb
+# CPU torch for the kb extra's embeddings, installed first so pip never picks a CUDA build.
+TORCH ?= torch==2.13.0
+# The embedded default speaks: real Piper and faster-whisper (CPU) unless overridden.
+RUN_ENV ?= ENGINE_ASR_BACKEND=$${ENGINE_ASR_BACKEND:-auto} ENGINE_TTS_BACKEND=$${ENGINE_TTS_BACKEND:-auto} \
+	ENGINE_ASR_BEAM_SIZE=$${ENGINE_ASR_BEAM_SIZE:-1}
 
 ##@ General
 
@@ -31,6 +36,7 @@ $(VENV)/.installed-run: pyproject.toml | $(PY)
 	@touch $@
 
 $(VENV)/.installed-test: pyproject.toml | $(PY)
+	$(PIP) install "$(TORCH)"
 	$(PIP) install -e ".[$(TEST_EXTRAS)]"
 	@touch $@
 
@@ -41,7 +47,7 @@ install: $(VENV)/.installed-run ## Install the gateway, the engine and the CPU s
 
 .PHONY: run
 run: install ## Run the embedded default: the gateway and per-tutor engines on :9000
-	$(PY) -m tutor_gateway
+	$(RUN_ENV) $(PY) -m tutor_gateway
 
 ##@ Test
 
@@ -57,6 +63,7 @@ lint: $(VENV)/.installed-test ## Ruff lint and format check
 .PHONY: bench
 bench: $(VENV)/.installed-test ## Run the benchmarks; JSON results in bench/results/
 	$(PY) -m bench.relay
+	$(PY) -m bench.voice_pipeline
 
 .PHONY: clean
 clean: ## Remove the virtualenv and caches

@@ -10,7 +10,7 @@ import shlex
 import socket
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -33,10 +33,17 @@ class EngineEndpoint:
     base_url: str
     api_key: str
 
-    def websocket_url(self, session: Session) -> str:
-        """The engine's WebSocket URL for a session, carrying its knowledge-base id."""
+    def websocket_url(
+        self, session: Session, client_params: Mapping[str, str] | None = None
+    ) -> str:
+        """The engine's WebSocket URL for a session: the client's options (``stream``, …) pass
+        through; the token stays here, and ``kb_id`` is the session's own."""
+        client_params = client_params or {}
+        params = {k: v for k, v in client_params.items() if k not in ("token", "kb_id")}
+        if session.kb_id:
+            params["kb_id"] = session.kb_id
         url = f"{self.base_url.replace('http', 'ws', 1)}/ws/{session.session_id}"
-        return f"{url}?{httpx.QueryParams({'kb_id': session.kb_id})}" if session.kb_id else url
+        return f"{url}?{httpx.QueryParams(params)}" if params else url
 
 
 class EngineRouter(Protocol):

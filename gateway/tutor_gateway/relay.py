@@ -139,7 +139,7 @@ class Relay:
             )
         try:
             async with connect(
-                endpoint.websocket_url(self.session),
+                endpoint.websocket_url(self.session, self.client.query_params),
                 additional_headers={"X-Engine-Key": endpoint.api_key},
                 max_size=None,
                 open_timeout=10,

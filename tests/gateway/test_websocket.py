@@ -12,6 +12,8 @@ import wave
 import httpx
 import pytest
 from tutor_engine.backends.mock import make_wav
+from tutor_gateway.engines import EngineEndpoint
+from tutor_gateway.sessions import Session
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
@@ -164,3 +166,25 @@ def test_messages_sent_before_the_engine_is_ready_are_answered_in_order(
             ws.send(json.dumps({"type": "text", "content": word}))
         replies = [recv(ws)["content"] for _ in range(3)]
     assert [r.split("heard: ")[1].split(".")[0] for r in replies] == ["one", "two", "three"]
+
+
+def test_streaming_opt_in_passes_through_the_gateway(gateway: RunningServer) -> None:
+    session = create_session(gateway)
+    url = f"{gateway.ws}/ws/ws/{session['session_id']}?token={session['engine_token']}&stream=1"
+    with connect(url, open_timeout=30) as ws:
+        ws.send(json.dumps({"type": "text", "content": "stream please"}))
+        events = []
+        while not events or events[-1]["type"] != "text":
+            events.append(recv(ws))
+    assert {e["type"] for e in events[:-1]} == {"text_delta"}
+    assert events[-1]["final"] is True
+    assert "".join(e["content"] for e in events[:-1]).strip() == events[-1]["content"]
+
+
+def test_engine_url_keeps_the_token_back_and_the_sessions_own_kb() -> None:
+    endpoint = EngineEndpoint("http://127.0.0.1:8000", "key")
+    session = Session("sid", 1, 1, "kb-1", "h", "active", 0.0, 0.0)
+    url = endpoint.websocket_url(session, {"token": "secret", "stream": "1", "kb_id": "other"})
+    assert url == "ws://127.0.0.1:8000/ws/sid?stream=1&kb_id=kb-1"
+    plain = Session("sid", 1, 1, None, "h", "active", 0.0, 0.0)
+    assert endpoint.websocket_url(plain) == "ws://127.0.0.1:8000/ws/sid"
