@@ -246,7 +246,7 @@ def plan_engine(
         replicas, waiting = current_replicas, (c.ENGINE_FAILED, error)
     else:
         replicas = desired_replicas(len(live), len(load), scaling, current_replicas, idle_expired)
-        waiting = waiting_reason(usable.values(), scaling, name, replicas)
+        waiting = waiting_reason(usable.values(), scaling, name, current_replicas)
 
     patches: dict[str, dict[str, Any]] = {}
     reassigned: set[str] = set()

@@ -151,7 +151,7 @@ def _resources(spec: Mapping[str, Any]) -> dict[str, Any]:
     requests = {"cpu": res["cpu"], "memory": res["memory"]}
     limits = {"memory": res["memory"]}
     if res["gpuCount"]:
-        requests[res["gpuResourceName"]] = limits[res["gpuResourceName"]] = res["gpuCount"]
+        requests[res["gpuResourceName"]] = limits[res["gpuResourceName"]] = str(res["gpuCount"])
     return {"requests": requests, "limits": limits}
 
 
@@ -203,7 +203,7 @@ def build_engine_deployment(
             },
             "template": {
                 "metadata": {
-                    "labels": labels,
+                    "labels": dict(labels),
                     "annotations": {
                         "prometheus.io/scrape": "true",
                         "prometheus.io/port": str(spec["port"]),

@@ -1,0 +1,41 @@
+"""Fixed inputs for the builder tests (shared with the golden-file generator below)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tutor_operator.settings import OperatorSettings
+
+
+def settings(**overrides: Any) -> OperatorSettings:
+    """Operator settings independent of the environment and any ``.env``."""
+    return OperatorSettings(_env_file=None, **overrides)  # type: ignore[call-arg]
+
+
+def engine(spec: dict[str, Any], labels: dict[str, str] | None = None) -> dict[str, Any]:
+    """A stored TutorEngine body (with a fixed uid) for ``spec``."""
+    return {
+        "apiVersion": "tutor.vts.dev/v1alpha1",
+        "kind": "TutorEngine",
+        "metadata": {
+            "name": f"tutor-{spec['tutorId']}",
+            "namespace": "tutors",
+            "uid": "00000000-0000-0000-0000-000000000007",
+            "labels": labels or {},
+        },
+        "spec": spec,
+    }
+
+
+ADMIN_SPEC = {
+    "tutorId": 42,
+    "image": "registry.example/tutor-engine:math",
+    "maxReplicas": 3,
+    "resources": {"gpuCount": 2, "memory": "40Gi"},
+    "nodeSelector": {"gpu.example/model": "a100"},
+    "models": {
+        "llm": {"backend": "openai", "model": "qwen2.5-14b-instruct"},
+        "tts": {"backend": "coqui", "model": "xtts_v2"},
+    },
+    "env": [{"name": "ENGINE_SYSTEM_PROMPT", "value": "You teach algebra."}],
+}
