@@ -1,0 +1,106 @@
+{{/* Names, labels and shared pieces of the tutor-serving chart. */}}
+
+{{- define "tutor-serving.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* "<release>-<chart>" (or fullnameOverride), shortened so suffixes fit in 63 characters. */}}
+{{- define "tutor-serving.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 40 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 40 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 40 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "tutor-serving.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+{{- end }}
+
+{{/* Labels of every resource; call with (dict "root" $ "component" "gateway"). */}}
+{{- define "tutor-serving.labels" -}}
+helm.sh/chart: {{ include "tutor-serving.chart" .root }}
+{{ include "tutor-serving.selectorLabels" . }}
+app.kubernetes.io/version: {{ .root.Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .root.Release.Service }}
+app.kubernetes.io/part-of: tutor-serving
+{{- end }}
+
+{{/* Labels that select one component's pods. */}}
+{{- define "tutor-serving.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "tutor-serving.name" .root }}
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end }}
+
+{{- define "tutor-serving.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+
+{{- define "tutor-serving.engineImage" -}}
+{{- $img := .Values.engine.image }}
+{{- printf "%s:%s" $img.repository (default .Chart.AppVersion $img.tag) }}
+{{- end }}
+
+{{- define "tutor-serving.gatewayName" -}}
+{{- include "tutor-serving.fullname" . }}-gateway
+{{- end }}
+
+{{- define "tutor-serving.operatorName" -}}
+{{- include "tutor-serving.fullname" . }}-operator
+{{- end }}
+
+{{- define "tutor-serving.vllmName" -}}
+{{- include "tutor-serving.fullname" . }}-vllm
+{{- end }}
+
+{{- define "tutor-serving.apiKeySecret" -}}
+{{- default (printf "%s-engine-key" (include "tutor-serving.fullname" .)) .Values.engineApiKey.existingSecret }}
+{{- end }}
+
+{{/* The public WebSocket base the gateway hands out in engine_url. */}}
+{{- define "tutor-serving.websocketUrl" -}}
+{{- $ing := .Values.gateway.ingress }}
+{{- if .Values.gateway.websocketUrl }}
+{{- .Values.gateway.websocketUrl }}
+{{- else if $ing.enabled }}
+{{- printf "%s://%s/ws" (ternary "wss" "ws" $ing.tls.enabled) $ing.host }}
+{{- else }}
+{{- printf "ws://%s.%s.svc:%d/ws" (include "tutor-serving.gatewayName" .) .Release.Namespace (int .Values.gateway.port) }}
+{{- end }}
+{{- end }}
+
+{{/* The LLM base URL engines get: explicit, else the chart's vLLM Service. */}}
+{{- define "tutor-serving.llmBaseUrl" -}}
+{{- $llm := .Values.engine.models.llm }}
+{{- if $llm.baseUrl }}
+{{- $llm.baseUrl }}
+{{- else if .Values.vllm.enabled }}
+{{- printf "http://%s:%d/v1" (include "tutor-serving.vllmName" .) (int .Values.vllm.port) }}
+{{- else if eq $llm.backend "openai" }}
+{{- fail "engine.models.llm.baseUrl is required when vllm.enabled is false and the LLM backend is openai" }}
+{{- end }}
+{{- end }}
+
+{{/* Pod security context: non-root, RuntimeDefault seccomp. */}}
+{{- define "tutor-serving.podSecurityContext" -}}
+runAsNonRoot: true
+runAsUser: 10001
+runAsGroup: 10001
+fsGroup: 10001
+seccompProfile:
+  type: RuntimeDefault
+{{- end }}
+
+{{/* Container security context: read-only root, no privilege escalation, no capabilities. */}}
+{{- define "tutor-serving.containerSecurityContext" -}}
+allowPrivilegeEscalation: false
+readOnlyRootFilesystem: true
+capabilities:
+  drop: [ALL]
+{{- end }}
