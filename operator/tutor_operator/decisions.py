@@ -150,9 +150,12 @@ def session_view(body: Mapping[str, Any]) -> SessionView:
 
 
 def is_expired(session: SessionView, now: dt.datetime) -> bool:
-    """Idle past its timeout: no activity (or creation) within ``timeout_seconds``."""
-    last = max(filter(None, (session.created, session.last_activity)))
-    return (now - last).total_seconds() > session.timeout_seconds
+    """Idle past its timeout: no activity (or, before any, creation) within ``timeout_seconds``."""
+    return (now - _last_seen(session)).total_seconds() > session.timeout_seconds
+
+
+def _last_seen(session: SessionView) -> dt.datetime:
+    return session.last_activity or session.created
 
 
 def desired_replicas(
@@ -278,8 +281,7 @@ def plan_engine(
 
     for session in sessions:
         if session.name in expire and session.phase != EXPIRED:
-            last = max(filter(None, (session.created, session.last_activity)))
-            idle = int((now - last).total_seconds())
+            idle = int((now - _last_seen(session)).total_seconds())
             cond = c.condition(
                 c.READY, False, c.EXPIRED, f"idle {idle}s, timeout {session.timeout_seconds}s"
             )

@@ -128,6 +128,7 @@ def test_session_view_reads_the_body() -> None:
         (30, None, 60, False),
         (100, 30, 60, False),
         (100, 61, 60, True),
+        (10, 61, 60, True),  # activity, once recorded, counts rather than creation
         (5000, 3599, 3600, False),
     ],
 )

@@ -34,6 +34,7 @@ import re
 import string
 import threading
 import uuid
+import warnings
 from collections import deque
 from collections.abc import Iterator
 from typing import Any
@@ -247,7 +248,9 @@ class KubeEmulator(kmock.KubernetesScaffold):
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
         self._history = deque(maxlen=self.history_size)
-        self.resources.load_bundled()
+        with warnings.catch_warnings():  # kmock 0.8 reads its bundle with a deprecated API
+            warnings.simplefilter("ignore", DeprecationWarning)
+            self.resources.load_bundled()
         for resource in list(self.resources):
             info = self.resources[resource]
             api_version = f"{resource.group}/{resource.version}".lstrip("/")
@@ -671,9 +674,10 @@ class RunningEmulator:
     async def _serve(self) -> None:
         self._stop = asyncio.Event()
         async with self.emulator:
-            runner = aiohttp.web.ServerRunner(aiohttp.web.Server(self.emulator))
+            server = aiohttp.web.Server(self.emulator)
+            runner = aiohttp.web.ServerRunner(server, shutdown_timeout=1.0)
             await runner.setup()
-            site = aiohttp.web.TCPSite(runner, self.host, 0, shutdown_timeout=1.0)
+            site = aiohttp.web.TCPSite(runner, self.host, 0)
             await site.start()
             self.port = runner.addresses[0][1]
             self._started.set()
