@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import ast
+import contextlib
+import importlib.metadata
 import importlib.util
 import os
 import re
 import subprocess
+import tomllib
 
 import pytest
 import yaml
@@ -81,3 +85,47 @@ def test_operator_module_runs_in_the_serving_image() -> None:
     """The chart starts the operator with python -m tutor_operator from the same image."""
     assert importlib.util.find_spec("tutor_operator.__main__")
     assert "COPY operator/ operator/" in (ROOT / "Dockerfile").read_text()
+
+
+def _name(requirement: str) -> str:
+    return re.split(r"[\[<>=!~; (]", requirement.strip(), maxsplit=1)[0].lower().replace("_", "-")
+
+
+def _closure(requirements: list[str]) -> set[str]:
+    """The distributions ``requirements`` install, with their dependencies (extras aside)."""
+    todo, seen = [_name(r) for r in requirements], set()
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            requires = importlib.metadata.requires(name) or []
+            todo += [_name(r) for r in requires if "extra ==" not in r]
+    return seen
+
+
+def test_serving_image_installs_everything_gateway_and_operator_import() -> None:
+    """The image installs ".[kube]": each third-party import must come with those requirements."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    installed = _closure(project["dependencies"] + project["optional-dependencies"]["kube"])
+    distributions = importlib.metadata.packages_distributions()
+    missing = set()
+    for package in ("gateway/tutor_gateway", "operator/tutor_operator"):
+        for source in (ROOT / package).rglob("*.py"):
+            for node in ast.walk(ast.parse(source.read_text())):
+                if isinstance(node, ast.Import):
+                    modules = [alias.name for alias in node.names]
+                elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+                    modules = [node.module]
+                else:
+                    continue
+                for module in modules:
+                    dists = {d.lower().replace("_", "-") for d in distributions.get(module, [])}
+                    dists = dists or {
+                        d.lower().replace("_", "-")
+                        for d in distributions.get(module.split(".")[0], [])
+                    }
+                    if dists and not dists & (installed | {"tutor-serving"}):
+                        missing.add(f"{module} ({source.relative_to(ROOT)})")
+    assert not missing, f"not installed by pyproject's dependencies + kube extra: {sorted(missing)}"
