@@ -10,7 +10,7 @@ PIP := $(PY) -m pip --disable-pip-version-check
 
 # Extras installed for `make run` and for `make test` (see pyproject.toml).
 RUN_EXTRAS ?= speech
-TEST_EXTRAS ?= test,kube,speech,kb
+TEST_EXTRAS ?= test,kube,speech,kb,chart
 # CPU torch for the kb extra's embeddings, installed first so pip never picks a CUDA build.
 TORCH ?= torch==2.13.0
 # The embedded default speaks: real Piper and faster-whisper (CPU) unless overridden.
@@ -22,7 +22,7 @@ RUN_ENV ?= ENGINE_ASR_BACKEND=$${ENGINE_ASR_BACKEND:-auto} ENGINE_TTS_BACKEND=$$
 .PHONY: help
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*##"; printf "Usage: make <target>\n"} \
-	  /^[a-zA-Z0-9_-]+:.*?##/ { printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2 } \
+	  /^[a-zA-Z0-9_-]+:.*?##/ { printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2 } \
 	  /^##@/ { printf "\n\033[1m%s\033[0m\n", substr($$0, 5) }' $(MAKEFILE_LIST)
 
 ##@ Install
@@ -68,3 +68,28 @@ bench: $(VENV)/.installed-test ## Run the benchmarks; JSON results in bench/resu
 .PHONY: clean
 clean: ## Remove the virtualenv and caches
 	rm -rf $(VENV) .pytest_cache .ruff_cache bench/results
+
+##@ Images and cluster
+
+IMAGE_REGISTRY ?= ghcr.io/vts
+IMAGE_TAG ?= 0.1.0
+
+.PHONY: images image-serving image-engine image-engine-mock
+images: image-serving image-engine image-engine-mock ## Build the gateway+operator, GPU engine and mock engine images
+
+image-serving: ## Build the gateway + operator image
+	docker build -t $(IMAGE_REGISTRY)/tutor-serving:$(IMAGE_TAG) .
+
+image-engine: ## Build the GPU engine image (CUDA, faster-whisper, Piper)
+	docker build -f engine-image/Dockerfile -t $(IMAGE_REGISTRY)/tutor-engine:$(IMAGE_TAG) .
+
+image-engine-mock: ## Build the CPU-only mock engine image (CI, kind)
+	docker build -f engine-image/Dockerfile.mock -t $(IMAGE_REGISTRY)/tutor-engine-mock:$(IMAGE_TAG) .
+
+.PHONY: chart-crds
+chart-crds: ## Copy crds/ into the chart (a test fails when they drift)
+	cp crds/*.yaml charts/tutor-serving/crds/
+
+.PHONY: e2e-kind
+e2e-kind: $(VENV)/.installed-test ## Kind cluster, images, chart with mock engines, tests/e2e (needs docker, kind, kubectl, helm)
+	PYTHON=$(PY) scripts/e2e-kind.sh
