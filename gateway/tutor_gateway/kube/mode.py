@@ -23,7 +23,23 @@ log = logging.getLogger("tutor_gateway.kube")
 def kube_config(settings: GatewaySettings) -> KubeConfig:
     """An explicit API server URL (tests, development), else in-cluster or kubeconfig."""
     if settings.kube_api_url:
-        return KubeConfig.from_server(settings.kube_api_url, settings.kube_namespace or "default")
+        return KubeConfig.from_dict(
+            {
+                "clusters": [{"name": "api", "cluster": {"server": settings.kube_api_url}}],
+                "users": [{"name": "anonymous", "user": {}}],
+                "contexts": [
+                    {
+                        "name": "api",
+                        "context": {
+                            "cluster": "api",
+                            "user": "anonymous",
+                            "namespace": settings.kube_namespace or "default",
+                        },
+                    }
+                ],
+                "current-context": "api",
+            }
+        )
     return KubeConfig.from_env()
 
 
