@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 from typing import Any
@@ -62,26 +63,26 @@ def register(registry: kopf.OperatorRegistry, ctx: Context) -> None:
 
     # Indices, all keyed by (namespace, engine name).
     @kopf.index(*SESSIONS, registry=registry, id="session_index")
-    def index_session(namespace: str, spec: Any, body: Any, **_: Any) -> Any:
+    async def index_session(namespace: str, spec: Any, body: Any, **_: Any) -> Any:
         tutor_id = spec.get("tutorId")
         if not isinstance(tutor_id, int) or tutor_id < 0:
             return None
         return {(namespace, engine_name(tutor_id)): session_view(body)}
 
     @kopf.index("v1", "pods", registry=registry, id="pod_index", labels=OWNED)
-    def index_pod(namespace: str, labels: Any, body: Any, **_: Any) -> Any:
+    async def index_pod(namespace: str, labels: Any, body: Any, **_: Any) -> Any:
         return {(namespace, labels[LABEL_ENGINE]): pod_view(body)}
 
     @kopf.index("apps", "v1", "deployments", registry=registry, id="deployment_index", labels=OWNED)
-    def index_deployment(namespace: str, name: str, spec: Any, **_: Any) -> Any:
+    async def index_deployment(namespace: str, name: str, spec: Any, **_: Any) -> Any:
         return {(namespace, name): spec.get("replicas", 1)}
 
     @kopf.index("v1", "services", registry=registry, id="service_index", labels=OWNED)
-    def index_service(namespace: str, name: str, **_: Any) -> Any:
+    async def index_service(namespace: str, name: str, **_: Any) -> Any:
         return {(namespace, name): name}
 
     @kopf.index(*ENGINES, registry=registry, id="engine_index")
-    def index_engine(namespace: str, name: str, body: Any, **_: Any) -> Any:
+    async def index_engine(namespace: str, name: str, body: Any, **_: Any) -> Any:
         return {(namespace, name): copy.deepcopy(dict(body))}
 
     # Sessions: make sure their engine exists, then let it place them right away.
@@ -97,7 +98,8 @@ def register(registry: kopf.OperatorRegistry, ctx: Context) -> None:
         try:
             await ensure_engine(ctx, namespace, tutor_id, engines)
             for engine in engines.get((namespace, engine_name(tutor_id)), ()):
-                await reconcile_engine(ctx, engine, _indices(kwargs))
+                with contextlib.suppress(kopf.PermanentError):  # the engine's handlers report it
+                    await reconcile_engine(ctx, engine, _indices(kwargs))
         except kopf.TemporaryError as exc:
             await report_session_error(ctx, namespace, name, str(exc))
             raise
@@ -111,7 +113,8 @@ def register(registry: kopf.OperatorRegistry, ctx: Context) -> None:
 
     @kopf.timer(*ENGINES, registry=registry, id="engine_tick", interval=settings.reconcile_interval)
     async def engine_tick(body: Any, **kwargs: Any) -> None:
-        await reconcile_engine(ctx, body, _indices(kwargs))
+        with contextlib.suppress(kopf.PermanentError):  # reported in status by create/update
+            await reconcile_engine(ctx, body, _indices(kwargs))
 
     @kopf.on.event(*ENGINES, registry=registry, id="engine_gone")
     async def engine_gone(event: Any, namespace: str, name: str, spec: Any, **kwargs: Any) -> None:

@@ -84,6 +84,32 @@ def test_a_session_gets_an_engine_pod_and_talks_to_it(cluster: Cluster) -> None:
     wait_for(lambda: status(kube, "tutorengines", "tutor-7").get("sessions") == 2)
 
 
+def test_a_deleted_engine_comes_back_while_it_has_sessions(cluster: Cluster) -> None:
+    kube = cluster.kube
+    kube.create("tutorsessions", session_body("s", 12))
+    first = wait_phase(kube, "tutorsessions", "s", "Active")
+    uid = kube.get("tutorengines", "tutor-12")["metadata"]["uid"]
+    kube.delete("tutorengines", "tutor-12")
+    wait_for(
+        lambda: (
+            (kube.get("tutorengines", "tutor-12") or {}).get("metadata", {}).get("uid")
+            not in (None, uid)
+        ),
+        20,
+        "a new engine",
+    )
+    moved = wait_for(
+        lambda: (
+            (s := status(kube, "tutorsessions", "s")).get("pod") not in (None, first["pod"])
+            and s.get("phase") == "Active"
+            and s
+        ),
+        40,
+        "the session on a pod of the new engine",
+    )
+    assert moved["endpoint"] != first["endpoint"]
+
+
 def test_replicas_grow_with_sessions_up_to_the_maximum(cluster: Cluster) -> None:
     kube = cluster.kube  # test defaults: 4 sessions per replica, at most 2 replicas
     for i in range(9):
