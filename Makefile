@@ -63,6 +63,7 @@ lint: $(VENV)/.installed-test ## Ruff lint and format check
 .PHONY: bench
 bench: $(VENV)/.installed-test ## Run the benchmarks; JSON results in bench/results/
 	$(PY) -m bench.relay
+	$(PY) -m bench.cluster
 	$(PY) -m bench.voice_pipeline
 
 .PHONY: clean
