@@ -9,7 +9,7 @@ PY := $(BIN)/python
 PIP := $(PY) -m pip --disable-pip-version-check
 
 # Extras installed for `make run` and for `make test` (see pyproject.toml).
-RUN_EXTRAS ?= speech
+RUN_EXTRAS ?= speech,kube
 TEST_EXTRAS ?= test,kube,speech,kb,chart
 # CPU torch for the kb extra's embeddings, installed first so pip never picks a CUDA build.
 TORCH ?= torch==2.13.0
