@@ -8,13 +8,14 @@ import logging
 import secrets
 from collections.abc import AsyncIterator
 
-from fastapi import APIRouter, FastAPI
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.responses import JSONResponse
 
 from .api import health, sessions, ws
 from .config import GatewaySettings
 from .engines import LocalEngines
 from .service import Gateway, LocalHousekeeping
-from .sessions import MemorySessionStore
+from .sessions import MemorySessionStore, StoreUnavailable
 
 log = logging.getLogger("tutor_gateway")
 
@@ -70,6 +71,12 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
+
+    @app.exception_handler(StoreUnavailable)
+    async def store_unavailable(_: Request, exc: StoreUnavailable) -> JSONResponse:
+        log.warning("%s", exc)
+        return JSONResponse({"detail": str(exc)}, status_code=503)
+
     for prefix in ("/v1", "/mgmt/v1"):
         versioned = APIRouter(prefix=prefix)
         versioned.include_router(sessions.router)

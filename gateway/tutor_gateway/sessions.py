@@ -34,6 +34,10 @@ class CapacityError(Exception):
     """Raised when a new session would exceed MAX_SESSIONS."""
 
 
+class StoreUnavailable(Exception):
+    """The session store (the Kubernetes API, in cluster mode) could not be reached."""
+
+
 class SessionStore(Protocol):
     """Where sessions live: memory in local mode, TutorSession resources in a cluster."""
 

@@ -172,3 +172,11 @@ def test_tokens_are_checked_against_the_stored_hash(
     session = create_session(gateway, tutor_id=1)
     with open_ws(gateway, session, token=token) as ws:
         closed_with(ws, 4401)
+
+
+def test_an_unreachable_api_is_a_503_not_a_crash(kube_api, gateway_factory) -> None:
+    gateway = cluster_gateway(gateway_factory, kube_api.url)
+    kube_api.stop()
+    response = httpx.post(f"{gateway.http}/v1/sessions", json={"tutor_id": 1, "student_id": 1})
+    assert response.status_code == 503
+    assert "Kubernetes API" in response.json()["detail"]

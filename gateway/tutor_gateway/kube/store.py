@@ -2,22 +2,37 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
+import httpx2
 from cachetools import TTLCache
 from lightkube import AsyncClient
 from lightkube.core.exceptions import ApiError
 from lightkube.types import PatchType
 
 from ..policy import has_capacity
-from ..sessions import CapacityError, EndReason, RemovalListener, Session
+from ..sessions import CapacityError, EndReason, RemovalListener, Session, StoreUnavailable
 from .reflector import Obj, Reflector
 from .resources import TutorSession, activity_patch, build_session, session_of
 
 log = logging.getLogger("tutor_gateway.kube")
+
+
+@contextlib.contextmanager
+def _api(action: str) -> Iterator[None]:
+    """Turn API failures (other than those the caller handles) into StoreUnavailable."""
+    try:
+        yield
+    except ApiError as exc:
+        if exc.status.code == 404:
+            raise
+        raise StoreUnavailable(f"Kubernetes API refused to {action}: {exc.status.message}") from exc
+    except httpx2.HTTPError as exc:
+        raise StoreUnavailable(f"Kubernetes API unreachable ({action}): {exc}") from exc
 
 
 class KubeSessionStore:
@@ -66,7 +81,10 @@ class KubeSessionStore:
         body = build_session(
             str(uuid.uuid4()), tutor_id, student_id, kb_id, token_hash, self.session_timeout
         )
-        created = await self.client.create(TutorSession.from_dict(body), namespace=self.namespace)
+        with _api("create the session"):
+            created = await self.client.create(
+                TutorSession.from_dict(body), namespace=self.namespace
+            )
         obj = created.to_dict()
         self.reflector.objects.setdefault(obj["metadata"]["name"], obj)
         return session_of(obj, self._clock())
@@ -76,13 +94,13 @@ class KubeSessionStore:
         obj = self.reflector.objects.get(session_id)
         if obj is None and session_id not in self._ended:
             try:
-                obj = (
-                    await self.client.get(TutorSession, session_id, namespace=self.namespace)
-                ).to_dict()
-            except ApiError as exc:
-                if exc.status.code != 404:
-                    raise
+                with _api("read the session"):
+                    found = await self.client.get(
+                        TutorSession, session_id, namespace=self.namespace
+                    )
+            except ApiError:  # 404
                 return None
+            obj = found.to_dict()
         return None if obj is None or _ending(obj) else obj
 
     async def get(self, session_id: str) -> Session | None:
@@ -100,11 +118,8 @@ class KubeSessionStore:
         obj = await self.get_object(session_id)
         if obj is None:
             return None
-        try:
+        with contextlib.suppress(ApiError), _api("delete the session"):  # 404: already gone
             await self.client.delete(TutorSession, session_id, namespace=self.namespace)
-        except ApiError as exc:
-            if exc.status.code != 404:
-                raise
         return session_of(obj, self._clock())
 
     async def touch(self, session_id: str) -> None:
@@ -121,8 +136,8 @@ class KubeSessionStore:
                 namespace=self.namespace,
                 patch_type=PatchType.MERGE,
             )
-        except ApiError as exc:
-            log.warning("could not record activity on %s: %s", session_id[:8], exc.status.message)
+        except httpx2.HTTPError as exc:
+            log.warning("could not record activity on %s: %s", session_id[:8], exc)
 
     def ended_reason(self, session_id: str) -> EndReason | None:
         return self._ended.get(session_id)
