@@ -24,6 +24,8 @@ ORIGIN_DEFAULTS = "operator-defaults"  # on TutorEngines the operator created fr
 FINALIZER = f"{GROUP}/finalizer"
 CONTAINER = "engine"
 PORT_NAME = "http"
+LLM_CONTAINER = "vllm"  # the sidecar serving the LLM on the pod's loopback
+LLM_PORT_NAME = "vllm"
 
 
 def engine_name(tutor_id: int) -> str:

@@ -15,6 +15,8 @@ from .names import (
     ENGINE_KIND,
     LABEL_ORIGIN,
     LABEL_TUTOR_ID,
+    LLM_CONTAINER,
+    LLM_PORT_NAME,
     ORIGIN_DEFAULTS,
     PORT_NAME,
     engine_labels,
@@ -35,6 +37,11 @@ _MODEL_ENV = {  # (component, field) -> engine variable
     ("tts", "config"): "ENGINE_TTS_CONFIG",
 }
 _RUN_AS = 10001
+_GPU_CLAIM = "gpu"
+TERMINATION_LOG = "/dev/termination-log"
+# vLLM's share of GPU memory: alone on the GPU (its own default), beside the speech models,
+# beside XTTS (coqui), which needs ~2 GB more than Piper (engine-image/README.md).
+VLLM_GPU_ALONE, VLLM_GPU_SHARED, VLLM_GPU_SHARED_XTTS = 0.90, 0.80, 0.70
 
 
 def default_engine_spec(tutor_id: int, settings: OperatorSettings) -> dict[str, Any]:
@@ -51,6 +58,7 @@ def default_engine_spec(tutor_id: int, settings: OperatorSettings) -> dict[str, 
         "resources": {
             "gpuCount": settings.gpu_count,
             "gpuResourceName": settings.gpu_resource_name,
+            "gpuClaimTemplate": settings.gpu_claim_template,
             "cpu": settings.cpu,
             "memory": settings.memory,
         },
@@ -61,6 +69,7 @@ def default_engine_spec(tutor_id: int, settings: OperatorSettings) -> dict[str, 
                 "backend": settings.llm_backend,
                 "model": settings.llm_model,
                 "baseUrl": settings.llm_base_url,
+                "server": _default_server(settings),
             },
             "asr": {"backend": settings.asr_backend, "model": settings.asr_model},
             "tts": {"backend": settings.tts_backend, "model": settings.tts_model},
@@ -68,18 +77,46 @@ def default_engine_spec(tutor_id: int, settings: OperatorSettings) -> dict[str, 
     }
 
 
+def _default_server(settings: OperatorSettings) -> dict[str, Any]:
+    server: dict[str, Any] = {
+        "image": settings.vllm_image,
+        "model": settings.vllm_model,
+        "port": settings.vllm_port,
+        "args": list(settings.vllm_args),
+        "cpu": settings.vllm_cpu,
+        "memory": settings.vllm_memory,
+        "cacheClaim": settings.vllm_cache_claim,
+    }
+    if settings.vllm_gpu_memory_utilization is not None:
+        server["gpuMemoryUtilization"] = settings.vllm_gpu_memory_utilization
+    if settings.vllm_max_model_len:
+        server["maxModelLen"] = settings.vllm_max_model_len
+    return server
+
+
+def _merge(default: Any, override: Any) -> Any:
+    """``override`` over ``default``: objects merge key by key, anything else replaces."""
+    if not isinstance(default, dict) or not isinstance(override, Mapping):
+        return copy.deepcopy(override)
+    merged = dict(default)
+    for key, value in override.items():
+        merged[key] = _merge(default.get(key), value)
+    return merged
+
+
 def effective_spec(spec: Mapping[str, Any], settings: OperatorSettings) -> dict[str, Any]:
     """``spec`` with every omitted field (nested in resources and models) from the defaults."""
     merged = default_engine_spec(int(spec["tutorId"]), settings)
     for key, value in spec.items():
-        if key == "models":
-            for part, fields in value.items():
-                merged["models"][part] = {**merged["models"].get(part, {}), **fields}
-        elif key == "resources":
-            merged["resources"].update(value)
-        else:
-            merged[key] = copy.deepcopy(value)
+        deep = key in ("models", "resources")
+        merged[key] = _merge(merged[key], value) if deep else copy.deepcopy(value)
     return merged
+
+
+def runs_llm_server(spec: Mapping[str, Any], settings: OperatorSettings) -> bool:
+    """Whether an (effective) spec gets the vLLM sidecar: openai backend, no ``baseUrl``."""
+    llm = spec["models"]["llm"]
+    return settings.vllm_enabled and llm.get("backend") == "openai" and not llm.get("baseUrl")
 
 
 def engine_scaling(engine: Mapping[str, Any], settings: OperatorSettings) -> Scaling:
@@ -96,7 +133,7 @@ def engine_scaling(engine: Mapping[str, Any], settings: OperatorSettings) -> Sca
     )
 
 
-def spec_error(engine: Mapping[str, Any]) -> str | None:
+def spec_error(engine: Mapping[str, Any], settings: OperatorSettings) -> str | None:
     """A permanent problem with an engine's spec that the schema may not catch, or ``None``."""
     name = (engine.get("metadata") or {}).get("name")
     spec = engine.get("spec") or {}
@@ -107,6 +144,12 @@ def spec_error(engine: Mapping[str, Any]) -> str | None:
         return f"a TutorEngine for tutor {tutor_id} must be named {engine_name(tutor_id)}"
     if spec.get("minReplicas", 0) > spec.get("maxReplicas", spec.get("minReplicas", 0)):
         return "spec.minReplicas must not exceed spec.maxReplicas"
+    full = effective_spec(spec, settings)
+    llm = full["models"]["llm"]
+    if llm["backend"] == "openai" and not llm["baseUrl"] and not settings.vllm_enabled:
+        return "spec.models.llm.baseUrl is required: the operator runs no vLLM sidecar"
+    if runs_llm_server(full, settings) and llm["server"]["port"] == full["port"]:
+        return "spec.models.llm.server.port must differ from spec.port (one pod network)"
     return None
 
 
@@ -125,7 +168,11 @@ def build_default_engine(tutor_id: int, namespace: str, settings: OperatorSettin
 
 
 def engine_env(spec: Mapping[str, Any], settings: OperatorSettings) -> list[dict[str, Any]]:
-    """The engine container's environment: identity, models, API key, then ``spec.env``."""
+    """The engine container's environment: identity, models, API key, then ``spec.env``.
+
+    With the vLLM sidecar the LLM is ``http://127.0.0.1:<server port>/v1``; an engine that
+    cannot see the pod's GPU (the sidecar holds it) runs its speech models on the CPU.
+    """
     env: dict[str, dict[str, Any]] = {}
 
     def put(name: str, value: Any) -> None:
@@ -134,10 +181,18 @@ def engine_env(spec: Mapping[str, Any], settings: OperatorSettings) -> list[dict
     put("ENGINE_TUTOR_ID", spec["tutorId"])
     put("ENGINE_HOST", "0.0.0.0")
     put("ENGINE_PORT", spec["port"])
+    put("ENGINE_EXIT_ON_LOAD_FAILURE", "true")
     for (part, field), name in _MODEL_ENV.items():
         value = spec["models"].get(part, {}).get(field)
         if value not in (None, ""):
             put(name, value)
+    if runs_llm_server(spec, settings):
+        server = spec["models"]["llm"]["server"]
+        put("ENGINE_LLM_BASE_URL", f"http://127.0.0.1:{server['port']}/v1")
+        put("ENGINE_LLM_MODEL", spec["models"]["llm"]["model"] or server["model"])
+    if not _engine_sees_gpu(spec, settings):
+        put("ENGINE_ASR_DEVICE", "cpu")
+        put("ENGINE_TTS_DEVICE", "cpu")
     if settings.api_key_secret:
         ref = {"name": settings.api_key_secret, "key": settings.api_key_secret_key}
         env["ENGINE_API_KEY"] = {"name": "ENGINE_API_KEY", "valueFrom": {"secretKeyRef": ref}}
@@ -146,22 +201,128 @@ def engine_env(spec: Mapping[str, Any], settings: OperatorSettings) -> list[dict
     return list(env.values())
 
 
-def _resources(spec: Mapping[str, Any]) -> dict[str, Any]:
+def _gpu_holder(spec: Mapping[str, Any], settings: OperatorSettings) -> str | None:
+    """The one container that requests the pod's device-plugin GPUs, or ``None``.
+
+    The device plugin gives each device to exactly one container, so with the sidecar it is
+    vLLM's. A DRA claim (``gpuClaimTemplate``) is shared by both containers instead.
+    """
     res = spec["resources"]
-    requests = {"cpu": res["cpu"], "memory": res["memory"]}
-    limits = {"memory": res["memory"]}
-    if res["gpuCount"]:
+    if not res["gpuCount"] or res.get("gpuClaimTemplate"):
+        return None
+    return LLM_CONTAINER if runs_llm_server(spec, settings) else CONTAINER
+
+
+def _engine_sees_gpu(spec: Mapping[str, Any], settings: OperatorSettings) -> bool:
+    res = spec["resources"]
+    if res.get("gpuClaimTemplate"):
+        return True
+    return bool(res["gpuCount"]) and _gpu_holder(spec, settings) == CONTAINER
+
+
+def _resources(cpu: str, memory: str, spec: Mapping[str, Any], gpus: bool) -> dict[str, Any]:
+    res = spec["resources"]
+    requests = {"cpu": cpu, "memory": memory}
+    limits = {"memory": memory}
+    resources: dict[str, Any] = {"requests": requests, "limits": limits}
+    if res.get("gpuClaimTemplate"):
+        resources["claims"] = [{"name": _GPU_CLAIM}]
+    elif gpus:
         requests[res["gpuResourceName"]] = limits[res["gpuResourceName"]] = str(res["gpuCount"])
-    return {"requests": requests, "limits": limits}
+    return resources
 
 
-def _probe(path: str, period: int, failures: int) -> dict[str, Any]:
+def _probe(path: str, period: int, failures: int, port: str = PORT_NAME) -> dict[str, Any]:
     return {
-        "httpGet": {"path": path, "port": PORT_NAME},
+        "httpGet": {"path": path, "port": port},
         "periodSeconds": period,
         "timeoutSeconds": 3,
         "failureThreshold": failures,
     }
+
+
+_SECURITY = {
+    "allowPrivilegeEscalation": False,
+    "readOnlyRootFilesystem": True,
+    "capabilities": {"drop": ["ALL"]},
+}
+
+
+def gpu_memory_utilization(spec: Mapping[str, Any], settings: OperatorSettings) -> float:
+    """vLLM's ``--gpu-memory-utilization``: the spec's, else what the GPU's sharing leaves."""
+    server = spec["models"]["llm"]["server"]
+    if server.get("gpuMemoryUtilization") is not None:
+        return float(server["gpuMemoryUtilization"])
+    if not _engine_sees_gpu(spec, settings):
+        return VLLM_GPU_ALONE
+    xtts = spec["models"]["tts"].get("backend") == "coqui"
+    return VLLM_GPU_SHARED_XTTS if xtts else VLLM_GPU_SHARED
+
+
+def vllm_args(spec: Mapping[str, Any], settings: OperatorSettings) -> list[str]:
+    """The vLLM server's command line (the image's entry point is the OpenAI server)."""
+    llm = spec["models"]["llm"]
+    server = llm["server"]
+    args = [
+        f"--model={server['model']}",
+        "--host=0.0.0.0",  # kubelet probes come to the pod IP; the NetworkPolicy closes it
+        f"--port={server['port']}",
+        f"--gpu-memory-utilization={gpu_memory_utilization(spec, settings):.2f}",
+        f"--tensor-parallel-size={max(1, spec['resources']['gpuCount'])}",
+    ]
+    if llm.get("model") and llm["model"] != server["model"]:
+        args.append(f"--served-model-name={llm['model']}")
+    if server.get("maxModelLen"):
+        args.append(f"--max-model-len={server['maxModelLen']}")
+    return args + list(server.get("args") or [])
+
+
+def build_llm_container(spec: Mapping[str, Any], settings: OperatorSettings) -> dict[str, Any]:
+    """The vLLM sidecar: OpenAI API on the pod's loopback for the engine container."""
+    server = spec["models"]["llm"]["server"]
+    env = [
+        {"name": "HOME", "value": "/tmp"},
+        {"name": "HF_HOME", "value": "/cache/huggingface"},
+        {"name": "VLLM_NO_USAGE_STATS", "value": "1"},
+    ]
+    if settings.vllm_hf_token_secret:
+        ref = {"name": settings.vllm_hf_token_secret, "key": "HF_TOKEN"}
+        env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": ref}})
+    holder = _gpu_holder(spec, settings) == LLM_CONTAINER
+    return {
+        "name": LLM_CONTAINER,
+        "image": server["image"],
+        "imagePullPolicy": "IfNotPresent",
+        "args": vllm_args(spec, settings),
+        "ports": [{"name": LLM_PORT_NAME, "containerPort": server["port"], "protocol": "TCP"}],
+        "env": env,
+        "resources": _resources(server["cpu"], server["memory"], spec, holder),
+        # Downloading and loading weights may take long: up to 30 minutes to first /health.
+        "startupProbe": _probe("/health", 10, 180, LLM_PORT_NAME),
+        "livenessProbe": _probe("/health", 15, 4, LLM_PORT_NAME),
+        "readinessProbe": _probe("/health", 5, 3, LLM_PORT_NAME),
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "securityContext": copy.deepcopy(_SECURITY),
+        "volumeMounts": [
+            {"name": "model-cache", "mountPath": "/cache"},
+            {"name": "vllm-tmp", "mountPath": "/tmp"},
+            {"name": "shm", "mountPath": "/dev/shm"},
+        ],
+    }
+
+
+def _llm_volumes(spec: Mapping[str, Any], settings: OperatorSettings) -> list[dict[str, Any]]:
+    claim = spec["models"]["llm"]["server"].get("cacheClaim")
+    cache = (
+        {"persistentVolumeClaim": {"claimName": claim}}
+        if claim
+        else {"emptyDir": {"sizeLimit": settings.vllm_cache_size}}
+    )
+    return [
+        {"name": "model-cache", **cache},
+        {"name": "vllm-tmp", "emptyDir": {}},
+        {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": settings.vllm_shm_size}},
+    ]
 
 
 def build_engine_deployment(
@@ -171,23 +332,50 @@ def build_engine_deployment(
     name = engine["metadata"]["name"]
     spec = effective_spec(engine["spec"], settings)
     labels = engine_labels(name, spec["tutorId"])
-    container = {
-        "name": CONTAINER,
-        "image": spec["image"],
-        "imagePullPolicy": "IfNotPresent",
-        "ports": [{"name": PORT_NAME, "containerPort": spec["port"], "protocol": "TCP"}],
-        "env": engine_env(spec, settings),
-        "resources": _resources(spec),
-        "startupProbe": _probe("/healthz", 5, 60),
-        "livenessProbe": _probe("/healthz", 10, 6),
-        "readinessProbe": _probe("/readyz", 5, 3),
+    res = spec["resources"]
+    engine_gpus = _gpu_holder(spec, settings) == CONTAINER
+    containers = [
+        {
+            "name": CONTAINER,
+            "image": spec["image"],
+            "imagePullPolicy": "IfNotPresent",
+            "ports": [{"name": PORT_NAME, "containerPort": spec["port"], "protocol": "TCP"}],
+            "env": engine_env(spec, settings),
+            "resources": _resources(res["cpu"], res["memory"], spec, engine_gpus),
+            "startupProbe": _probe("/healthz", 5, 60),
+            "livenessProbe": _probe("/healthz", 10, 6),
+            "readinessProbe": _probe("/readyz", 5, 3),
+            # A model that fails to load ends the process with its error here (the status).
+            "terminationMessagePath": TERMINATION_LOG,
+            "terminationMessagePolicy": "FallbackToLogsOnError",
+            "securityContext": copy.deepcopy(_SECURITY),
+            "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+        }
+    ]
+    volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {}}]
+    if runs_llm_server(spec, settings):
+        containers.append(build_llm_container(spec, settings))
+        volumes += _llm_volumes(spec, settings)
+    pod_spec: dict[str, Any] = {
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "terminationGracePeriodSeconds": 30,
         "securityContext": {
-            "allowPrivilegeEscalation": False,
-            "readOnlyRootFilesystem": True,
-            "capabilities": {"drop": ["ALL"]},
+            "runAsNonRoot": True,
+            "runAsUser": _RUN_AS,
+            "runAsGroup": _RUN_AS,
+            "fsGroup": _RUN_AS,
+            "seccompProfile": {"type": "RuntimeDefault"},
         },
-        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+        "nodeSelector": spec["nodeSelector"],
+        "tolerations": spec["tolerations"],
+        "containers": containers,
+        "volumes": volumes,
     }
+    if res.get("gpuClaimTemplate"):
+        pod_spec["resourceClaims"] = [
+            {"name": _GPU_CLAIM, "resourceClaimTemplateName": res["gpuClaimTemplate"]}
+        ]
     deployment = {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -210,22 +398,7 @@ def build_engine_deployment(
                         "prometheus.io/path": "/metrics",
                     },
                 },
-                "spec": {
-                    "automountServiceAccountToken": False,
-                    "enableServiceLinks": False,
-                    "terminationGracePeriodSeconds": 30,
-                    "securityContext": {
-                        "runAsNonRoot": True,
-                        "runAsUser": _RUN_AS,
-                        "runAsGroup": _RUN_AS,
-                        "fsGroup": _RUN_AS,
-                        "seccompProfile": {"type": "RuntimeDefault"},
-                    },
-                    "nodeSelector": spec["nodeSelector"],
-                    "tolerations": spec["tolerations"],
-                    "containers": [container],
-                    "volumes": [{"name": "tmp", "emptyDir": {}}],
-                },
+                "spec": pod_spec,
             },
         },
     }

@@ -118,7 +118,7 @@ async def _reconcile(
     ctx: Context, engine: Mapping[str, Any], indices: Indices, key: Key, template: bool
 ) -> EnginePlan:
     namespace, name = key
-    error = spec_error(engine)
+    error = spec_error(engine, ctx.settings)
     current = indices.replicas_of(key)
     plan = plan_engine(
         name=name,

@@ -42,9 +42,36 @@ class OperatorSettings(BaseSettings):
             {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
         ]
     )
+    gpu_claim_template: str = Field(
+        "",
+        description="ResourceClaimTemplate (DRA) whose GPU both containers of a pod share; "
+        "empty requests gpu_count of gpu_resource_name through the device plugin.",
+    )
     llm_backend: Literal["mock", "openai"] = "openai"
     llm_model: str = ""
-    llm_base_url: str = "http://vllm:8000/v1"
+    llm_base_url: str = Field(
+        "", description="OpenAI-compatible server of the engines; empty: the vLLM sidecar."
+    )
+    # The vLLM sidecar: engines with the openai backend and no llm_base_url run one.
+    vllm_enabled: bool = Field(
+        True, description="Allow the vLLM sidecar; false requires an llm_base_url for openai."
+    )
+    vllm_image: str = "vllm/vllm-openai:v0.11.0"
+    vllm_model: str = "Qwen/Qwen2.5-7B-Instruct"
+    vllm_port: int = Field(8001, ge=1, le=65535)
+    vllm_args: list[str] = Field(default_factory=list, description="Extra vLLM arguments.")
+    vllm_gpu_memory_utilization: float | None = Field(
+        None, ge=0.05, le=1, description="None: 0.90 alone on the GPU, 0.80 shared, 0.70 with XTTS."
+    )
+    vllm_max_model_len: int = Field(0, ge=0, description="0: the model's own context length.")
+    vllm_cpu: str = "4"
+    vllm_memory: str = "32Gi"
+    vllm_shm_size: str = "8Gi"
+    vllm_cache_claim: str = Field("", description="PVC of the model cache; empty: an emptyDir.")
+    vllm_cache_size: str = "100Gi"
+    vllm_hf_token_secret: str = Field(
+        "", description="Secret with an HF_TOKEN key, for gated models; empty sends none."
+    )
     asr_backend: Literal["mock", "faster-whisper"] = "faster-whisper"
     asr_model: str = "large-v3"
     tts_backend: Literal["mock", "piper", "coqui"] = "piper"

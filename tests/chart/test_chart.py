@@ -11,7 +11,7 @@ import kubernetes_validate
 import pytest
 import yaml
 from tutor_gateway.config import GatewaySettings
-from tutor_operator import names
+from tutor_operator import names, objects
 from tutor_operator.settings import OperatorSettings
 
 from .conftest import CHART, NAMESPACE, ROOT, Render, all_on_values, find, pod_specs
@@ -51,7 +51,7 @@ def test_every_pod_runs_non_root_read_only_without_capabilities(
     render: Render, values: dict
 ) -> None:
     specs = pod_specs(render(values))
-    assert len(specs) >= 5  # gateway, operator, vllm, cleanup job, helm test
+    assert len(specs) >= 4  # gateway, operator, cleanup job, helm test
     for name, spec in specs.items():
         assert spec["securityContext"]["runAsNonRoot"] is True, name
         assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}, name
@@ -111,6 +111,8 @@ def test_engine_key_secret_is_kept_and_rolls_the_gateway(render: Render) -> None
         ({"engine": {"models": {"asr": {"backend": "whisper.cpp"}}}}, "/engine/models/asr"),
         ({"engine": {"memory": "lots"}}, "/engine/memory"),
         ({"gateway": {"websocketUrl": "http://x/ws"}}, "/gateway/websocketUrl"),
+        ({"vllm": {"replicas": 2}}, "additional properties 'replicas' not allowed"),
+        ({"vllm": {"gpuMemoryUtilization": 1.5}}, "/vllm/gpuMemoryUtilization"),
     ],
 )
 def test_schema_rejects_bad_values(chart: helm.Chart, bad: dict, message: str) -> None:
@@ -171,14 +173,57 @@ def test_operator_config_names_real_settings_and_parses(
     assert (ref["name"], ref["key"]) == (settings.api_key_secret, settings.api_key_secret_key)
 
 
-def test_default_engines_reach_the_charts_vllm(render: Render) -> None:
-    manifests = render({})
-    vllm = find(manifests, "Service", "-vllm")
-    assert _env(manifests, "-operator")["TUTOR_OPERATOR_LLM_BASE_URL"] == (
-        f"http://{vllm['metadata']['name']}:8000/v1"
-    )
+def _operator_settings(manifests: list[dict], monkeypatch: pytest.MonkeyPatch) -> OperatorSettings:
+    for name, value in _env(manifests, "-operator").items():
+        monkeypatch.setenv(name, value)
+    return OperatorSettings(_env_file=None)
+
+
+def _engine_pod(settings: OperatorSettings) -> dict:
+    """The Deployment the operator builds from these settings for a tutor's first session."""
+    engine = objects.build_default_engine(1, NAMESPACE, settings)
+    engine["metadata"]["uid"] = "00000000-0000-0000-0000-000000000001"
+    deployment = objects.build_engine_deployment(engine, settings, replicas=1)
+    kubernetes_validate.validate(deployment, KUBE_VERSION, strict=True)
+    return deployment["spec"]["template"]["spec"]
+
+
+def test_default_engines_run_a_vllm_sidecar_that_holds_the_gpu(
+    render: Render, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pod = _engine_pod(_operator_settings(render({}), monkeypatch))
+    engine, vllm = pod["containers"]
+    assert vllm["image"] == "vllm/vllm-openai:v0.11.0"
+    assert "--model=Qwen/Qwen2.5-7B-Instruct" in vllm["args"]
+    assert "--gpu-memory-utilization=0.90" in vllm["args"]  # alone on its device-plugin GPU
+    assert vllm["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert "nvidia.com/gpu" not in engine["resources"]["limits"]
+    env = {e["name"]: e.get("value") for e in engine["env"]}
+    assert env["ENGINE_LLM_BASE_URL"] == "http://127.0.0.1:8001/v1"
+    assert env["ENGINE_EXIT_ON_LOAD_FAILURE"] == "true"
     with pytest.raises(helm.HelmError, match="baseUrl is required"):
         render({"vllm": {"enabled": False}})
+
+
+def test_all_on_values_share_a_dra_gpu_and_an_external_llm_drops_the_sidecar(
+    render: Render, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    values = all_on_values()
+    pod = _engine_pod(_operator_settings(render(values), monkeypatch))
+    assert [c["name"] for c in pod["containers"]] == ["engine"]  # engine.models.llm.baseUrl
+    assert pod["resourceClaims"] == [{"name": "gpu", "resourceClaimTemplateName": "two-gpus"}]
+    values["engine"]["models"]["llm"]["baseUrl"] = ""
+    pod = _engine_pod(_operator_settings(render(values), monkeypatch))
+    engine, vllm = pod["containers"]
+    assert engine["resources"]["claims"] == vllm["resources"]["claims"] == [{"name": "gpu"}]
+    assert {"--port=8002", "--gpu-memory-utilization=0.75", "--max-model-len=8192"} <= set(
+        vllm["args"]
+    )
+    assert {"name": "model-cache", "persistentVolumeClaim": {"claimName": "model-cache"}} in pod[
+        "volumes"
+    ]
+    token = next(e for e in vllm["env"] if e["name"] == "HF_TOKEN")
+    assert token["valueFrom"]["secretKeyRef"] == {"name": "hf-token", "key": "HF_TOKEN"}
 
 
 def test_only_the_gateway_reaches_engine_pods(render: Render, values: dict) -> None:

@@ -34,8 +34,24 @@ ADMIN_SPEC = {
     "resources": {"gpuCount": 2, "memory": "40Gi"},
     "nodeSelector": {"gpu.example/model": "a100"},
     "models": {
-        "llm": {"backend": "openai", "model": "qwen2.5-14b-instruct"},
+        "llm": {
+            "backend": "openai",
+            "model": "qwen2.5-14b-instruct",
+            "server": {
+                "model": "Qwen/Qwen2.5-14B-Instruct",
+                "maxModelLen": 8192,
+                "args": ["--enable-prefix-caching"],
+                "cacheClaim": "model-cache",
+            },
+        },
         "tts": {"backend": "coqui", "model": "xtts_v2"},
     },
     "env": [{"name": "ENGINE_SYSTEM_PROMPT", "value": "You teach algebra."}],
+}
+
+# One GPU shared by the engine and its vLLM sidecar through a DRA ResourceClaimTemplate.
+SHARED_GPU_SPEC = {
+    "tutorId": 43,
+    "resources": {"gpuClaimTemplate": "single-gpu"},
+    "models": {"tts": {"backend": "coqui", "model": "xtts_v2"}},
 }

@@ -8,7 +8,7 @@ import pytest
 import yaml
 from tutor_operator import names, objects
 
-from .builders import ADMIN_SPEC, engine, settings
+from .builders import ADMIN_SPEC, SHARED_GPU_SPEC, engine, settings
 
 GOLDEN = pathlib.Path(__file__).parent / "golden"
 
@@ -37,16 +37,90 @@ def test_default_service_matches_golden() -> None:
     )
 
 
+def containers(built: dict) -> dict[str, dict]:
+    return {c["name"]: c for c in built["spec"]["template"]["spec"]["containers"]}
+
+
+def env_of(container: dict) -> dict[str, str | None]:
+    return {e["name"]: e.get("value") for e in container["env"]}
+
+
 def test_admin_engine_keeps_its_models_resources_and_env() -> None:
     built = objects.build_engine_deployment(engine(ADMIN_SPEC), settings(), replicas=2)
     assert built == golden("admin-deployment.yaml")
-    container = built["spec"]["template"]["spec"]["containers"][0]
-    env = {e["name"]: e.get("value") for e in container["env"]}
+    engine_c, vllm = containers(built)["engine"], containers(built)["vllm"]
+    env = env_of(engine_c)
     assert env["ENGINE_LLM_MODEL"] == "qwen2.5-14b-instruct"
+    assert env["ENGINE_LLM_BASE_URL"] == "http://127.0.0.1:8001/v1"
     assert env["ENGINE_TTS_BACKEND"] == "coqui"
     assert env["ENGINE_ASR_BACKEND"] == "faster-whisper"  # omitted: the operator's default
     assert env["ENGINE_SYSTEM_PROMPT"] == "You teach algebra."
-    assert container["resources"]["limits"]["nvidia.com/gpu"] == "2"
+    # Device plugin: the sidecar holds both GPUs (tensor parallel); the engine has none.
+    assert vllm["resources"]["limits"]["nvidia.com/gpu"] == "2"
+    assert "nvidia.com/gpu" not in engine_c["resources"]["limits"]
+    assert (env["ENGINE_ASR_DEVICE"], env["ENGINE_TTS_DEVICE"]) == ("cpu", "cpu")
+    assert vllm["args"][-4:] == [
+        "--tensor-parallel-size=2",
+        "--served-model-name=qwen2.5-14b-instruct",
+        "--max-model-len=8192",
+        "--enable-prefix-caching",
+    ]
+    volumes = {v["name"]: v for v in built["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["model-cache"]["persistentVolumeClaim"] == {"claimName": "model-cache"}
+
+
+def test_a_dra_claim_gives_both_containers_the_same_gpu() -> None:
+    built = objects.build_engine_deployment(engine(SHARED_GPU_SPEC), settings(), replicas=1)
+    assert built == golden("shared-gpu-deployment.yaml")
+    pod = built["spec"]["template"]["spec"]
+    assert pod["resourceClaims"] == [{"name": "gpu", "resourceClaimTemplateName": "single-gpu"}]
+    for container in pod["containers"]:
+        assert container["resources"]["claims"] == [{"name": "gpu"}]
+        assert "nvidia.com/gpu" not in container["resources"]["limits"]
+    env = env_of(containers(built)["engine"])
+    assert "ENGINE_ASR_DEVICE" not in env  # the speech models see the GPU
+    assert "--gpu-memory-utilization=0.70" in containers(built)["vllm"]["args"]  # XTTS beside
+
+
+@pytest.mark.parametrize(
+    ("models", "resources", "overrides", "holder", "utilization"),
+    [
+        ({}, {}, {}, "vllm", "0.90"),  # the defaults: vLLM alone on the device-plugin GPU
+        ({}, {"gpuClaimTemplate": "g"}, {}, None, "0.80"),  # shared through DRA
+        ({"tts": {"backend": "coqui"}}, {"gpuClaimTemplate": "g"}, {}, None, "0.70"),
+        ({"llm": {"server": {"gpuMemoryUtilization": 0.5}}}, {}, {}, "vllm", "0.50"),
+        ({}, {}, {"vllm_gpu_memory_utilization": 0.6}, "vllm", "0.60"),
+        ({"llm": {"baseUrl": "http://llm:8000/v1"}}, {}, {}, "engine", None),  # external
+        ({"llm": {"backend": "mock"}}, {}, {}, "engine", None),
+        ({"llm": {"backend": "mock"}}, {"gpuCount": 0}, {}, None, None),
+        ({}, {"gpuCount": 0}, {}, None, "0.90"),  # no GPU at all (it would not start)
+    ],
+)
+def test_the_sidecar_rule_and_who_holds_the_gpu(
+    models: dict, resources: dict, overrides: dict, holder: str | None, utilization: str | None
+) -> None:
+    spec = {"tutorId": 1, "models": models, "resources": resources}
+    built = objects.build_engine_deployment(engine(spec), settings(**overrides), 1)
+    by_name = containers(built)
+    holders = [n for n, c in by_name.items() if "nvidia.com/gpu" in c["resources"]["limits"]]
+    assert holders == ([holder] if holder else [])
+    if utilization is None:
+        assert set(by_name) == {"engine"}
+        return
+    assert f"--gpu-memory-utilization={utilization}" in by_name["vllm"]["args"]
+    env = env_of(by_name["engine"])
+    assert env["ENGINE_LLM_BASE_URL"] == "http://127.0.0.1:8001/v1"
+    assert env["ENGINE_LLM_MODEL"] == "Qwen/Qwen2.5-7B-Instruct"
+
+
+def test_an_external_llm_url_replaces_the_sidecar() -> None:
+    spec = {"tutorId": 1, "models": {"llm": {"baseUrl": "http://llm.shared:8000/v1"}}}
+    built = objects.build_engine_deployment(engine(spec), settings(), 1)
+    assert list(containers(built)) == ["engine"]
+    env = env_of(containers(built)["engine"])
+    assert env["ENGINE_LLM_BASE_URL"] == "http://llm.shared:8000/v1"
+    assert "ENGINE_ASR_DEVICE" not in env
+    assert {v["name"] for v in built["spec"]["template"]["spec"]["volumes"]} == {"tmp"}
 
 
 def test_settings_shape_every_default_engine() -> None:
@@ -102,11 +176,21 @@ def test_scaling_comes_from_spec_or_defaults_and_only_defaults_are_deletable() -
         ("tutor-5", {"tutorId": -5}, "non-negative"),
         ("tutor-5", {"tutorId": "5"}, "non-negative"),
         ("tutor-5", {"tutorId": 5, "minReplicas": 2, "maxReplicas": 1}, "must not exceed"),
+        ("tutor-5", {"tutorId": 5, "port": 8001}, "server.port must differ"),
+        ("tutor-5", {"tutorId": 5, "port": 8001, "models": {"llm": {"backend": "mock"}}}, None),
     ],
 )
 def test_spec_error(name: str, spec: dict, problem: str | None) -> None:
-    error = objects.spec_error({"metadata": {"name": name}, "spec": spec})
+    error = objects.spec_error({"metadata": {"name": name}, "spec": spec}, settings())
     assert (error is None) if problem is None else (problem in error)
+
+
+def test_openai_without_a_url_needs_the_sidecar() -> None:
+    body = {"metadata": {"name": "tutor-5"}, "spec": {"tutorId": 5}}
+    error = objects.spec_error(body, settings(vllm_enabled=False))
+    assert error is not None and "baseUrl is required" in error
+    body["spec"]["models"] = {"llm": {"baseUrl": "http://llm:8000/v1"}}
+    assert objects.spec_error(body, settings(vllm_enabled=False)) is None
 
 
 @pytest.mark.parametrize(

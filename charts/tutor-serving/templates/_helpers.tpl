@@ -55,10 +55,6 @@ app.kubernetes.io/component: {{ .component }}
 {{- include "tutor-serving.fullname" . }}-operator
 {{- end }}
 
-{{- define "tutor-serving.vllmName" -}}
-{{- include "tutor-serving.fullname" . }}-vllm
-{{- end }}
-
 {{- define "tutor-serving.apiKeySecret" -}}
 {{- default (printf "%s-engine-key" (include "tutor-serving.fullname" .)) .Values.engineApiKey.existingSecret }}
 {{- end }}
@@ -75,16 +71,13 @@ app.kubernetes.io/component: {{ .component }}
 {{- end }}
 {{- end }}
 
-{{/* The LLM base URL engines get: explicit, else the chart's vLLM Service. */}}
+{{/* An external LLM base URL for engines; empty gives them the vLLM sidecar. */}}
 {{- define "tutor-serving.llmBaseUrl" -}}
 {{- $llm := .Values.engine.models.llm }}
-{{- if $llm.baseUrl }}
-{{- $llm.baseUrl }}
-{{- else if .Values.vllm.enabled }}
-{{- printf "http://%s:%d/v1" (include "tutor-serving.vllmName" .) (int .Values.vllm.port) }}
-{{- else if eq $llm.backend "openai" }}
+{{- if and (not $llm.baseUrl) (not .Values.vllm.enabled) (eq $llm.backend "openai") }}
 {{- fail "engine.models.llm.baseUrl is required when vllm.enabled is false and the LLM backend is openai" }}
 {{- end }}
+{{- $llm.baseUrl }}
 {{- end }}
 
 {{/* Pod security context: non-root, RuntimeDefault seccomp. */}}
