@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 
 import uvicorn
 
 from .app import create_app
 from .config import EngineSettings
 
+EXIT_LOAD_FAILED = 3  # the operator reads this exit code as "models failed to load"
+
 
 def main(argv: list[str] | None = None) -> None:
-    """Serve one tutor's engine until SIGTERM."""
+    """Serve one tutor's engine until SIGTERM (exit 3 after a load failure, if so configured)."""
     settings = EngineSettings()
     parser = argparse.ArgumentParser(prog="tutor-engine", description=__doc__)
     parser.add_argument("--host", default=settings.host)
@@ -23,8 +26,13 @@ def main(argv: list[str] | None = None) -> None:
         level=settings.log_level.upper(),
         format=f"%(asctime)s %(levelname)s engine[{settings.tutor_id}] %(name)s: %(message)s",
     )
-    uvicorn.run(
-        create_app(settings),
+
+    def stop() -> None:
+        server.should_exit = True
+
+    app = create_app(settings, on_load_failure=stop)
+    config = uvicorn.Config(
+        app,
         host=args.host,
         port=args.port,
         fd=args.fd,
@@ -32,6 +40,10 @@ def main(argv: list[str] | None = None) -> None:
         ws_max_size=settings.max_message_bytes * 2,
         access_log=False,
     )
+    server = uvicorn.Server(config)
+    server.run()
+    if app.state.engine.load_error and settings.exit_on_load_failure:
+        sys.exit(EXIT_LOAD_FAILED)
 
 
 if __name__ == "__main__":

@@ -11,8 +11,9 @@ import asyncio
 import contextlib
 import hmac
 import logging
+import pathlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any
 
 from fastapi import FastAPI, Header, HTTPException, Path, Request, WebSocket, WebSocketDisconnect
@@ -47,8 +48,14 @@ SESSION_ID = Path(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._-]+$")
 class EngineState:
     """Everything one engine app holds: settings, backends, history, readiness."""
 
-    def __init__(self, settings: EngineSettings, backends: Backends) -> None:
+    def __init__(
+        self,
+        settings: EngineSettings,
+        backends: Backends,
+        on_load_failure: Callable[[], None] | None = None,
+    ) -> None:
         self.settings = settings
+        self.on_load_failure = on_load_failure
         self.backends = backends
         self.store = ConversationStore(settings.max_history_messages, settings.session_ttl_seconds)
         self.metrics = EngineMetrics()
@@ -66,6 +73,8 @@ class EngineState:
         errors = [str(r) for r in results if isinstance(r, BaseException)]
         if errors:
             self.load_error = "; ".join(errors)
+            if self.settings.exit_on_load_failure:
+                self._exit_for_load_failure()
             return
         self.ready = True
         self.metrics.ready.set(1)
@@ -74,6 +83,16 @@ class EngineState:
             self.settings.tutor_id,
             time.perf_counter() - started,
         )
+
+    def _exit_for_load_failure(self) -> None:
+        """Leave the error where Kubernetes reads it, then ask the server to stop."""
+        log.error("models failed to load; exiting: %s", self.load_error)
+        try:
+            pathlib.Path(self.settings.termination_log).write_text(f"{self.load_error}\n")
+        except OSError as exc:
+            log.warning("cannot write %s: %s", self.settings.termination_log, exc)
+        if self.on_load_failure is not None:
+            self.on_load_failure()
 
     async def _load_one(self, backend: Backend) -> None:
         started = time.perf_counter()
@@ -101,10 +120,17 @@ async def _expire_history(state: EngineState) -> None:
         state.metrics.sessions.set(len(state.store))
 
 
-def create_app(settings: EngineSettings | None = None, backends: Backends | None = None) -> FastAPI:
-    """Build the engine app; models load in the background after startup."""
+def create_app(
+    settings: EngineSettings | None = None,
+    backends: Backends | None = None,
+    on_load_failure: Callable[[], None] | None = None,
+) -> FastAPI:
+    """Build the engine app; models load in the background after startup.
+
+    ``on_load_failure`` stops the server when ``exit_on_load_failure`` is set.
+    """
     settings = settings or EngineSettings()
-    state = EngineState(settings, backends or build_backends(settings))
+    state = EngineState(settings, backends or build_backends(settings), on_load_failure)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

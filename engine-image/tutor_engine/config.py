@@ -87,3 +87,11 @@ class EngineSettings(BaseSettings):
         7200.0, gt=0, description="History of a session with no traffic is dropped after this."
     )
     log_level: str = "info"
+    exit_on_load_failure: bool = Field(
+        False,
+        description="In a pod: on a model load failure write it to termination_log and exit 3, "
+        "so Kubernetes shows it; else keep serving 503 with the error on /readyz.",
+    )
+    termination_log: str = Field(
+        "/dev/termination-log", description="Where the load failure goes (terminationMessagePath)."
+    )

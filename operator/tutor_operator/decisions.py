@@ -20,7 +20,19 @@ POD_READY = "Ready"
 POD_TERMINATING = "Terminating"
 POD_FAILED = "Failed"
 # Not-ready pods take the session condition reasons, best (closest to ready) first.
-_WAITING_RANK = {c.LOADING: 0, c.PULLING: 1, c.SCHEDULING: 2, c.CRASHING: 3}
+_WAITING_RANK = {
+    c.LOADING: 0,
+    c.PULLING: 1,
+    c.SCHEDULING: 2,
+    c.MODEL_LOAD_FAILED: 3,
+    c.CRASHING: 4,
+}
+# An engine whose best pod is in one of these is Failed until a pod gets ready again.
+_FAILING = {c.MODEL_LOAD_FAILED, c.CRASHING}
+# The engine's exit code after writing a model load failure to its termination message
+# (engine-image: ENGINE_EXIT_ON_LOAD_FAILURE).
+EXIT_LOAD_FAILED = 3
+MESSAGE_CHARS = 1024  # of a termination message, in conditions
 _CRASH_REASONS = {
     "CrashLoopBackOff",
     "CreateContainerConfigError",
@@ -116,18 +128,50 @@ def pod_view(pod: Mapping[str, Any]) -> PodView:
     if scheduled.get("status") != "True":
         return PodView(name, c.SCHEDULING, scheduled.get("message") or "waiting for a node")
     statuses = status.get("containerStatuses") or []
-    for container in statuses:
-        waiting = (container.get("state") or {}).get("waiting")
-        if waiting:
-            reason = waiting.get("reason") or "ContainerCreating"
-            text = f"{reason}: {waiting['message']}" if waiting.get("message") else reason
-            return PodView(name, c.CRASHING if reason in _CRASH_REASONS else c.PULLING, text)
     if not statuses:
         return PodView(name, c.PULLING, "ContainerCreating")
     endpoint = pod_endpoint(pod)
     if (conds.get("Ready") or {}).get("status") == "True" and endpoint:
         return PodView(name, POD_READY, "", endpoint)
+    for container in statuses:
+        if failed := _load_failure(container):
+            return PodView(name, c.MODEL_LOAD_FAILED, failed, endpoint)
+    for container in statuses:
+        waiting = (container.get("state") or {}).get("waiting")
+        if waiting:
+            reason = waiting.get("reason") or "ContainerCreating"
+            if reason in _CRASH_REASONS:
+                return PodView(name, c.CRASHING, _crash_message(container, reason, waiting))
+            text = f"{reason}: {waiting['message']}" if waiting.get("message") else reason
+            return PodView(name, c.PULLING, text)
     return PodView(name, c.LOADING, "engine is loading its models", endpoint)
+
+
+def _terminated(container: Mapping[str, Any]) -> Mapping[str, Any]:
+    return (container.get("lastState") or {}).get("terminated") or {}
+
+
+def _short(text: str) -> str:
+    text = text.strip()
+    return text if len(text) <= MESSAGE_CHARS else "…" + text[-MESSAGE_CHARS:]
+
+
+def _load_failure(container: Mapping[str, Any]) -> str | None:
+    """The termination message of a container that last exited on a model load failure."""
+    last = _terminated(container)
+    if last.get("exitCode") != EXIT_LOAD_FAILED:
+        return None
+    message = _short(last.get("message") or "models failed to load")
+    restarts = container.get("restartCount", 0)
+    return f"{message} (container {container.get('name')}, {restarts} restarts)"
+
+
+def _crash_message(container: Mapping[str, Any], reason: str, waiting: Mapping[str, Any]) -> str:
+    last = _terminated(container)
+    if "exitCode" not in last:
+        return f"{reason}: {waiting['message']}" if waiting.get("message") else reason
+    text = f"{reason}: container {container.get('name')} exited with code {last['exitCode']}"
+    return f"{text}: {_short(last['message'])}" if last.get("message") else text
 
 
 def session_view(body: Mapping[str, Any]) -> SessionView:
@@ -329,7 +373,8 @@ def _engine_status(
     elif replicas == 0:
         phase, cond = ENGINE_SCALED_DOWN, c.condition(c.READY, False, c.SCALED_DOWN, "no sessions")
     else:
-        phase, cond = ENGINE_PENDING, c.condition(c.READY, False, *waiting)
+        phase = ENGINE_FAILED if waiting[0] in _FAILING else ENGINE_PENDING
+        cond = c.condition(c.READY, False, *waiting)
     now_s = format_time(now)
     cond["observedGeneration"] = generation
     conds, _ = c.set_condition(old.get("conditions"), cond, now_s)

@@ -91,6 +91,55 @@ SCHEDULED = {"type": "PodScheduled", "status": "True"}
             "",
         ),
         (pod(phase="Failed", message="evicted"), d.POD_FAILED, "evicted"),
+        (  # the engine said why it exited: its termination message
+            pod(
+                phase="Running",
+                conditions=[SCHEDULED],
+                containerStatuses=[
+                    {
+                        "name": "engine",
+                        "restartCount": 2,
+                        "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "b"}},
+                        "lastState": {"terminated": {"exitCode": 3, "message": "asr: missing\n"}},
+                    },
+                    {"name": "vllm", "state": {"running": {}}, "ready": True},
+                ],
+            ),
+            c.MODEL_LOAD_FAILED,
+            "asr: missing (container engine, 2 restarts)",
+        ),
+        (  # restarted and loading again: the last failure still explains the wait
+            pod(
+                phase="Running",
+                podIP="10.1.2.3",
+                conditions=[SCHEDULED, {"type": "Ready", "status": "False"}],
+                containerStatuses=[
+                    {
+                        "name": "engine",
+                        "restartCount": 1,
+                        "state": {"running": {}},
+                        "lastState": {"terminated": {"exitCode": 3, "message": "asr: missing"}},
+                    }
+                ],
+            ),
+            c.MODEL_LOAD_FAILED,
+            "asr: missing (container engine, 1 restarts)",
+        ),
+        (  # any other crash: exit code and the log tail (FallbackToLogsOnError)
+            pod(
+                conditions=[SCHEDULED],
+                containerStatuses=[
+                    {"name": "engine", "restartCount": 1, "state": {"running": {}}},
+                    {
+                        "name": "vllm",
+                        "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+                        "lastState": {"terminated": {"exitCode": 1, "message": "CUDA OOM"}},
+                    },
+                ],
+            ),
+            c.CRASHING,
+            "CrashLoopBackOff: container vllm exited with code 1: CUDA OOM",
+        ),
     ],
 )
 def test_pod_view(body: dict, state: str, message: str) -> None:
@@ -235,6 +284,18 @@ def test_pending_sessions_say_why(pods: list, current: int, reason: str) -> None
     assert patch["phase"] == "Pending" and patch["engine"] == "tutor-7"
     assert patch["conditions"][0]["reason"] == reason
     assert result.replicas >= 1 and result.status_patch["phase"] == "Pending"
+
+
+@pytest.mark.parametrize("reason", [c.MODEL_LOAD_FAILED, c.CRASHING])
+def test_failing_pods_fail_the_engine_and_tell_its_pending_sessions(reason: str) -> None:
+    pods = [d.PodView("p1", reason, "asr: missing (container engine, 2 restarts)")]
+    result = plan([session("s")], pods)
+    cond = result.session_patches["s"]["conditions"][0]
+    assert result.session_patches["s"]["phase"] == "Pending"
+    assert (cond["reason"], cond["message"]) == (reason, f"pod p1: {pods[0].message}")
+    assert result.status_patch["phase"] == "Failed"
+    ready_cond = c.find_condition(result.status_patch["conditions"], c.READY)
+    assert ready_cond["reason"] == reason and "asr: missing" in ready_cond["message"]
 
 
 def test_a_session_keeps_its_pod_while_it_loads_and_moves_when_it_is_gone() -> None:

@@ -2,12 +2,21 @@
 
 It watches Deployments through the API like a cluster's controllers do: for each desired
 replica it creates a Pod (template labels, owner reference to the Deployment), "schedules" it
-against a pretend node (GPU capacity, node labels), starts ``python -m tutor_engine --host
-127.A.B.N --port <containerPort>`` with the template's environment (secrets resolved through
-the API) on its own loopback address, probes ``/readyz`` and reports phase, podIP, conditions
-and container states back on the Pod's status, and replicas on the Deployment's status.
-Scale-down deletes the pods least worth keeping; a deleted Pod's process is terminated.
-Pod-template changes replace the pods, as a rollout would.
+against a pretend node (GPU capacity summed over the pod's containers, node labels), starts
+the first container as ``python -m tutor_engine --host 127.A.B.N --port <containerPort>`` with
+its environment (secrets resolved through the API) on its own loopback address, probes
+``/readyz`` and reports phase, podIP, conditions and container states back on the Pod's
+status, and replicas on the Deployment's status. Scale-down deletes the pods least worth
+keeping; a deleted Pod's process is terminated. Pod-template changes replace the pods.
+
+Other containers (the vLLM sidecar) run nothing — vLLM needs a GPU — and are reported running
+and ready as soon as the pod starts; the engine's own readiness decides the pod's.
+
+An engine that exits is restarted with a growing back-off, shown as ``CrashLoopBackOff``; its
+``lastState.terminated`` carries the exit code and the termination message: the file the
+process wrote at ``ENGINE_TERMINATION_LOG`` (a kubelet mounts one at ``terminationMessagePath``;
+here it is a file of ``log_dir``), or with ``FallbackToLogsOnError`` and a failure, the tail of
+its output.
 """
 
 from __future__ import annotations
@@ -36,6 +45,8 @@ DEPLOYMENTS = "/apis/apps/v1/namespaces/{ns}/deployments"
 PODS = "/api/v1/namespaces/{ns}/pods"
 HASH_LABEL = "pod-template-hash"
 PROBE_INTERVAL = 0.2
+MESSAGE_BYTES = 4096  # a kubelet keeps at most 4096 bytes of a termination message
+LOG_LINES = 80  # and, falling back to the logs, their last 80 lines
 
 
 def _now() -> str:
@@ -61,6 +72,7 @@ class PodRun:
     process: asyncio.subprocess.Process | None = None
     task: asyncio.Task[None] | None = None
     log_path: pathlib.Path | None = None
+    sidecars: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # their statuses
 
 
 class FakeKubelet:
@@ -253,14 +265,11 @@ class FakeKubelet:
         if code != 201:
             log.error("fake kubelet: cannot create a pod: %s", created)
             return
-        container = pod["spec"]["containers"][0]
-        limits = container.get("resources", {}).get("limits", {})
-        run = PodRun(
-            created["metadata"]["name"],
-            meta["name"],
-            wanted_hash,
-            int(limits.get(self.gpu_resource, 0)),
+        gpus = sum(
+            int((c.get("resources") or {}).get("limits", {}).get(self.gpu_resource, 0))
+            for c in pod["spec"]["containers"]
         )
+        run = PodRun(created["metadata"]["name"], meta["name"], wanted_hash, gpus)
         self.pods[run.name] = run
         run.task = asyncio.create_task(self._run_pod(run, created))
 
@@ -315,7 +324,7 @@ class FakeKubelet:
     async def _run_pod(self, run: PodRun, pod: dict[str, Any]) -> None:
         path = f"{PODS.format(ns=self.namespace)}/{run.name}"
         spec = pod["spec"]
-        container = spec["containers"][0]
+        container, *sidecars = spec["containers"]
         base = {"phase": "Pending", "hostIP": "127.0.0.1"}
         while reason := self._schedulable(run, spec):
             unscheduled = {
@@ -329,9 +338,10 @@ class FakeKubelet:
             await asyncio.sleep(0.5)
         run.scheduled = True
         scheduled = {"type": "PodScheduled", "status": "True", "lastTransitionTime": _now()}
-        creating = self._container(container, "waiting", {"reason": "ContainerCreating"})
+        creating = {"reason": "ContainerCreating"}
+        statuses = [self._container(c, "waiting", creating) for c in spec["containers"]]
         await self._patch_status(
-            path, {**base, "conditions": [scheduled], "containerStatuses": [creating]}
+            path, {**base, "conditions": [scheduled], "containerStatuses": statuses}
         )
         await asyncio.sleep(self.pull_seconds)
         while True:
@@ -345,10 +355,19 @@ class FakeKubelet:
                 await asyncio.sleep(1.0)
         run.ip = f"{self._subnet}.{self._free_hosts.pop(0)}"
         port = container["ports"][0]["containerPort"]
-        restarts = 0
+        started = _now()
+        run.sidecars = [
+            self._container(c, "running", {"startedAt": started}, ready=True) for c in sidecars
+        ]
+        restarts, last_state = 0, None
         while True:
+            termination = self.log_dir / f"{run.name}.termination"
+            termination.unlink(missing_ok=True)
+            env["ENGINE_TERMINATION_LOG"] = str(termination)
             await self._start_process(run, port, env)
-            running = self._container(container, "running", {"startedAt": _now()}, restarts)
+            running = self._container(
+                container, "running", {"startedAt": _now()}, restarts, last_state=last_state
+            )
             await self._patch_status(
                 path,
                 {
@@ -356,22 +375,49 @@ class FakeKubelet:
                     "podIP": run.ip,
                     "podIPs": [{"ip": run.ip}],
                     "hostIP": "127.0.0.1",
-                    "startTime": _now(),
+                    "startTime": started,
                     "conditions": self._conditions(scheduled, False),
-                    "containerStatuses": [running],
+                    "containerStatuses": [running, *run.sidecars],
                 },
             )
-            await self._probe(run, path, port, container, restarts)
+            await self._probe(run, path, port, container, restarts, last_state)
             restarts += 1
-            crash = {"reason": "CrashLoopBackOff", "message": "the engine exited"}
+            last_state = self._terminated(run, container, termination)
+            delay = min(5.0, 0.5 * restarts)
+            crash = {
+                "reason": "CrashLoopBackOff",
+                "message": f"back-off {delay:g}s restarting failed container={container['name']}"
+                f" pod={run.name}_{self.namespace}",
+            }
+            state = self._container(container, "waiting", crash, restarts, last_state=last_state)
             await self._patch_status(
                 path,
                 {
                     "conditions": self._conditions(scheduled, False),
-                    "containerStatuses": [self._container(container, "waiting", crash, restarts)],
+                    "containerStatuses": [state, *run.sidecars],
                 },
             )
-            await asyncio.sleep(min(5.0, 0.5 * restarts))
+            await asyncio.sleep(delay)
+
+    def _terminated(
+        self, run: PodRun, container: dict[str, Any], termination: pathlib.Path
+    ) -> dict[str, Any]:
+        """``lastState`` of an exited engine: exit code and termination message."""
+        assert run.process is not None
+        code = run.process.returncode
+        message = termination.read_bytes()[:MESSAGE_BYTES] if termination.exists() else b""
+        fallback = container.get("terminationMessagePolicy") == "FallbackToLogsOnError"
+        if not message and fallback and code and run.log_path is not None:
+            lines = run.log_path.read_bytes().splitlines()[-LOG_LINES:]
+            message = b"\n".join(lines)[-MESSAGE_BYTES:]
+        detail = {
+            "exitCode": code if code >= 0 else 128 - code,  # killed by a signal: 128 + signal
+            "reason": "Completed" if code == 0 else "Error",
+            "finishedAt": _now(),
+        }
+        if message:
+            detail["message"] = message.decode(errors="replace")
+        return {"terminated": detail}
 
     async def _start_process(self, run: PodRun, port: int, env: dict[str, str]) -> None:
         run.log_path = self.log_dir / f"{run.name}.log"
@@ -391,7 +437,13 @@ class FakeKubelet:
             )
 
     async def _probe(
-        self, run: PodRun, path: str, port: int, container: dict[str, Any], restarts: int
+        self,
+        run: PodRun,
+        path: str,
+        port: int,
+        container: dict[str, Any],
+        restarts: int,
+        last_state: dict[str, Any] | None,
     ) -> None:
         """Probe /readyz until the process exits, reporting each readiness change."""
         assert self._session is not None and run.process is not None
@@ -407,10 +459,10 @@ class FakeKubelet:
             if ready != run.ready:
                 run.ready = ready
                 started = {"startedAt": _now()}
-                state = self._container(container, "running", started, restarts, ready)
+                state = self._container(container, "running", started, restarts, ready, last_state)
                 status = {
                     "conditions": self._conditions(scheduled, ready),
-                    "containerStatuses": [state],
+                    "containerStatuses": [state, *run.sidecars],
                 }
                 await self._patch_status(path, status)
                 await self._report(run.deployment)
@@ -427,8 +479,9 @@ class FakeKubelet:
         detail: dict[str, Any],
         restarts: int = 0,
         ready: bool = False,
+        last_state: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
-        return {
+        status = {
             "name": container["name"],
             "image": container.get("image", ""),
             "ready": ready,
@@ -436,6 +489,9 @@ class FakeKubelet:
             "restartCount": restarts,
             "state": {state: detail},
         }
+        if last_state:
+            status["lastState"] = last_state
+        return status
 
     @staticmethod
     def _conditions(scheduled: dict[str, Any], ready: bool) -> list[dict[str, Any]]:
