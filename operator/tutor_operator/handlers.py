@@ -50,6 +50,10 @@ def register(registry: kopf.OperatorRegistry, ctx: Context) -> None:
         )
         settings.posting.level = logging.WARNING
         settings.scanning.disabled = True
+        # A timer may delete its own engine: let it finish its call instead of re-checking
+        # a minute later (kopf's default), which would hold the finalizer that long.
+        settings.background.instant_exit_timeout = 2.0
+        settings.background.cancellation_polling = 1.0
 
     @kopf.on.login(registry=registry)
     def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
