@@ -2,7 +2,10 @@
 
 ``ENGINE_TTS_MODEL`` is either a model folder or ``model.pth`` file on disk (its
 ``config.json`` beside it, or ``ENGINE_TTS_CONFIG``) or a Coqui model name such as
-``tts_models/multilingual/multi-dataset/xtts_v2`` (downloaded to the Coqui cache on first use).
+``tts_models/multilingual/multi-dataset/xtts_v2`` (downloaded to the Coqui cache on first use,
+``TTS_HOME`` or ``~/.local/share/tts``). Models under a licence, XTTS among them, load by name
+only once it is accepted: ``COQUI_TOS_AGREED=1``, or the ``tos_agreed.txt`` Coqui writes beside
+the download; without it the engine fails at once instead of Coqui asking on standard input.
 """
 
 from __future__ import annotations
@@ -19,6 +22,10 @@ from ..text import speakable
 log = logging.getLogger("tutor_engine.tts")
 
 
+# What a model on disk looks like when it is missing, as opposed to a Coqui model name.
+_PATH_SUFFIXES = (".pth", ".pt", ".tar", ".json")
+
+
 def model_files(model: str, config: str) -> tuple[str, str] | None:
     """(checkpoint, config) for a model on disk, or None when ``model`` is a Coqui name."""
     path = Path(model)
@@ -28,8 +35,52 @@ def model_files(model: str, config: str) -> tuple[str, str] | None:
             raise FileNotFoundError(f"No .pth checkpoint in {path}")
         path = checkpoints[0]
     elif not path.is_file():
+        if path.is_absolute() or model.startswith((".", "~")) or path.suffix in _PATH_SUFFIXES:
+            raise FileNotFoundError(f"ENGINE_TTS_MODEL {model} does not exist")
         return None
-    return str(path), config or str(path.with_name("config.json"))
+    config = config or str(path.with_name("config.json"))
+    if not Path(config).is_file():
+        raise FileNotFoundError(f"No Coqui config {config} (set ENGINE_TTS_CONFIG)")
+    return str(path), config
+
+
+def licence_unanswered(name: str) -> bool:
+    """Whether loading Coqui model ``name`` would ask on standard input to accept its licence.
+
+    Uses Coqui's own check; False when this Coqui version has no such check or does not know the
+    name (loading then reports it).
+    """
+    from TTS.utils.manage import ModelManager
+
+    manager = ModelManager(progress_bar=False)
+    try:
+        item, full_name, _ = manager._set_model_item(name)
+        return not manager.tos_agreed(item, manager.output_prefix / full_name)
+    except (AttributeError, KeyError, ValueError):
+        return False
+
+
+def load_by_name(name: str) -> Any:
+    """A Coqui model by name: from the Coqui cache, else downloaded; clear errors when it can't."""
+    from TTS.api import TTS
+
+    if licence_unanswered(name):
+        raise RuntimeError(
+            f"Coqui model {name} needs its licence accepted (CPML or a commercial licence): "
+            "set COQUI_TOS_AGREED=1 once you have"
+        )
+    try:
+        return TTS(model_name=name, progress_bar=False)
+    except (KeyError, ValueError) as e:
+        raise ValueError(
+            f"ENGINE_TTS_MODEL {name} is neither on disk nor a Coqui model name "
+            f"(`tts --list_models` lists them): {e!r}"
+        ) from e
+    except OSError as e:  # requests' and huggingface_hub's errors are OSErrors
+        raise RuntimeError(
+            f"Coqui model {name} is not in the Coqui cache and could not be downloaded: {e!r}. "
+            "Without network, download it elsewhere and set ENGINE_TTS_MODEL to its folder"
+        ) from e
 
 
 def float_to_pcm16(samples: Any) -> bytes:
@@ -64,7 +115,7 @@ class CoquiTTS:
         tts = (
             TTS(model_path=files[0], config_path=files[1], progress_bar=False)
             if files
-            else TTS(model_name=s.tts_model, progress_bar=False)
+            else load_by_name(s.tts_model)
         )
         device = s.tts_device
         if device == "auto":
