@@ -55,6 +55,10 @@ run: install ## Run the embedded default: the gateway and per-tutor engines on :
 test: $(VENV)/.installed-test ## Install what the tests need and run the whole suite
 	$(PY) -m pytest
 
+.PHONY: test-coqui
+test-coqui: ## Coqui TTS backend tests in their own venv (.venv-coqui, ~1.9 GB, CPU)
+	bash scripts/test-coqui.sh
+
 .PHONY: lint
 lint: $(VENV)/.installed-test ## Ruff lint and format check
 	$(BIN)/ruff check .
@@ -68,7 +72,7 @@ bench: $(VENV)/.installed-test ## Run the benchmarks; JSON results in bench/resu
 
 .PHONY: clean
 clean: ## Remove the virtualenv and caches
-	rm -rf $(VENV) .pytest_cache .ruff_cache bench/results
+	rm -rf $(VENV) .venv-coqui .pytest_cache .ruff_cache bench/results
 
 ##@ Images and cluster
 
