@@ -22,6 +22,10 @@ MERGE_PATCH = "application/merge-patch+json"
 RETRY_DELAY = 5.0
 
 
+class Conflict(kopf.TemporaryError):
+    """409: the object changed since the ``resourceVersion`` a write named."""
+
+
 def resource_path(
     api_version: str,
     plural: str,
@@ -99,6 +103,8 @@ class KubeApi:
             message = f"{method} {path}: {exc.status} {_reason(exc)}"
             if exc.status in (400, 422):
                 raise kopf.PermanentError(message) from exc
+            if exc.status == 409:
+                raise Conflict(message, delay=RETRY_DELAY) from exc
             raise kopf.TemporaryError(message, delay=RETRY_DELAY) from exc
         except (HTTPError, OSError) as exc:
             raise kopf.TemporaryError(f"{method} {path}: {exc}", delay=RETRY_DELAY) from exc
@@ -107,13 +113,13 @@ class KubeApi:
         """POST ``body``; ``None`` if it already exists."""
         return await self.request("POST", path, body, exists_ok=True)
 
-    async def patch(
-        self, path: str, body: dict[str, Any], *, conflict_ok: bool = False
-    ) -> dict[str, Any] | None:
-        """Merge-patch; ``None`` if the object is gone (or, with ``conflict_ok``, changed)."""
-        return await self.request(
-            "PATCH", path, body, content_type=MERGE_PATCH, missing_ok=True, exists_ok=conflict_ok
-        )
+    async def get(self, path: str) -> dict[str, Any] | None:
+        """GET; ``None`` if the object is gone."""
+        return await self.request("GET", path, missing_ok=True)
+
+    async def patch(self, path: str, body: dict[str, Any]) -> dict[str, Any] | None:
+        """Merge-patch; the object after it, or ``None`` if it is gone (``Conflict`` on 409)."""
+        return await self.request("PATCH", path, body, content_type=MERGE_PATCH, missing_ok=True)
 
     async def delete(self, path: str) -> None:
         """DELETE; an object already gone is fine."""

@@ -17,8 +17,8 @@ import kopf
 
 from . import API_VERSION
 from . import conditions as c
-from .decisions import EnginePlan, PodView, SessionView, plan_engine
-from .kube import KubeApi, resource_path
+from .decisions import EnginePlan, PodView, SessionView, plan_engine, session_view
+from .kube import Conflict, KubeApi, resource_path
 from .names import ENGINE_PLURAL, SESSION_PLURAL, engine_name, format_time
 from .objects import (
     build_default_engine,
@@ -37,12 +37,53 @@ log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
+class Written:
+    """What the operator's own writes made of objects its indices have not caught up with.
+
+    The indices trail the API by the watch stream's backlog: without this, every
+    reconciliation until the events arrive would repeat the same writes (and, on deleted
+    sessions, collect 404s). An entry holds while the index still shows the
+    ``resourceVersion`` it was written over; any newer version replaces it.
+    """
+
+    engines: dict[Key, tuple[str, Mapping[str, Any]]] = dataclasses.field(default_factory=dict)
+    sessions: dict[Key, dict[str, tuple[str, SessionView]]] = dataclasses.field(
+        default_factory=dict
+    )
+
+    def engine(self, key: Key, body: Mapping[str, Any]) -> Mapping[str, Any]:
+        """``body`` (from an index) or what our last write made of it, if that is newer."""
+        based_on, written = self.engines.get(key, ("", body))
+        if based_on != str(body["metadata"].get("resourceVersion")):
+            self.engines.pop(key, None)
+            return body
+        return written
+
+    def sessions_of(self, key: Key, indexed: list[SessionView]) -> list[SessionView]:
+        """The index's views of an engine's sessions, each replaced by our newer write."""
+        mine, kept, views = self.sessions.get(key, {}), {}, []
+        for view in indexed:
+            entry = mine.get(view.name)
+            if entry is not None and entry[0] == view.resource_version:
+                kept[view.name] = entry
+                view = entry[1]
+            views.append(view)
+        self.sessions[key] = kept
+        return views
+
+    def session(self, key: Key, based_on: str, view: SessionView) -> None:
+        """Remember ``view`` as what a write over version ``based_on`` left."""
+        self.sessions.setdefault(key, {})[view.name] = (based_on, view)
+
+
+@dataclasses.dataclass
 class Context:
-    """The operator's shared state: API client, settings, one lock per engine."""
+    """The operator's shared state: API client, settings, one lock per engine, own writes."""
 
     api: KubeApi
     settings: OperatorSettings
     locks: dict[Key, asyncio.Lock] = dataclasses.field(default_factory=dict)
+    written: Written = dataclasses.field(default_factory=Written)
 
     def lock(self, key: Key) -> asyncio.Lock:
         """Serialise reconciliations of one engine (its timer and its sessions' handlers)."""
@@ -118,13 +159,16 @@ async def _reconcile(
     ctx: Context, engine: Mapping[str, Any], indices: Indices, key: Key, template: bool
 ) -> EnginePlan:
     namespace, name = key
+    engine_rv = str(engine["metadata"].get("resourceVersion"))
+    engine = ctx.written.engine(key, engine)
     error = spec_error(engine, ctx.settings)
     current = indices.replicas_of(key)
+    sessions = ctx.written.sessions_of(key, indices.sessions_of(key))
     plan = plan_engine(
         name=name,
         generation=engine["metadata"].get("generation"),
         scaling=None if error else engine_scaling(engine, ctx.settings),
-        sessions=indices.sessions_of(key),
+        sessions=sessions,
         pods=indices.pods_of(key),
         current_replicas=current or 0,
         status=engine.get("status") or {},
@@ -133,26 +177,58 @@ async def _reconcile(
     )
     if not error and not plan.delete_engine:
         await _ensure_children(ctx, engine, indices, key, plan.replicas, current, template)
-    sessions = {s.name: s for s in indices.sessions_of(key)}
+    indexed = {s.name: s.resource_version for s in indices.sessions_of(key)}
+    views = {s.name: s for s in sessions}
     for session, patch in plan.session_patches.items():
-        body: dict[str, Any] = {"status": patch}
-        if session in plan.reassigned:  # never pin a session twice on a stale view
-            body["metadata"] = {"resourceVersion": sessions[session].resource_version}
-        path = _path(SESSION_PLURAL, namespace, session, "status")
-        await ctx.api.patch(path, body, conflict_ok=True)
+        after = await _patch_session(
+            ctx, namespace, views[session], patch, guard=session in plan.reassigned
+        )
+        ctx.written.session(key, indexed[session], after)
     for session in plan.expire:
         log.info("session %s/%s expired", namespace, session)
         await ctx.api.delete(_path(SESSION_PLURAL, namespace, session))
+        gone = dataclasses.replace(views[session], deleting=True)
+        ctx.written.session(key, indexed[session], gone)
     if plan.delete_engine:
         log.info("deleting idle TutorEngine %s/%s", namespace, name)
         await ctx.api.delete(_path(ENGINE_PLURAL, namespace, name))
     elif plan.status_patch:
-        await ctx.api.patch(
+        after = await ctx.api.patch(
             _path(ENGINE_PLURAL, namespace, name, "status"), {"status": plan.status_patch}
         )
+        if after is not None:
+            ctx.written.engines[key] = (engine_rv, after)
     if error:
         raise kopf.PermanentError(error)
     return plan
+
+
+async def _patch_session(
+    ctx: Context, namespace: str, view: SessionView, patch: dict[str, Any], *, guard: bool
+) -> SessionView:
+    """Write a session's status; return what it is now (``deleting`` once it is gone).
+
+    A ``guard``ed patch pins the session to a pod, so it names the version it was planned on:
+    a session changed meanwhile (the gateway's writes, say) is read again and pinned only if
+    it still has no pod, instead of waiting for the next reconciliation.
+    """
+    path = _path(SESSION_PLURAL, namespace, view.name, "status")
+    for attempt in range(2):
+        body: dict[str, Any] = {"status": patch}
+        if guard:
+            body["metadata"] = {"resourceVersion": view.resource_version}
+        try:
+            after = await ctx.api.patch(path, body)
+        except Conflict:
+            current = await ctx.api.get(_path(SESSION_PLURAL, namespace, view.name))
+            if current is None:
+                break
+            view = session_view(current)
+            if attempt or view.pod or view.deleting:
+                return view
+            continue
+        return dataclasses.replace(view, deleting=True) if after is None else session_view(after)
+    return dataclasses.replace(view, deleting=True)
 
 
 async def _ensure_children(
