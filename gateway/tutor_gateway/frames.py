@@ -5,8 +5,10 @@ Conversation frames belong to the engine; the gateway only speaks for auth, rout
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+import time
 from typing import Any
+
+from .schemas import iso
 
 CLOSE_INTERNAL_ERROR = 1011
 CLOSE_UNAUTHORIZED = 4401  # missing or wrong token
@@ -18,5 +20,4 @@ CLOSE_ENGINE_UNAVAILABLE = 4503  # the tutor's engine could not start or stopped
 
 def error_frame(content: str) -> dict[str, Any]:
     """The seed's ``error`` message."""
-    stamp = datetime.now(UTC).replace(tzinfo=None).isoformat(timespec="seconds")
-    return {"type": "error", "content": content, "timestamp": stamp}
+    return {"type": "error", "content": content, "timestamp": iso(time.time())}
