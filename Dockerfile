@@ -13,6 +13,7 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY gateway/ gateway/
 COPY operator/ operator/
+COPY contract/ contract/
 COPY engine-image/tutor_engine/ engine-image/tutor_engine/
 # No inference libraries: the kube extra only (kopf, lightkube and their clients).
 RUN pip install ".[kube]"

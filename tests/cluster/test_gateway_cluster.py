@@ -157,8 +157,11 @@ def test_messages_wait_while_the_engine_pod_starts(
     session = create_session(gateway, tutor_id=9)
     with open_ws(gateway, session) as ws:
         ws.send(json.dumps({"type": "text", "content": "are you there"}))
-        time.sleep(1.0)
-        assert phase(kube, "tutorsessions", session["session_id"]) == "Pending"
+        # No kubelet runs yet: the operator can only report the session Pending.
+        wait_for(
+            lambda: phase(kube, "tutorsessions", session["session_id"]) == "Pending",
+            what="the session Pending while no pod can start",
+        )
         with FakeKubelet(kube_api.url, NAMESPACE):
             reply = recv(ws)
     assert reply["type"] == "text" and "are you there" in reply["content"]
