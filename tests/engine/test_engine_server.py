@@ -99,11 +99,10 @@ async def test_a_model_that_fails_to_load_shows_in_readyz_and_refuses_sessions()
         assert body["ready"] is False
         assert "broken-tts: FileNotFoundError: voice.onnx not found" in body["error"]
         assert body["backends"] == {"mock-llm": True, "mock-asr": True, "broken-tts": False}
-        async with websockets.connect(f"{running.ws}/ws/s5") as ws:
-            assert "voice.onnx not found" in (await recv(ws))["content"]
-            with pytest.raises(websockets.ConnectionClosed) as closed:
-                await ws.recv()
-        assert closed.value.rcvd.code == 1013
+        with pytest.raises(websockets.InvalidStatus) as refused:
+            await websockets.connect(f"{running.ws}/ws/s5")
+        assert refused.value.response.status_code == 503
+        assert "voice.onnx not found" in refused.value.response.body.decode()
 
 
 def test_metrics_export_stage_timings(mock_engine: Running) -> None:

@@ -14,6 +14,7 @@ from tutor_engine.knowledge import (
     KnowledgeError,
     check_kb_id,
     chunk_document,
+    documents,
     top_passages,
 )
 
@@ -103,3 +104,45 @@ async def test_the_engine_grounds_its_prompt_in_the_session_kb(kb_dir: Path) -> 
     assert "[1] # Spiders" in grounded and "eight legs" in grounded
     assert "photosynthesis" not in grounded
     assert plain.endswith("Material: none.")
+
+
+@pytest.mark.parametrize("bad", ["math\n", "math\r\n", " math", "a..b", "math/..", "ma th"])
+def test_the_whole_kb_id_must_match_the_shared_rule(bad: str) -> None:
+    from tutor_contract.knowledge import is_valid_kb_id
+
+    assert not is_valid_kb_id(bad)
+    with pytest.raises(KnowledgeError, match="Invalid kb_id"):
+        check_kb_id(bad)
+
+
+def test_files_are_resolved_inside_their_own_folder(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    root = tmp_path / "kb"
+    (root / "math").mkdir(parents=True)
+    (root / "secret").mkdir()
+    (root / "math" / "algebra.md").write_text("x + 1 = 2")
+    (root / "math" / "alias.md").symlink_to(root / "math" / "algebra.md")
+    (root / "secret" / "answers.md").write_text("the exam answers")
+    (tmp_path / "passwd.txt").write_text("root:x:0:0")
+    (root / "math" / "other-kb.md").symlink_to(root / "secret" / "answers.md")
+    (root / "math" / "outside.txt").symlink_to(tmp_path / "passwd.txt")
+    (root / "math" / "dangling.md").symlink_to(tmp_path / "missing.md")
+    caplog.set_level("WARNING", logger="tutor_engine.knowledge")
+    found = documents(root / "math")
+    assert found == [(root / "math" / "algebra.md").resolve()] * 2  # itself and its alias
+    skipped = [r.getMessage() for r in caplog.records]
+    assert len(skipped) == 3 and all("leads out of its knowledge base folder" in m for m in skipped)
+    caplog.clear()
+    documents(root / "math")
+    assert caplog.records == []  # logged once
+
+
+async def test_a_kb_folder_that_leads_out_of_the_root_is_not_used(tmp_path: Path) -> None:
+    root = tmp_path / "kb"
+    root.mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "notes.md").write_text("not a knowledge base")
+    (root / "escape").symlink_to(tmp_path / "elsewhere")
+    kb = KnowledgeBase(EngineSettings(_env_file=None, kb_dir=str(root)))
+    assert await kb.search("escape", "anything") == []  # no model needed: refused before

@@ -85,3 +85,54 @@ def test_stream_events_carry_the_reply_id() -> None:
         1,
     )
     assert interrupted_message(3, "Hel")["content"] == "Hel"
+
+
+def parse_raw(frame: str | bytes, max_bytes: int = 1 << 20) -> TextIn | AudioIn | OptionsIn:
+    return parse_client_frame(frame, max_bytes=max_bytes, max_text_chars=100)
+
+
+@pytest.mark.parametrize(
+    ("frame", "error"),
+    [
+        ("[" * 5000 + "]" * 5000, "nested too deeply"),
+        ('{"a":' * 5000 + "1" + "}" * 5000, "nested too deeply"),
+        ('{"type": "text", "content": "hi", "n": ' + "9" * 5000 + "}", "too long"),
+        ('{"type": "text", "content": "hi", "n": ' + "9" * 65 + "}", "too long"),
+        ('{"type": "text", "content": "hi", "n": NaN}', "NaN is not a JSON number"),
+        ('{"type": "text", "content": "hi", "n": -Infinity}', "-Infinity is not"),
+        ('{"type": "text", "content": "hi", "n": 1e999}', "out of range"),
+        ('{"type": "text", "content": "\\ud800 lone"}', "not valid Unicode"),
+        ("not json", "Invalid JSON: Expecting value"),
+        (b'{"type": "text", "content": "hi"}', "send each message as JSON text"),
+        (b"\xff\xfe\x00", "send each message as JSON text"),
+        ("x" * ((1 << 20) + 1), "Message too large"),
+        ("[" + ",".join(["{}"] * 100_000) + "]", "Message too complex"),
+        ("[" + ",".join(["1"] * 100_000) + "]", "Message too complex"),
+    ],
+)
+def test_frames_the_json_module_would_crash_on_or_accept_are_refused(
+    frame: str | bytes, error: str
+) -> None:
+    with pytest.raises(ProtocolError, match=error) as refused:
+        parse_raw(frame)
+    assert "\n" not in str(refused.value) and len(str(refused.value)) < 300
+
+
+def test_a_large_audio_frame_is_still_an_audio_message() -> None:
+    audio = bytes(range(256)) * 1024  # 256 KiB: parsed as a large frame
+    frame = json.dumps(
+        {"type": "audio", "format": "webm", "data": base64.b64encode(audio).decode()}
+    )
+    assert len(frame) > 64 * 1024
+    assert parse_raw(frame) == AudioIn(audio)
+
+
+def test_a_huge_unknown_type_is_described_briefly() -> None:
+    with pytest.raises(ProtocolError) as refused:
+        parse({"type": "v" * 100_000})
+    assert len(str(refused.value)) < 200
+
+
+def test_small_numbers_and_unicode_are_fine() -> None:
+    frame = '{"type": "text", "content": "caf\\u00e9 \\ud83d\\ude00", "n": 12, "x": 1.5}'
+    assert parse_raw(frame) == TextIn("café 😀")

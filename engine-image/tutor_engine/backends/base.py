@@ -25,6 +25,13 @@ class AudioDecodeError(ValueError):
     """Audio that the ASR backend cannot decode; its text goes back to the client."""
 
 
+def audio_too_long(limit_seconds: float) -> AudioDecodeError:
+    """The error for audio found (while decoding, never after) to be longer than the limit."""
+    return AudioDecodeError(
+        f"Audio too long: more than {limit_seconds:g} s (limit {limit_seconds:g} s)"
+    )
+
+
 class Backend(Protocol):
     """Lifecycle every backend has: ``load`` (load and warm the model) and ``close``."""
 

@@ -16,7 +16,7 @@ import struct
 import wave
 from collections.abc import AsyncIterator, Iterator, Sequence
 
-from .base import AudioDecodeError, ChatMessage
+from .base import AudioDecodeError, ChatMessage, audio_too_long
 
 SAMPLE_RATE = 16_000
 SECONDS_PER_CHAR = 0.06
@@ -100,12 +100,22 @@ def read_wav_comment(data: bytes) -> str | None:
 
 
 def wav_duration(data: bytes) -> float:
-    """Duration in seconds of a PCM WAV file."""
+    """Duration in seconds of the samples a PCM WAV file really holds.
+
+    A header may claim hours of audio in a few bytes; the duration counts only the sample
+    frames present, as a decoder would find them, and reads none of them.
+    """
     try:
         with wave.open(io.BytesIO(data), "rb") as wav:
-            return wav.getnframes() / wav.getframerate()
+            rate, frame_bytes = wav.getframerate(), wav.getnchannels() * wav.getsampwidth()
     except (wave.Error, EOFError) as exc:
         raise AudioDecodeError(f"Audio is not a readable WAV file: {exc}") from exc
+    if rate <= 0 or frame_bytes <= 0:
+        raise AudioDecodeError("Audio is not a readable WAV file: no sample rate or sample size")
+    # The bytes of the data chunk that are really there, whatever its size field says.
+    chunks = _riff_chunks(data, 12)
+    present = next((len(body) for chunk_id, body in chunks if chunk_id == b"data"), 0)
+    return present // frame_bytes / rate
 
 
 class MockASR:
@@ -126,9 +136,7 @@ class MockASR:
         comment = read_wav_comment(audio)
         duration = wav_duration(audio)
         if duration > self.max_audio_seconds:
-            raise AudioDecodeError(
-                f"Audio too long: {duration:.1f} s (limit {self.max_audio_seconds:.0f} s)"
-            )
+            raise audio_too_long(self.max_audio_seconds)
         return comment if comment is not None else f"(speech, {duration:.2f} seconds)"
 
 

@@ -1,0 +1,129 @@
+"""Fair sharing of one engine between its sessions.
+
+- ``FairSlots``: at most ``limit`` holders at once, granted strictly first come, first served
+  (a released slot goes to the oldest waiter, never to a newcomer that arrives meanwhile).
+- ``TurnScheduler``: each session runs one turn at a time, and a turn then takes one of the
+  engine's ``max_concurrent_turns`` slots. A session that sends many messages therefore waits
+  for its own turns, while every other session's next turn queues once, in arrival order:
+  sessions interleave, and none can hold more than one slot.
+- ``run_holding``: run a coroutine while holding a slot until it has really finished, even
+  when its caller is cancelled (a decode in a thread keeps going; so does its slot).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import deque
+from collections.abc import AsyncIterator, Coroutine
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+class FairSlots:
+    """A FIFO semaphore: ``limit`` slots, waiters served in the order they asked."""
+
+    def __init__(self, limit: int) -> None:
+        if limit < 1:
+            raise ValueError("FairSlots needs at least one slot")
+        self.limit = limit
+        self._free = limit
+        self._waiters: deque[asyncio.Future[None]] = deque()
+
+    @property
+    def in_use(self) -> int:
+        return self.limit - self._free
+
+    @property
+    def waiting(self) -> int:
+        return sum(1 for w in self._waiters if not w.done())
+
+    async def acquire(self) -> None:
+        if self._free and not self.waiting:
+            self._free -= 1
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self.release()  # granted just as we were cancelled: pass it on
+            else:
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(waiter)
+            raise
+
+    def release(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)  # the slot passes straight to the oldest waiter
+                return
+        self._free = min(self.limit, self._free + 1)
+
+    @contextlib.asynccontextmanager
+    async def hold(self) -> AsyncIterator[None]:
+        await self.acquire()
+        try:
+            yield
+        finally:
+            self.release()
+
+
+class TurnScheduler:
+    """One turn at a time per session; ``max_concurrent`` turns at a time per engine, FIFO."""
+
+    def __init__(self, max_concurrent: int) -> None:
+        self.slots = FairSlots(max_concurrent)
+        self._sessions: dict[str, tuple[FairSlots, list[int]]] = {}
+
+    @contextlib.asynccontextmanager
+    async def turn(self, session_id: str) -> AsyncIterator[None]:
+        """Wait for this session's previous turn, then for an engine slot; hold both."""
+        own, users = self._sessions.setdefault(session_id, (FairSlots(1), [0]))
+        users[0] += 1
+        try:
+            async with own.hold(), self.slots.hold():
+                yield
+        finally:
+            users[0] -= 1
+            if not users[0]:
+                del self._sessions[session_id]
+
+    @property
+    def running(self) -> int:
+        return self.slots.in_use
+
+    @property
+    def waiting(self) -> int:
+        """Turns that have their session's turn but wait for an engine slot."""
+        return self.slots.waiting
+
+
+async def run_holding(slots: FairSlots, work: Coroutine[Any, Any, T]) -> T:
+    """Await ``work`` in a slot; if the caller is cancelled, the slot is kept until it ends.
+
+    Work that runs in a thread cannot be cancelled: releasing its slot early would let more
+    of it run at once than the limit says.
+    """
+    try:
+        await slots.acquire()
+    except BaseException:
+        work.close()
+        raise
+    task = asyncio.ensure_future(work)
+
+    def finished(done: asyncio.Future[T]) -> None:
+        slots.release()
+        if not done.cancelled():
+            done.exception()  # retrieved: a cancelled caller no longer wants it
+
+    task.add_done_callback(finished)
+    try:
+        return await asyncio.shield(task)
+    finally:
+        # The exception's traceback holds this frame: without this, frame -> task -> exception
+        # -> traceback -> frame is a cycle keeping the work's arguments (audio) until a gc.
+        del task, work
