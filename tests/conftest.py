@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from tutor_gateway.app import create_app
 from tutor_gateway.config import GatewaySettings
+from tutor_gateway.server import uvicorn_options
 
 from .servers import RunningServer, loopback_socket, serve
 
@@ -16,7 +17,7 @@ GatewayFactory = Callable[..., RunningServer]
 
 
 @pytest.fixture
-def gateway_factory() -> Iterator[GatewayFactory]:
+def gateway_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayFactory]:
     """Start local-mode gateways with settings overrides; all are stopped after the test."""
     with contextlib.ExitStack() as stack:
 
@@ -24,9 +25,11 @@ def gateway_factory() -> Iterator[GatewayFactory]:
             sock = loopback_socket()
             port = sock.getsockname()[1]
             overrides.setdefault("websocket_url", f"ws://127.0.0.1:{port}/ws")
+            overrides.setdefault("state_dir", str(tmp_path_factory.mktemp("state")))
             settings = GatewaySettings(_env_file=None, **overrides)  # type: ignore[call-arg]
             app = create_app(settings)
-            return stack.enter_context(serve(app, sock=sock, ws_max_size=64 * 1024 * 1024))
+            # Exactly the options ``python -m tutor_gateway`` serves with.
+            return stack.enter_context(serve(app, sock=sock, **uvicorn_options(settings)))
 
         yield start
 

@@ -7,6 +7,7 @@ import uvicorn
 from .app import create_app
 from .config import GatewaySettings
 from .logs import configure
+from .server import uvicorn_options
 
 
 def main() -> None:
@@ -18,9 +19,8 @@ def main() -> None:
         host=settings.management_api_host,
         port=settings.management_api_port,
         log_level=settings.log_level,
-        ws_max_size=settings.max_message_bytes * 4,
-        timeout_graceful_shutdown=10,
         log_config=None,
+        **uvicorn_options(settings),
     )
 
 

@@ -44,11 +44,47 @@ class GatewaySettings(BaseSettings):
     max_message_bytes: int = Field(
         8 * 1024 * 1024, ge=1024, description="Largest client WebSocket frame relayed."
     )
+    # Per-connection bounds of the relay (see README, "Limits and abuse").
+    max_queued_bytes: int = Field(
+        16 * 1024 * 1024,
+        ge=1024,
+        description="Bytes of client frames one connection may have waiting for its engine; "
+        "past it the gateway stops reading that client (backpressure).",
+    )
+    max_connections_per_session: int = Field(
+        2,
+        ge=1,
+        description="Open WebSockets per session on this gateway; a newer one closes the "
+        "oldest with 4409.",
+    )
+    client_send_timeout_seconds: float = Field(
+        30,
+        gt=0,
+        description="A frame the client does not take within this time closes its connection "
+        "(4504) and frees what it had queued.",
+    )
+    engine_connect_timeout_seconds: float = Field(
+        10,
+        gt=0,
+        description="Longest wait for one engine WebSocket handshake; a connection that "
+        "times out is tried again until ENGINE_START_TIMEOUT_SECONDS.",
+    )
+    engine_liveness_timeout_seconds: float = Field(
+        30,
+        gt=0,
+        description="Local mode: a live engine process is replaced only after failing its "
+        "health checks for this long (a busy engine is not a dead one).",
+    )
     reaper_interval_seconds: float = Field(
         5, gt=0, description="How often expired sessions and idle engines are looked for."
     )
     engine_command: str = Field(
         "", description="Local mode: command that starts an engine (default: this Python)."
+    )
+    state_dir: str = Field(
+        ".tutor-state",
+        description="Local mode: this gateway's state (engines/: a record per running engine, "
+        "so a restart stops any its dead predecessor left); relative to the working directory.",
     )
     kube_namespace: str = Field(
         "", description="Cluster mode: namespace of the sessions (default: the pod's own)."
@@ -56,10 +92,58 @@ class GatewaySettings(BaseSettings):
     kube_api_url: str = Field(
         "", description="Cluster mode: API server URL (default: in-cluster or kubeconfig)."
     )
+    kube_api_token: str = Field(
+        "", description="Cluster mode: bearer token for KUBE_API_URL (default: none)."
+    )
     activity_patch_interval_seconds: float = Field(
         15, ge=0, description="Cluster mode: least time between two lastActivity patches."
     )
+
+    # HTTP and WebSocket transport limits (tutor_gateway.server; README, "Limits and abuse").
+    max_request_body_bytes: int = Field(
+        64 * 1024,
+        ge=1024,
+        description="Largest REST request body; a larger one is answered 413 as soon as its "
+        "Content-Length (or, chunked, its running size) passes this, without reading the rest.",
+    )
+    max_url_bytes: int = Field(
+        8 * 1024,
+        ge=256,
+        description="Longest request target (path and query) of any HTTP request or WebSocket "
+        "upgrade; a longer one is answered 414 and the connection closed.",
+    )
+    max_header_bytes: int = Field(
+        32 * 1024,
+        ge=1024,
+        description="Most bytes of request header lines in total; more is answered 431 and the "
+        "connection closed. WebSocket upgrades also get 431 for one header line over 8 KiB or "
+        "more than 128 headers (the websockets library's limits).",
+    )
+    ws_max_frame_bytes: int | None = Field(
+        None,
+        description="Hard limit of one client WebSocket message, checked while it arrives and "
+        "while it inflates (permessage-deflate); a larger one closes the connection with 1009. "
+        "Default 2 x MAX_MESSAGE_BYTES; at least MAX_MESSAGE_BYTES.",
+    )
+    ws_per_message_deflate: bool = Field(
+        True, description="Offer permessage-deflate compression to WebSocket clients."
+    )
+
     log_level: str = "info"
+
+    @model_validator(mode="after")
+    def _check_bounds(self) -> GatewaySettings:
+        if self.max_queued_bytes < self.max_message_bytes:
+            raise ValueError("MAX_QUEUED_BYTES must be at least MAX_MESSAGE_BYTES")
+        return self
+
+    @model_validator(mode="after")
+    def _transport_limits(self) -> GatewaySettings:
+        if self.ws_max_frame_bytes is None:
+            self.ws_max_frame_bytes = 2 * self.max_message_bytes
+        if self.ws_max_frame_bytes < self.max_message_bytes:
+            raise ValueError("WS_MAX_FRAME_BYTES must be at least MAX_MESSAGE_BYTES")
+        return self
 
     @model_validator(mode="after")
     def _default_websocket_url(self) -> GatewaySettings:

@@ -4,9 +4,14 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic_core import PydanticCustomError
+from tutor_contract.knowledge import KB_ID_RULE, is_valid_kb_id
 
 from .sessions import Session
+
+# The rule of tutor_contract.knowledge as a JSON-schema (ECMA) pattern, for the OpenAPI page.
+_KB_ID_SCHEMA_PATTERN = r"^(?!.*\.\.)[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 
 
 def iso(epoch: float) -> str:
@@ -24,8 +29,20 @@ class CreateSessionRequest(BaseModel):
     tutor_id: int = Field(ge=0, le=2**31 - 1, description="The tutor (each has its own engine).")
     student_id: int = Field(ge=0, le=2**63 - 1, description="The student.")
     kb_id: str | None = Field(
-        None, min_length=1, max_length=253, description="Optional knowledge-base id."
+        None,
+        min_length=1,
+        max_length=128,
+        description=f"Optional knowledge-base id: {KB_ID_RULE}.",
+        json_schema_extra={"pattern": _KB_ID_SCHEMA_PATTERN},
     )
+
+    @field_validator("kb_id")
+    @classmethod
+    def _kb_id_rule(cls, kb_id: str | None) -> str | None:
+        """The engine's rule, as a whole (full match: no trailing newline, no '..')."""
+        if kb_id is not None and not is_valid_kb_id(kb_id):
+            raise PydanticCustomError("kb_id", "kb_id must be {rule}", {"rule": KB_ID_RULE})
+        return kb_id
 
 
 class CreateSessionResponse(BaseModel):

@@ -2,13 +2,106 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, HTTPException, Response, status
+import json
+import math
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from fastapi import APIRouter, HTTPException, Request, Response, status
+from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute
 
 from ..schemas import CreateSessionRequest, CreateSessionResponse, SessionInfo, SessionList
 from ..sessions import CapacityError
 from .deps import GatewayDep, SessionDep
 
-router = APIRouter(prefix="/sessions", tags=["sessions"])
+MAX_REPORTED = 10  # errors listed in one 422 for values JSON cannot carry
+
+
+def json_body_errors(body: bytes) -> list[dict[str, Any]]:
+    """Why a request body is not JSON although Python's parser takes it (``[]``: it is JSON,
+    or it is not JSON in a way FastAPI reports itself).
+
+    ``json.loads`` accepts ``NaN``, ``Infinity`` and ``-Infinity``, turns ``1e999`` into
+    infinity and keeps lone surrogates (``"\ud800"``, or their UTF-8 bytes), none of which
+    JSON can carry or echo back; it also fails with other errors than a decode error on
+    nesting too deep, integers too long or bytes that are not UTF-8.
+    """
+    try:
+        value = json.loads(body)
+    except json.JSONDecodeError:
+        return []
+    except (RecursionError, ValueError) as exc:
+        reason = (
+            "nested too deeply"
+            if isinstance(exc, RecursionError)
+            else "not UTF-8"
+            if isinstance(exc, UnicodeDecodeError)
+            else "number too long"
+        )
+        error = {"type": "json_invalid", "loc": ("body",), "msg": "JSON decode error"}
+        return [{**error, "input": {}, "ctx": {"error": reason}}]
+    errors: list[dict[str, Any]] = []
+    pending: list[tuple[tuple[int | str, ...], Any]] = [(("body",), value)]
+    while pending and len(errors) < MAX_REPORTED:
+        loc, item = pending.pop()
+        if isinstance(item, dict):
+            for key, child in item.items():
+                if not _encodes(key):
+                    errors.append(_unicode_error((*loc, key), key))
+                pending.append(((*loc, key), child))
+        elif isinstance(item, list):
+            pending.extend(((*loc, i), child) for i, child in enumerate(item))
+        elif isinstance(item, float) and not math.isfinite(item):
+            errors.append(
+                {
+                    "type": "finite_number",
+                    "loc": loc,
+                    "msg": "Input should be a finite number",
+                    "input": item,
+                }
+            )
+        elif isinstance(item, str) and not _encodes(item):
+            errors.append(_unicode_error(loc, item))
+    return errors
+
+
+def _encodes(text: str) -> bool:
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _unicode_error(loc: tuple[int | str, ...], text: str) -> dict[str, Any]:
+    return {
+        "type": "string_unicode",
+        "loc": loc,
+        "msg": "Input should be a valid string, unable to parse raw data as a unicode string",
+        "input": text,
+    }
+
+
+class StrictJSONRoute(APIRoute):
+    """A route whose JSON body must be JSON proper: see :func:`json_body_errors` (422)."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def strict(request: Request) -> Response:
+            if request.method in ("POST", "PUT", "PATCH"):
+                body = await request.body()
+                if body and (errors := json_body_errors(body)):
+                    raise RequestValidationError(errors, body=None)
+            return await handler(request)
+
+        return strict
+
+
+router = APIRouter(prefix="/sessions", tags=["sessions"], route_class=StrictJSONRoute)
 
 NOT_FOUND = {404: {"description": "Session not found"}}
 
