@@ -14,8 +14,10 @@ CLOSE_INTERNAL_ERROR = 1011
 CLOSE_UNAUTHORIZED = 4401  # missing or wrong token
 CLOSE_SESSION_NOT_FOUND = 4404  # no such session
 CLOSE_SESSION_EXPIRED = 4408  # idle past SESSION_TIMEOUT_SECONDS
+CLOSE_REPLACED = 4409  # a newer connection to the session took over (do not reconnect)
 CLOSE_SESSION_ENDED = 4410  # ended through DELETE /v1/sessions/{id}
 CLOSE_ENGINE_UNAVAILABLE = 4503  # the tutor's engine could not start or stopped
+CLOSE_CLIENT_TOO_SLOW = 4504  # the client took no data for CLIENT_SEND_TIMEOUT_SECONDS
 
 
 def error_frame(content: str) -> dict[str, Any]:

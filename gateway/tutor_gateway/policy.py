@@ -16,6 +16,16 @@ def expired_sessions(last_activity: Mapping[str, float], now: float, timeout: fl
     return [sid for sid, seen in last_activity.items() if is_expired(seen, now, timeout)]
 
 
+def engine_is_dead(
+    alive: bool, failing_since: float | None, now: float, liveness_timeout: float
+) -> bool:
+    """Whether an engine should be replaced: its process is gone, or it has failed every
+    health check for ``liveness_timeout`` seconds (one slow answer is not death)."""
+    if not alive:
+        return True
+    return failing_since is not None and now - failing_since >= liveness_timeout
+
+
 def has_capacity(active: int, maximum: int) -> bool:
     """Whether one more session fits under the limit."""
     return active < maximum

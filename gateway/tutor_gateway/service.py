@@ -34,10 +34,11 @@ class Gateway:
     settings: GatewaySettings
     store: SessionStore
     router: EngineRouter
-    connections: Connections = field(default_factory=Connections)
     metrics: GatewayMetrics = field(default_factory=GatewayMetrics)
+    connections: Connections = field(init=False)
 
     def __post_init__(self) -> None:
+        self.connections = Connections(self.settings.max_connections_per_session)
         self.store.add_removal_listener(self._on_removed)
 
     async def create_session(

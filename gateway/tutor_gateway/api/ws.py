@@ -11,13 +11,14 @@ import logging
 from fastapi import APIRouter, Query, WebSocket, WebSocketDisconnect
 
 from ..frames import (
+    CLOSE_REPLACED,
     CLOSE_SESSION_ENDED,
     CLOSE_SESSION_EXPIRED,
     CLOSE_SESSION_NOT_FOUND,
     CLOSE_UNAUTHORIZED,
     error_frame,
 )
-from ..relay import Relay
+from ..relay import Ending, Relay, RelayLimits
 from ..tokens import token_matches
 from .deps import GatewayDep
 
@@ -29,6 +30,11 @@ REFUSALS = {
     "deleted": (CLOSE_SESSION_ENDED, "Session ended"),
     None: (CLOSE_SESSION_NOT_FOUND, "Session not found"),
 }
+REPLACED = Ending(
+    CLOSE_REPLACED,
+    "replaced by a newer connection",
+    "This session was opened on a newer connection; this one is closed",
+)
 
 
 async def _refuse(websocket: WebSocket, code: int, message: str) -> None:
@@ -58,15 +64,21 @@ async def conversation(
         await _refuse(websocket, CLOSE_UNAUTHORIZED, "Invalid or missing token")
         return
     await gateway.store.touch(session_id)
-    relay = Relay(
-        websocket,
-        session,
-        gateway.router,
-        max_message_bytes=gateway.settings.max_message_bytes,
-        engine_wait_seconds=gateway.settings.engine_start_timeout_seconds,
-        on_activity=lambda: gateway.store.touch(session_id),
+    settings = gateway.settings
+    limits = RelayLimits(
+        max_message_bytes=settings.max_message_bytes,
+        max_queued_bytes=settings.max_queued_bytes,
+        engine_wait_seconds=settings.engine_start_timeout_seconds,
+        engine_connect_timeout_seconds=settings.engine_connect_timeout_seconds,
+        send_timeout_seconds=settings.client_send_timeout_seconds,
+        activity_interval_seconds=min(1.0, settings.session_timeout_seconds / 8),
     )
-    gateway.connections.add(session_id, relay)
+    relay = Relay(
+        websocket, session, gateway.router, limits, lambda: gateway.store.touch(session_id)
+    )
+    for displaced in gateway.connections.add(session_id, relay):
+        gateway.metrics.ws_rejected.labels("replaced").inc()
+        displaced.terminate(REPLACED)
     try:
         await relay.run()
     finally:
