@@ -1,4 +1,4 @@
-"""Run an engine: ``python -m tutor_engine [--host H] [--port P | --fd N]``."""
+"""Run an engine: ``python -m tutor_engine [--host H] [--port P | --fd N] [--parent-pid P]``."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ import uvicorn
 
 from .app import create_app
 from .config import EngineSettings
+from .parent_watch import watch_parent
+from .transport import WS_PROTOCOL
 
 EXIT_LOAD_FAILED = 3  # the operator reads this exit code as "models failed to load"
 
@@ -21,11 +23,23 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default=settings.host)
     parser.add_argument("--port", type=int, default=settings.port)
     parser.add_argument("--fd", type=int, help="serve on this already-bound socket (local mode)")
+    parser.add_argument(
+        "--parent-pid",
+        type=int,
+        help="local mode: exit at once when this process (the gateway) dies, by any signal",
+    )
+    parser.add_argument(
+        "--parent-fd",
+        type=int,
+        help="with --parent-pid: read end of the gateway's pipe; EOF means the gateway is gone",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=settings.log_level.upper(),
         format=f"%(asctime)s %(levelname)s engine[{settings.tutor_id}] %(name)s: %(message)s",
     )
+    if args.parent_pid is not None:
+        watch_parent(args.parent_pid, args.parent_fd)
 
     def stop() -> None:
         server.should_exit = True
@@ -37,7 +51,11 @@ def main(argv: list[str] | None = None) -> None:
         port=args.port,
         fd=args.fd,
         log_level=settings.log_level,
+        ws=WS_PROTOCOL,  # invalid UTF-8 in a text frame gets an error, not close 1007
         ws_max_size=settings.max_message_bytes * 2,
+        # No permessage-deflate: a few KB on the wire could inflate to dozens of frames at
+        # once, and between the gateway and the engine compression buys nothing.
+        ws_per_message_deflate=False,
         access_log=False,
     )
     server = uvicorn.Server(config)

@@ -9,10 +9,12 @@ import secrets
 from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from .api import health, sessions, ws
+from .api import errors, health, sessions, ws
 from .config import GatewaySettings
+from .engine_registry import EngineRegistry
 from .engines import LocalEngines
 from .service import Gateway, LocalHousekeeping
 from .sessions import MemorySessionStore, StoreUnavailable
@@ -24,11 +26,15 @@ log = logging.getLogger("tutor_gateway")
 async def _local_mode(settings: GatewaySettings) -> AsyncIterator[Gateway]:
     """In-memory sessions and one engine process per tutor on this machine."""
     store = MemorySessionStore(settings.max_sessions)
+    registry = EngineRegistry(settings.state_dir)
+    await asyncio.to_thread(registry.stop_stale)  # engines a dead gateway of this dir left
     engines = LocalEngines(
         api_key=settings.engine_api_key or secrets.token_urlsafe(32),
         start_timeout=settings.engine_start_timeout_seconds,
         idle_timeout=settings.engine_idle_timeout_seconds,
         command=settings.engine_command,
+        liveness_timeout=settings.engine_liveness_timeout_seconds,
+        registry=registry,
     )
     gateway = Gateway(settings, store, engines)
     housekeeping = asyncio.create_task(LocalHousekeeping(store, engines, settings).run())
@@ -76,6 +82,9 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     async def store_unavailable(_: Request, exc: StoreUnavailable) -> JSONResponse:
         log.warning("%s", exc)
         return JSONResponse({"detail": str(exc)}, status_code=503)
+
+    app.add_exception_handler(RequestValidationError, errors.validation_error)  # type: ignore[arg-type]
+    app.add_middleware(errors.BodyLimit, limit=settings.max_request_body_bytes)
 
     for prefix in ("/v1", "/mgmt/v1"):
         versioned = APIRouter(prefix=prefix)

@@ -16,7 +16,8 @@ from typing import Protocol
 
 import httpx
 
-from .policy import idle_engines
+from .engine_registry import EngineRegistry, parent_link
+from .policy import engine_is_dead, idle_engines
 from .sessions import Session
 
 log = logging.getLogger("tutor_gateway.engines")
@@ -64,6 +65,7 @@ class LocalEngine:
     port: int
     process: asyncio.subprocess.Process
     suspect: bool = False
+    failing_since: float | None = None  # first failed check since it last answered
 
     @property
     def base_url(self) -> str:
@@ -75,7 +77,13 @@ class LocalEngine:
 
 
 class LocalEngines:
-    """Starts one engine process per tutor on demand and stops it when idle (embedded mode)."""
+    """Starts one engine process per tutor on demand and stops it when idle (embedded mode).
+
+    A start belongs to no connection: whoever asks while it runs waits for the same start, and
+    one who leaves does not cancel it. An engine that fails a connection is re-checked before
+    reuse and replaced only when its process is gone or its health checks have failed for
+    ``liveness_timeout`` seconds: a busy engine is not a dead one.
+    """
 
     def __init__(
         self,
@@ -84,16 +92,20 @@ class LocalEngines:
         idle_timeout: float,
         command: str = "",
         clock: Callable[[], float] = time.monotonic,
+        liveness_timeout: float = 30.0,
+        registry: EngineRegistry | None = None,
     ) -> None:
         self.api_key = api_key
         self.start_timeout = start_timeout
         self.idle_timeout = idle_timeout
+        self.liveness_timeout = liveness_timeout
         self.command = shlex.split(command) if command else [sys.executable, "-m", "tutor_engine"]
         self._clock = clock
-        self._engines: dict[int, LocalEngine] = {}
-        self._locks: dict[int, asyncio.Lock] = {}
+        self._engines: dict[int, LocalEngine] = {}  # ready engines
+        self._starting: dict[int, asyncio.Task[LocalEngine]] = {}
         self._idle_since: dict[int, float] = {}
         self._http = httpx.AsyncClient(timeout=5.0)
+        self.registry = registry or EngineRegistry(None)  # records engines in STATE_DIR
 
     @property
     def running(self) -> dict[int, LocalEngine]:
@@ -106,15 +118,48 @@ class LocalEngines:
 
     async def ensure(self, tutor_id: int) -> LocalEngine:
         """The tutor's ready engine, started (and waited for) if it is not running."""
-        async with self._locks.setdefault(tutor_id, asyncio.Lock()):
-            engine = self._engines.get(tutor_id)
-            if engine is not None and engine.suspect and not await self._healthy(engine):
-                log.warning("engine for tutor %s stopped answering; replacing it", tutor_id)
-                await self._stop(engine)
-            if engine is None or not engine.alive:
-                engine = await self._start(tutor_id)
-            self._idle_since.pop(tutor_id, None)
+        engine = self._engines.get(tutor_id)
+        if engine is not None and (engine.suspect or not engine.alive):
+            engine = await self._recheck(engine)
+        if engine is None:
+            task = self._starting.get(tutor_id)
+            if task is None:
+                task = asyncio.create_task(self._start(tutor_id))
+                self._starting[tutor_id] = task
+                task.add_done_callback(lambda done: self._started(tutor_id, done))
+            engine = await asyncio.shield(task)
+        self._idle_since.pop(tutor_id, None)
+        return engine
+
+    def _started(self, tutor_id: int, task: asyncio.Task[LocalEngine]) -> None:
+        if self._starting.get(tutor_id) is task:
+            del self._starting[tutor_id]
+        if not task.cancelled():
+            task.exception()  # retrieved here too: every waiter may have left
+
+    async def _recheck(self, engine: LocalEngine) -> LocalEngine | None:
+        """The engine if it should still be used; None once it is stopped as dead."""
+        if await self._healthy(engine):
             return engine
+        now = self._clock()
+        if engine.failing_since is None:
+            engine.failing_since = now
+        if engine_is_dead(engine.alive, engine.failing_since, now, self.liveness_timeout):
+            if engine.alive:
+                log.warning(
+                    "engine for tutor %s failed its health checks for %.0fs; replacing it",
+                    engine.tutor_id,
+                    now - engine.failing_since,
+                )
+            else:
+                log.warning(
+                    "engine for tutor %s exited (code %s)",
+                    engine.tutor_id,
+                    engine.process.returncode,
+                )
+            await self._stop(engine)
+            return None
+        return engine
 
     async def release(self, session: Session) -> None:
         """Drop a finished session's conversation history from its engine, if running."""
@@ -132,16 +177,21 @@ class LocalEngines:
         engine = self._engines.get(session.tutor_id)
         if engine is not None and engine.base_url == endpoint.base_url:
             engine.suspect = True
+            if engine.failing_since is None:
+                engine.failing_since = self._clock()
 
     async def _healthy(self, engine: LocalEngine) -> bool:
+        """One liveness check; a pass clears the engine's failure record."""
         if not engine.alive:
             return False
         try:
             response = await self._http.get(f"{engine.base_url}/healthz", timeout=2.0)
         except httpx.HTTPError:
             return False
-        engine.suspect = response.status_code != 200
-        return not engine.suspect
+        if response.status_code != 200:
+            return False
+        engine.suspect, engine.failing_since = False, None
+        return True
 
     async def _start(self, tutor_id: int) -> LocalEngine:
         listener = socket.create_server(("127.0.0.1", 0))
@@ -152,14 +202,15 @@ class LocalEngines:
                 *self.command,
                 "--fd",
                 str(listener.fileno()),
+                *parent_link().engine_args(),  # the engine exits when this gateway dies
                 env=env,
-                pass_fds=(listener.fileno(),),
+                pass_fds=(listener.fileno(), *parent_link().pass_fds),
                 stdin=asyncio.subprocess.DEVNULL,
             )
         finally:
             listener.close()
+        self.registry.add(process.pid, tutor_id, port)
         engine = LocalEngine(tutor_id, port, process)
-        self._engines[tutor_id] = engine
         log.info("started engine for tutor %s (pid %s, port %s)", tutor_id, process.pid, port)
         try:
             await asyncio.wait_for(self._wait_ready(engine), self.start_timeout)
@@ -169,6 +220,10 @@ class LocalEngines:
             raise EngineUnavailable(
                 f"Engine for tutor {tutor_id} failed to start: {reason}"
             ) from exc
+        except BaseException:  # cancelled by shutdown: never leave the process behind
+            await self._stop(engine)
+            raise
+        self._engines[tutor_id] = engine
         return engine
 
     async def _wait_ready(self, engine: LocalEngine) -> None:
@@ -199,7 +254,7 @@ class LocalEngines:
             )
             self._engines.pop(tutor)
         decision = idle_engines(
-            [t for t in self._engines if not self._locks[t].locked()],
+            list(self._engines),
             self._idle_since,
             busy_tutors,
             self._clock(),
@@ -219,10 +274,14 @@ class LocalEngines:
             except TimeoutError:
                 engine.process.kill()
                 await engine.process.wait()
+        self.registry.remove(engine.process.pid)
         if self._engines.get(engine.tutor_id) is engine:
             self._engines.pop(engine.tutor_id)
 
     async def close(self) -> None:
-        """Stop every engine (gateway shutdown)."""
+        """Stop every engine, started or starting (gateway shutdown)."""
+        for task in list(self._starting.values()):
+            task.cancel()
+        await asyncio.gather(*self._starting.values(), return_exceptions=True)
         await asyncio.gather(*(self._stop(e) for e in list(self._engines.values())))
         await self._http.aclose()

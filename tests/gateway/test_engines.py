@@ -117,6 +117,8 @@ def test_idle_engine_stops_and_restarts_on_demand(gateway_factory) -> None:
 
 def test_sessions_expire_without_activity(gateway_factory) -> None:
     server = gateway_factory(session_timeout_seconds=2, reaper_interval_seconds=0.2)
+    with open_ws(server, create_session(server)) as warm:
+        say(warm, "warm up")  # the engine's cold start must not eat into the idle timeout
     idle, busy = create_session(server), create_session(server)
     with open_ws(server, busy) as busy_ws, open_ws(server, idle) as ws:
         say(ws, "hello")
@@ -176,9 +178,9 @@ def test_client_cli_talks_through_the_gateway(gateway: RunningServer) -> None:
     assert httpx.get(f"{gateway.http}/v1/sessions").json()["total"] == 0
 
 
-def test_gateway_shutdown_closes_connections_and_stops_its_engines() -> None:
+def test_gateway_shutdown_closes_connections_and_stops_its_engines(tmp_path) -> None:
     """Uvicorn closes open WebSockets first (1000), then the lifespan stops the engines."""
-    settings = GatewaySettings(_env_file=None)
+    settings = GatewaySettings(_env_file=None, state_dir=str(tmp_path))
     with contextlib.ExitStack() as stack:
         server = stack.enter_context(serve(create_app(settings)))
         ws = stack.enter_context(open_ws(server, create_session(server, tutor_id=9)))
