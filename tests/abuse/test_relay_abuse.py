@@ -98,9 +98,12 @@ def test_inflating_frames_on_many_sockets_stay_within_the_bounds(gateway_process
             time.sleep(2.0)  # let the gateway inflate and queue whatever it would
         stack.close()
         assert round_trips(good, 1), "the well-behaved student is still served"
-    # 4 sockets × 60 MiB would have been queued before; the bounds allow ~5 MiB per socket.
-    assert rss.growth < 60, f"gateway grew {rss.growth:.0f} MB under 240 MiB of inflated frames"
-    assert loaded <= 20 * unloaded + 0.5, (unloaded, loaded)
+    print(f"gateway RSS growth {rss.growth:.1f} MB; good p50 {unloaded:.4f}s -> {loaded:.4f}s")
+    # 4 sockets × 60 MiB would have been queued before (240 MB measured with the byte bound but
+    # unbounded inflation per read); the bounds allow ~10 MiB per socket, plus allocator slack.
+    assert rss.growth < 100, f"gateway grew {rss.growth:.0f} MB under 240 MiB of inflated frames"
+    # Seconds (12-15 s) when one session could starve the tutor; tenths of a second now.
+    assert loaded <= 20 * unloaded + 2.0, (unloaded, loaded)
     assert gateway.children() == [engine_pid]
     assert "Traceback" not in gateway.log()
 
@@ -126,6 +129,7 @@ def test_a_client_that_never_reads_is_cut_off_and_frees_its_queue(gateway_proces
             assert round_trips(good, 1), "the other student of the tutor is still served"
         texts, code = stuck.read_to_close()
         stuck.close()
+    print(f"stuck client closed {code} after {len(texts)} frames; gateway grew {rss.growth:.1f} MB")
     assert code == 4504, (code, len(texts))
     assert rss.growth < 80, f"gateway grew {rss.growth:.0f} MB"
     with connect_session(gateway, stuck_session) as again:
