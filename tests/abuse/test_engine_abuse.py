@@ -20,6 +20,8 @@ from typing import Any
 import pytest
 from websockets.sync.client import ClientConnection, connect
 
+from tests.engine.test_audio_limits import flac_silence
+
 from .conftest import ServerProcess, median
 
 REJECTED = "frame rejected"
@@ -220,25 +222,6 @@ def test_a_flood_of_large_frames_neither_stalls_nor_bloats_the_engine(
 
 
 # --- audio bombs --------------------------------------------------------------------------------
-
-
-def flac_silence(seconds: int, rate: int = 16_000) -> bytes:
-    """``seconds`` of silence as FLAC: about 180 bytes a second."""
-    av = pytest.importorskip("av")
-    np = pytest.importorskip("numpy")
-    out = io.BytesIO()
-    with av.open(out, "w", format="flac") as muxer:
-        stream = muxer.add_stream("flac", rate=rate)
-        stream.layout = "mono"
-        second = np.zeros((1, rate), dtype=np.int16)
-        for i in range(seconds):
-            frame = av.AudioFrame.from_ndarray(second, format="s16", layout="mono")
-            frame.sample_rate, frame.pts = rate, i * rate
-            for packet in stream.encode(frame):
-                muxer.mux(packet)
-        for packet in stream.encode(None):
-            muxer.mux(packet)
-    return out.getvalue()
 
 
 def audio_frame(data: bytes) -> str:
