@@ -1,10 +1,17 @@
 """Pytest fixtures for cluster tests: the API emulator, the fake kubelet, the real operator.
 
 Import them into a ``conftest.py`` (``from tests.support.cluster import *`` style, naming
-them) to reuse: ``kube_api`` (a ``RunningEmulator`` with the CRDs), ``kube`` (a ``KubeClient``
-on the test namespace, with the engine-key Secret), ``kubelet`` (a started ``FakeKubelet``),
-``operator_factory`` (start ``python -m tutor_operator`` processes) and ``cluster`` (all of
-them, with the operator running on mock-backend defaults).
+them) to reuse: ``kube_api`` (a ``RunningEmulator`` with the CRDs and the chart's RBAC),
+``kube`` (an administrator's ``KubeClient`` on the test namespace, with the engine-key
+Secret), ``kubelet`` (a started ``FakeKubelet``), ``operator_factory`` (start
+``python -m tutor_operator`` processes, each with the operator's ServiceAccount token) and
+``cluster`` (all of them, with the operator running on mock-backend defaults).
+
+RBAC is enforced: the emulator authorizes every request against the Roles and bindings of
+``charts/tutor-serving`` rendered into the test namespace, and each component uses the
+identity its chart Deployment runs as (``kube_api.tokens["operator"]``, ``["gateway"]``).
+A test that needs no RBAC opts out with
+``@pytest.mark.parametrize("kube_api", [{"rbac": False}], indirect=True)``.
 """
 
 from __future__ import annotations
@@ -25,7 +32,8 @@ from typing import Any
 import httpx
 import pytest
 
-from .kube_emulator import KubeEmulator, RunningEmulator
+from .chart_rbac import chart_rbac
+from .kube_emulator import ADMIN_TOKEN, KubeEmulator, RunningEmulator
 from .kubelet import FakeKubelet
 
 NAMESPACE = "tutors"
@@ -62,10 +70,17 @@ def wait_for(check: Callable[[], Any], timeout: float = 30.0, what: str = "condi
 
 
 class KubeClient:
-    """A small synchronous client for tests: JSON objects on one namespace."""
+    """A small synchronous client for tests: JSON objects on one namespace.
 
-    def __init__(self, url: str, namespace: str = NAMESPACE) -> None:
-        self.http = httpx.Client(base_url=url, timeout=10)
+    It authenticates as the emulator's administrator unless given another ``token``
+    (``None``: anonymous).
+    """
+
+    def __init__(
+        self, url: str, namespace: str = NAMESPACE, token: str | None = ADMIN_TOKEN
+    ) -> None:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.http = httpx.Client(base_url=url, timeout=10, headers=headers)
         self.namespace = namespace
 
     def path(self, plural: str, name: str | None = None, sub: str | None = None) -> str:
@@ -101,14 +116,24 @@ class KubeClient:
 class OperatorProcess:
     """``python -m tutor_operator`` against the emulator, as a killable child process."""
 
-    def __init__(self, api_url: str, namespace: str, env: dict[str, str], log: pathlib.Path):
+    def __init__(
+        self,
+        api_url: str,
+        namespace: str,
+        env: dict[str, str],
+        log: pathlib.Path,
+        token_file: pathlib.Path | None = None,
+    ) -> None:
         self.api_url, self.namespace, self.env, self.log = api_url, namespace, env, log
+        self.token_file = token_file
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> OperatorProcess:
         env = {k: v for k, v in os.environ.items() if not k.startswith("TUTOR_OPERATOR_")}
         command = [sys.executable, "-m", "tutor_operator", "--verbose"]
         command += ["--server", self.api_url, "--namespace", self.namespace]
+        if self.token_file is not None:
+            command += ["--token-file", str(self.token_file)]
         with self.log.open("ab") as out:
             self.process = subprocess.Popen(
                 command, env={**env, **self.env}, stdout=out, stderr=subprocess.STDOUT
@@ -153,12 +178,25 @@ class Cluster:
 
 
 @pytest.fixture
-def kube_api() -> Iterator[RunningEmulator]:
-    """The Kubernetes API emulator on 127.0.0.1 with the project's CRDs registered."""
-    emulator = KubeEmulator()
+def kube_api(request: pytest.FixtureRequest) -> Iterator[RunningEmulator]:
+    """The Kubernetes API emulator on 127.0.0.1 with the project's CRDs registered and the
+    chart's ServiceAccounts, Roles and RoleBindings; ``tokens`` has each component's token.
+
+    Parametrize it indirectly with ``KubeEmulator`` options to change them, e.g.
+    ``@pytest.mark.parametrize("kube_api", [{"rbac": False}], indirect=True)`` or
+    ``[{"history_size": 5, "bookmark_interval": 0.5}]``.
+    """
+    emulator = KubeEmulator(**getattr(request, "param", {}))
     emulator.load_crds()
+    chart = chart_rbac(NAMESPACE)
+    emulator.load_manifests(list(chart.manifests), NAMESPACE)
     with RunningEmulator(emulator) as running:
+        for component, account in chart.accounts.items():
+            running.tokens[component] = running.call(emulator.issue_token, NAMESPACE, account)
         yield running
+        denials = running.read(lambda: list(emulator.denials))
+        if denials:
+            print(f"--- {len(denials)} requests denied by RBAC:\n" + "\n".join(denials))
 
 
 @pytest.fixture
@@ -179,7 +217,7 @@ def kube(kube_api: RunningEmulator) -> Iterator[KubeClient]:
 @pytest.fixture
 def kubelet(kube_api: RunningEmulator) -> Iterator[FakeKubelet]:
     """A fake kubelet running engine Deployments of the test namespace as local processes."""
-    with FakeKubelet(kube_api.url, NAMESPACE) as running:
+    with FakeKubelet(kube_api.url, NAMESPACE, token=ADMIN_TOKEN) as running:
         yield running
         print("fake kubelet engine logs:\n" + running.logs())
 
@@ -190,9 +228,13 @@ def operator_factory(kube_api: RunningEmulator) -> Iterator[Callable[..., Operat
     started: list[OperatorProcess] = []
     log_dir = pathlib.Path(tempfile.mkdtemp(prefix="tutor-operator-"))
 
+    token_file = log_dir / "operator-token"
+    token_file.write_text(kube_api.tokens["operator"])
+
     def start(**env: str) -> OperatorProcess:
         log = log_dir / f"operator-{len(started)}.log"
-        operator = OperatorProcess(kube_api.url, NAMESPACE, {**OPERATOR_ENV, **env}, log)
+        env = {**OPERATOR_ENV, **env}
+        operator = OperatorProcess(kube_api.url, NAMESPACE, env, log, token_file)
         started.append(operator.start())
         return operator
 

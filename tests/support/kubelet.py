@@ -1,13 +1,31 @@
-"""A fake kubelet (and Deployment controller) that runs engine pods as local processes.
+"""A fake kubelet (and Deployment controller and scheduler) running engine pods as processes.
 
 It watches Deployments through the API like a cluster's controllers do: for each desired
-replica it creates a Pod (template labels, owner reference to the Deployment), "schedules" it
-against a pretend node (GPU capacity summed over the pod's containers, node labels), starts
-the first container as ``python -m tutor_engine --host 127.A.B.N --port <containerPort>`` with
-its environment (secrets resolved through the API) on its own loopback address, probes
-``/readyz`` and reports phase, podIP, conditions and container states back on the Pod's
-status, and replicas on the Deployment's status. Scale-down deletes the pods least worth
-keeping; a deleted Pod's process is terminated. Pod-template changes replace the pods.
+replica it creates a Pod (template labels, ``pod-template-hash``, owner reference to the
+Deployment), "schedules" it against a pretend node (GPU capacity summed over the pod's
+containers, node labels) and binds it there (``pods/binding``), starts the first container as
+``python -m tutor_engine --host 127.A.B.N --port <containerPort>`` with its environment
+(secrets resolved through the API) on its own loopback address, probes ``/readyz`` and
+reports phase, podIP, conditions and container states back on the Pod's status, and replicas
+on the Deployment's status.
+
+Which pods go, as the real controllers decide it (``deletion_order``, ``rollout_step``):
+
+- scale-down removes pods in the ReplicaSet controller's ranking (``ActivePodsWithRanks`` in
+  kubernetes ``pkg/controller/controller_utils.go``): unscheduled before scheduled, Pending
+  before Running, not ready before ready, lower ``controller.kubernetes.io/pod-deletion-cost``
+  first, ready for less time first, more restarts first, newer first; with
+  ``LogarithmicScaleDown`` (on by default in Kubernetes) times in the same power-of-two age
+  bucket tie, and ties go by uid — effectively at random;
+- a pod-template change rolls the pods as the Deployment's strategy says: ``Recreate``, or
+  ``RollingUpdate`` with its ``maxSurge``/``maxUnavailable`` (default 25%/25%), creating new
+  pods and removing old ones (in the same ranking) only while availability allows;
+- the pods it decides on are read fresh from the API (a real controller's informer may lag).
+
+A deleted pod (``deletionTimestamp``) keeps running through its grace period like on a real
+node: its process gets SIGTERM (SIGKILL after ``terminationGracePeriodSeconds``), and then the
+kubelet deletes the Pod for good (``gracePeriodSeconds=0``). Pods in a namespace that it did
+not create are not run.
 
 Other containers (the vLLM sidecar) run nothing — vLLM needs a GPU — and are reported running
 and ready as soon as the pod starts; the engine's own readiness decides the pod's.
@@ -24,11 +42,14 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import copy
 import dataclasses
 import datetime as dt
+import functools
 import hashlib
 import json
 import logging
+import math
 import os
 import pathlib
 import random
@@ -40,10 +61,14 @@ from typing import Any
 
 import aiohttp
 
+from .kube_emulator import ADMIN_TOKEN
+
 log = logging.getLogger(__name__)
 DEPLOYMENTS = "/apis/apps/v1/namespaces/{ns}/deployments"
 PODS = "/api/v1/namespaces/{ns}/pods"
 HASH_LABEL = "pod-template-hash"
+DELETION_COST = "controller.kubernetes.io/pod-deletion-cost"
+NODE = "fake-node"
 PROBE_INTERVAL = 0.2
 MESSAGE_BYTES = 4096  # a kubelet keeps at most 4096 bytes of a termination message
 LOG_LINES = 80  # and, falling back to the logs, their last 80 lines
@@ -58,19 +83,182 @@ def template_hash(template: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(template, sort_keys=True).encode()).hexdigest()[:10]
 
 
+# -- what the controllers decide (pure functions of Pod objects) ------------------------------
+
+
+def _time(value: str | None) -> dt.datetime | None:
+    if not value:
+        return None
+    return dt.datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC)
+
+
+def is_ready(pod: dict[str, Any]) -> bool:
+    """The pod's Ready condition is True."""
+    conditions = (pod.get("status") or {}).get("conditions") or []
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+
+
+def _ready_time(pod: dict[str, Any]) -> dt.datetime | None:
+    for condition in (pod.get("status") or {}).get("conditions") or []:
+        if condition.get("type") == "Ready" and condition.get("status") == "True":
+            return _time(condition.get("lastTransitionTime"))
+    return None
+
+
+def _deletion_cost(pod: dict[str, Any]) -> int:
+    value = ((pod.get("metadata") or {}).get("annotations") or {}).get(DELETION_COST, "0")
+    try:
+        return int(value)
+    except ValueError:
+        return 0
+
+
+def _restarts(pod: dict[str, Any]) -> int:
+    statuses = (pod.get("status") or {}).get("containerStatuses") or []
+    return max((int(s.get("restartCount", 0)) for s in statuses), default=0)
+
+
+_PHASE_ORDINAL = {"Pending": 0, "Unknown": 1, "Running": 2}
+
+
+def _after_or_zero(t1: dt.datetime | None, t2: dt.datetime | None) -> bool:
+    if t1 is None or t2 is None:
+        return t1 is None
+    return t1 > t2
+
+
+def _log_rank_diff(t1: dt.datetime, t2: dt.datetime, now: dt.datetime) -> int:
+    def rank(t: dt.datetime) -> int:
+        nanoseconds = (now - t).total_seconds() * 1e9
+        return int(math.log2(nanoseconds)) if nanoseconds > 0 else -1
+
+    return rank(t1) - rank(t2)
+
+
+def _less(a: dict[str, Any], b: dict[str, Any], now: dt.datetime | None, logarithmic: bool) -> bool:
+    """``ActivePodsWithRanks.Less`` for pods of one node (so equal "doubled-up" ranks)."""
+    node_a, node_b = a["spec"].get("nodeName") or "", b["spec"].get("nodeName") or ""
+    if node_a != node_b and (not node_a or not node_b):
+        return not node_a
+    phase_a = _PHASE_ORDINAL.get((a.get("status") or {}).get("phase", ""), 0)
+    phase_b = _PHASE_ORDINAL.get((b.get("status") or {}).get("phase", ""), 0)
+    if phase_a != phase_b:
+        return phase_a < phase_b
+    if is_ready(a) != is_ready(b):
+        return not is_ready(a)
+    if _deletion_cost(a) != _deletion_cost(b):
+        return _deletion_cost(a) < _deletion_cost(b)
+    uid_a, uid_b = a["metadata"].get("uid", ""), b["metadata"].get("uid", "")
+    if is_ready(a) and is_ready(b):
+        ready_a, ready_b = _ready_time(a), _ready_time(b)
+        if ready_a != ready_b:
+            if not logarithmic or now is None or ready_a is None or ready_b is None:
+                return _after_or_zero(ready_a, ready_b)
+            diff = _log_rank_diff(ready_a, ready_b, now)
+            return uid_a < uid_b if diff == 0 else diff < 0
+    if _restarts(a) != _restarts(b):
+        return _restarts(a) > _restarts(b)
+    created_a = _time(a["metadata"].get("creationTimestamp"))
+    created_b = _time(b["metadata"].get("creationTimestamp"))
+    if created_a != created_b:
+        if not logarithmic or now is None or created_a is None or created_b is None:
+            return _after_or_zero(created_a, created_b)
+        diff = _log_rank_diff(created_a, created_b, now)
+        return uid_a < uid_b if diff == 0 else diff < 0
+    return False
+
+
+def deletion_order(
+    pods: list[dict[str, Any]], now: dt.datetime | None = None, logarithmic: bool = True
+) -> list[dict[str, Any]]:
+    """Pods in the order a ReplicaSet deletes them (first: the first to go)."""
+
+    def compare(a: dict[str, Any], b: dict[str, Any]) -> int:
+        return -1 if _less(a, b, now, logarithmic) else 1 if _less(b, a, now, logarithmic) else 0
+
+    return sorted(pods, key=functools.cmp_to_key(compare))
+
+
+def _scaled(value: Any, total: int, round_up: bool) -> int:
+    if isinstance(value, str) and value.endswith("%"):
+        exact = int(value[:-1]) * total / 100
+        return math.ceil(exact) if round_up else math.floor(exact)
+    return int(value)
+
+
+def fenceposts(strategy: dict[str, Any], desired: int) -> tuple[int, int]:
+    """``maxSurge`` and ``maxUnavailable`` of a RollingUpdate strategy, as pod counts."""
+    rolling = (strategy or {}).get("rollingUpdate") or {}
+    surge = _scaled(rolling.get("maxSurge", "25%"), desired, True)
+    unavailable = _scaled(rolling.get("maxUnavailable", "25%"), desired, False)
+    if surge == 0 and unavailable == 0:
+        unavailable = 1  # as the Deployment controller's ResolveFenceposts
+    return surge, unavailable
+
+
+def rollout_step(
+    desired: int,
+    new: list[dict[str, Any]],
+    old: list[dict[str, Any]],
+    strategy: dict[str, Any] | None = None,
+    *,
+    old_terminating: int = 0,
+    now: dt.datetime | None = None,
+    logarithmic: bool = True,
+) -> tuple[int, list[dict[str, Any]]]:
+    """One step of the Deployment and ReplicaSet controllers: (pods to create, pods to delete).
+
+    ``new`` and ``old`` are the active (not deleting) pods of the current and of older pod
+    templates; ``old_terminating`` counts old pods still shutting down (``Recreate`` waits).
+    """
+    strategy = strategy or {}
+    order = functools.partial(deletion_order, now=now, logarithmic=logarithmic)
+
+    def scale(pods: list[dict[str, Any]]) -> tuple[int, list[dict[str, Any]]]:
+        if len(pods) < desired:
+            return desired - len(pods), []
+        return 0, order(pods)[: len(pods) - desired]
+
+    if not old:
+        return (0, []) if old_terminating and strategy.get("type") == "Recreate" else scale(new)
+    if strategy.get("type") == "Recreate":
+        return 0, list(old)
+    surge, unavailable = fenceposts(strategy, desired)
+    creates, victims = scale(new)
+    creates = max(0, min(creates, desired + surge - len(new) - len(old)))
+    min_available = desired - unavailable
+    new_unavailable = len(new) - sum(map(is_ready, new))
+    budget = len(new) + len(old) - min_available - new_unavailable
+    ranked = order(old)
+    unhealthy = [p for p in ranked if not is_ready(p)][: max(budget, 0)]
+    budget -= len(unhealthy)
+    available = sum(map(is_ready, new)) + sum(map(is_ready, old))
+    healthy = [p for p in ranked if is_ready(p)][: max(min(budget, available - min_available), 0)]
+    return creates, victims + unhealthy + healthy
+
+
+def _log_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("fake kubelet: a pod's run failed", exc_info=task.exception())
+
+
 @dataclasses.dataclass
 class PodRun:
     """One pod this kubelet runs: its identity, process and readiness."""
 
     name: str
+    uid: str
     deployment: str
     template_hash: str
     gpus: int
+    grace: float = 30.0
     ip: str | None = None
     ready: bool = False
+    ready_since: str | None = None
     scheduled: bool = False
     process: asyncio.subprocess.Process | None = None
     task: asyncio.Task[None] | None = None
+    stopping: asyncio.Task[None] | None = None
     log_path: pathlib.Path | None = None
     sidecars: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # their statuses
 
@@ -79,7 +267,10 @@ class FakeKubelet:
     """Runs engine Deployments of one namespace as local processes; see the module docstring.
 
     ``gpus`` is the pretend node's GPU capacity (``None``: unlimited), ``node_labels`` its
-    labels (for nodeSelector), ``pull_seconds`` how long "pulling the image" takes.
+    labels (for nodeSelector), ``pull_seconds`` how long "pulling the image" takes, ``token``
+    the bearer token it uses (the controllers' and kubelet's identity: an administrator's),
+    ``logarithmic_scale_down`` whether pod ages are compared in power-of-two buckets, as
+    Kubernetes does by default.
     """
 
     def __init__(
@@ -92,6 +283,8 @@ class FakeKubelet:
         node_labels: dict[str, str] | None = None,
         pull_seconds: float = 0.0,
         log_dir: pathlib.Path | None = None,
+        token: str | None = ADMIN_TOKEN,
+        logarithmic_scale_down: bool = True,
     ) -> None:
         self.api_url = api_url.rstrip("/")
         self.namespace = namespace
@@ -100,11 +293,14 @@ class FakeKubelet:
         self.node_labels = node_labels or {}
         self.pull_seconds = pull_seconds
         self.log_dir = log_dir or pathlib.Path(tempfile.mkdtemp(prefix="fake-kubelet-"))
+        self.token = token
+        self.logarithmic_scale_down = logarithmic_scale_down
         self.pods: dict[str, PodRun] = {}
         self._subnet = f"127.{random.randint(20, 250)}.{random.randint(0, 255)}"
         self._free_hosts = list(range(2, 255))
         self._deployments: dict[str, dict[str, Any]] = {}
-        self._locks: dict[str, asyncio.Lock] = {}
+        self._dirty: set[str] = set()
+        self._workers: dict[str, asyncio.Task[None]] = {}
         self._session: aiohttp.ClientSession | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._loop = asyncio.new_event_loop()
@@ -148,31 +344,39 @@ class FakeKubelet:
         }
 
     async def _start(self) -> None:
-        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None))
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        self._session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=None), headers=headers
+        )
         self._tasks = [
             asyncio.create_task(self._watch(DEPLOYMENTS, self._on_deployment)),
-            asyncio.create_task(self._watch(PODS, self._on_pod)),
+            asyncio.create_task(self._watch(PODS, self._on_pod, self._on_pods_listed)),
         ]
 
     async def _stop(self) -> None:
-        for task in self._tasks:
+        for task in [*self._tasks, *self._workers.values()]:
             task.cancel()
         for run in list(self.pods.values()):
             await self._terminate(run)
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*self._tasks, *self._workers.values(), return_exceptions=True)
         if self._session is not None:
             await self._session.close()
 
     # -- API --
 
     async def _api(
-        self, method: str, path: str, body: Any = None, content_type: str = "application/json"
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        content_type: str = "application/json",
+        params: dict[str, str] | None = None,
     ) -> tuple[int, Any]:
         assert self._session is not None
         headers = {"Content-Type": content_type}
         data = None if body is None else json.dumps(body)
         async with self._session.request(
-            method, self.api_url + path, data=data, headers=headers
+            method, self.api_url + path, data=data, headers=headers, params=params
         ) as response:
             return response.status, await response.json(content_type=None)
 
@@ -184,60 +388,122 @@ class FakeKubelet:
 
     async def _stream(self, path: str, rv: str) -> AsyncIterator[dict[str, Any]]:
         assert self._session is not None
-        params = {"watch": "true", "resourceVersion": rv, "timeoutSeconds": "60"}
+        params = {
+            "watch": "true",
+            "resourceVersion": rv,
+            "timeoutSeconds": "60",
+            "allowWatchBookmarks": "true",
+        }
         async with self._session.get(self.api_url + path, params=params) as response:
             async for line in response.content:
                 if line.strip():
                     yield json.loads(line)
 
-    async def _watch(self, template: str, handler: Any) -> None:
+    async def _watch(self, template: str, handler: Any, listed: Any = None) -> None:
         path = template.format(ns=self.namespace)
         while True:
             try:
-                _, listing = await self._api("GET", path)
+                code, listing = await self._api("GET", path)
+                if code != 200:
+                    raise RuntimeError(f"GET {path}: {code} {listing.get('message')}")
                 rv = listing["metadata"]["resourceVersion"]
+                if listed is not None:
+                    await listed(listing["items"])
                 for obj in listing["items"]:
                     await handler("ADDED", obj)
                 while True:
                     async for event in self._stream(path, rv):
-                        if event["type"] == "ERROR":
+                        if event["type"] == "ERROR":  # 410 Gone: re-list
                             raise RuntimeError(event["object"].get("message"))
                         rv = event["object"]["metadata"]["resourceVersion"]
-                        await handler(event["type"], event["object"])
+                        if event["type"] != "BOOKMARK":
+                            await handler(event["type"], event["object"])
             except asyncio.CancelledError:
                 raise
             except Exception:
-                log.exception("fake kubelet: watching %s failed; re-listing", path)
-                await asyncio.sleep(0.5)
+                log.warning("fake kubelet: watching %s failed; re-listing", path, exc_info=True)
+                await asyncio.sleep(0.2)
 
-    # -- the Deployment controller --
+    # -- the Deployment and ReplicaSet controllers --
 
     async def _on_deployment(self, type_: str, deployment: dict[str, Any]) -> None:
         name = deployment["metadata"]["name"]
         if type_ == "DELETED":
-            self._deployments.pop(name, None)
+            self._deployments.pop(name, None)  # the garbage collector deletes its pods
             return
         self._deployments[name] = deployment
-        await self._reconcile(name)
+        self._kick(name)
+
+    def _kick(self, name: str) -> None:
+        """Reconcile a Deployment soon; requests while one runs fold into one more pass."""
+        self._dirty.add(name)
+        worker = self._workers.get(name)
+        if worker is None or worker.done():
+            self._workers[name] = asyncio.create_task(self._work(name))
+
+    async def _work(self, name: str) -> None:
+        while name in self._dirty:
+            self._dirty.discard(name)
+            try:
+                await self._reconcile(name)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.warning("fake kubelet: reconciling %s failed", name, exc_info=True)
+                await asyncio.sleep(0.2)
+                self._dirty.add(name)
 
     async def _reconcile(self, name: str) -> None:
-        async with self._locks.setdefault(name, asyncio.Lock()):
-            deployment = self._deployments.get(name)
-            if deployment is None:
-                return
-            template = deployment["spec"]["template"]
-            wanted_hash = template_hash(template)
-            desired = int(deployment["spec"].get("replicas", 1))
-            mine = [run for run in self.pods.values() if run.deployment == name]
-            outdated = [run for run in mine if run.template_hash != wanted_hash]
-            current = [run for run in mine if run.template_hash == wanted_hash]
-            surplus = sorted(current, key=lambda r: (r.ready, r.name))  # not-ready pods go first
-            for run in outdated + surplus[: max(0, len(current) - desired)]:
-                await self._api("DELETE", f"{PODS.format(ns=self.namespace)}/{run.name}")
-                await self._terminate(run)
-            for _ in range(desired - len(current)):
-                await self._create_pod(deployment, wanted_hash)
-            await self._report(name)
+        deployment = self._deployments.get(name)
+        if deployment is None:
+            return
+        code, listing = await self._api("GET", PODS.format(ns=self.namespace))
+        if code != 200:
+            raise RuntimeError(f"cannot list pods: {listing.get('message')}")
+        uid = deployment["metadata"]["uid"]
+        pods = [
+            p
+            for p in listing["items"]
+            if any(o.get("uid") == uid for o in p["metadata"].get("ownerReferences") or [])
+        ]
+        wanted_hash = template_hash(deployment["spec"]["template"])
+        finished = ("Succeeded", "Failed")
+        active = [
+            p
+            for p in pods
+            if not p["metadata"].get("deletionTimestamp")
+            and (p.get("status") or {}).get("phase") not in finished
+        ]
+        new = [p for p in active if p["metadata"]["labels"].get(HASH_LABEL) == wanted_hash]
+        old = [p for p in active if p not in new]
+        terminating = [p for p in pods if p not in active]
+        old_terminating = sum(
+            p["metadata"]["labels"].get(HASH_LABEL) != wanted_hash for p in terminating
+        )
+        desired = int(deployment["spec"].get("replicas", 1))
+        creates, victims = rollout_step(
+            desired,
+            new,
+            old,
+            deployment["spec"].get("strategy"),
+            old_terminating=old_terminating,
+            now=dt.datetime.now(dt.UTC),
+            logarithmic=self.logarithmic_scale_down,
+        )
+        for pod in victims:
+            await self._api("DELETE", f"{PODS.format(ns=self.namespace)}/{pod['metadata']['name']}")
+        for _ in range(creates):
+            await self._create_pod(deployment, wanted_hash)
+        ready = sum(map(is_ready, active))
+        status = {
+            "observedGeneration": deployment["metadata"].get("generation", 1),
+            "replicas": len(active),
+            "updatedReplicas": len(new),
+            "readyReplicas": ready,
+            "availableReplicas": ready,
+            "unavailableReplicas": max(desired - ready, 0) or None,
+        }
+        await self._patch_status(f"{DEPLOYMENTS.format(ns=self.namespace)}/{name}", status)
 
     async def _create_pod(self, deployment: dict[str, Any], wanted_hash: str) -> None:
         meta, template = deployment["metadata"], deployment["spec"]["template"]
@@ -259,7 +525,7 @@ class FakeKubelet:
                     }
                 ],
             },
-            "spec": {**template["spec"], "nodeName": "fake-node"},
+            "spec": copy.deepcopy(template["spec"]),
         }
         code, created = await self._api("POST", PODS.format(ns=self.namespace), pod)
         if code != 201:
@@ -269,32 +535,48 @@ class FakeKubelet:
             int((c.get("resources") or {}).get("limits", {}).get(self.gpu_resource, 0))
             for c in pod["spec"]["containers"]
         )
-        run = PodRun(created["metadata"]["name"], meta["name"], wanted_hash, gpus)
+        grace = float(pod["spec"].get("terminationGracePeriodSeconds", 30))
+        run = PodRun(
+            created["metadata"]["name"],
+            created["metadata"]["uid"],
+            meta["name"],
+            wanted_hash,
+            gpus,
+            grace,
+        )
         self.pods[run.name] = run
         run.task = asyncio.create_task(self._run_pod(run, created))
-
-    async def _report(self, name: str) -> None:
-        deployment = self._deployments.get(name)
-        if deployment is None:
-            return
-        mine = [run for run in self.pods.values() if run.deployment == name]
-        ready = sum(run.ready for run in mine)
-        status = {
-            "observedGeneration": deployment["metadata"].get("generation", 1),
-            "replicas": len(mine),
-            "updatedReplicas": len(mine),
-            "readyReplicas": ready,
-            "availableReplicas": ready,
-        }
-        await self._patch_status(f"{DEPLOYMENTS.format(ns=self.namespace)}/{name}", status)
+        run.task.add_done_callback(_log_failure)
 
     # -- the kubelet --
 
+    async def _on_pods_listed(self, pods: list[dict[str, Any]]) -> None:
+        """After a re-list: pods deleted while the watch was down are gone for good."""
+        alive = {p["metadata"]["uid"] for p in pods}
+        for run in list(self.pods.values()):
+            if run.uid not in alive:
+                await self._terminate(run)
+                self._kick(run.deployment)
+
     async def _on_pod(self, type_: str, pod: dict[str, Any]) -> None:
-        run = self.pods.get(pod["metadata"]["name"])
-        if run is not None and (type_ == "DELETED" or pod["metadata"].get("deletionTimestamp")):
-            await self._terminate(run)
-            await self._reconcile(run.deployment)
+        meta = pod["metadata"]
+        run = self.pods.get(meta["name"])
+        if run is not None and run.uid == meta["uid"]:
+            if type_ == "DELETED":
+                await self._terminate(run)  # deleted for good by someone else
+            elif meta.get("deletionTimestamp") and run.stopping is None:
+                run.stopping = asyncio.create_task(self._shut_down(run))
+        for owner in meta.get("ownerReferences") or []:
+            if owner.get("kind") == "Deployment" and owner.get("name") in self._deployments:
+                self._kick(owner["name"])
+
+    async def _shut_down(self, run: PodRun) -> None:
+        """A deleted pod: stop its process within the grace period, then remove the Pod."""
+        await self._terminate(run, keep=True)
+        path = f"{PODS.format(ns=self.namespace)}/{run.name}"
+        body = {"gracePeriodSeconds": 0, "preconditions": {"uid": run.uid}}
+        await self._api("DELETE", path, body, params={"gracePeriodSeconds": "0"})
+        self.pods.pop(run.name, None)
 
     def _schedulable(self, run: PodRun, spec: dict[str, Any]) -> str | None:
         selector = spec.get("nodeSelector") or {}
@@ -325,7 +607,6 @@ class FakeKubelet:
         path = f"{PODS.format(ns=self.namespace)}/{run.name}"
         spec = pod["spec"]
         container, *sidecars = spec["containers"]
-        base = {"phase": "Pending", "hostIP": "127.0.0.1"}
         while reason := self._schedulable(run, spec):
             unscheduled = {
                 "type": "PodScheduled",
@@ -333,10 +614,22 @@ class FakeKubelet:
                 "reason": "Unschedulable",
                 "message": reason,
             }
-            if not await self._patch_status(path, {**base, "conditions": [unscheduled]}):
+            if not await self._patch_status(
+                path, {"phase": "Pending", "conditions": [unscheduled]}
+            ):
                 return
             await asyncio.sleep(0.5)
         run.scheduled = True
+        binding = {
+            "apiVersion": "v1",
+            "kind": "Binding",
+            "metadata": {"name": run.name},
+            "target": {"apiVersion": "v1", "kind": "Node", "name": NODE},
+        }
+        code, _ = await self._api("POST", f"{path}/binding", binding)
+        if code != 201:
+            return
+        base = {"phase": "Pending", "hostIP": "127.0.0.1"}
         scheduled = {"type": "PodScheduled", "status": "True", "lastTransitionTime": _now()}
         creating = {"reason": "ContainerCreating"}
         statuses = [self._container(c, "waiting", creating) for c in spec["containers"]]
@@ -376,7 +669,7 @@ class FakeKubelet:
                     "podIPs": [{"ip": run.ip}],
                     "hostIP": "127.0.0.1",
                     "startTime": started,
-                    "conditions": self._conditions(scheduled, False),
+                    "conditions": self._conditions(scheduled, run),
                     "containerStatuses": [running, *run.sidecars],
                 },
             )
@@ -393,7 +686,7 @@ class FakeKubelet:
             await self._patch_status(
                 path,
                 {
-                    "conditions": self._conditions(scheduled, False),
+                    "conditions": self._conditions(scheduled, run),
                     "containerStatuses": [state, *run.sidecars],
                 },
             )
@@ -457,20 +750,22 @@ class FakeKubelet:
             except (aiohttp.ClientError, TimeoutError):
                 ready = False
             if ready != run.ready:
-                run.ready = ready
+                self._set_ready(run, ready)
                 started = {"startedAt": _now()}
                 state = self._container(container, "running", started, restarts, ready, last_state)
                 status = {
-                    "conditions": self._conditions(scheduled, ready),
+                    "conditions": self._conditions(scheduled, run),
                     "containerStatuses": [state, *run.sidecars],
                 }
                 await self._patch_status(path, status)
-                await self._report(run.deployment)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(run.process.wait(), PROBE_INTERVAL)
         if run.ready:
-            run.ready = False
-            await self._report(run.deployment)
+            self._set_ready(run, False)
+
+    @staticmethod
+    def _set_ready(run: PodRun, ready: bool) -> None:
+        run.ready, run.ready_since = ready, _now()
 
     @staticmethod
     def _container(
@@ -494,18 +789,23 @@ class FakeKubelet:
         return status
 
     @staticmethod
-    def _conditions(scheduled: dict[str, Any], ready: bool) -> list[dict[str, Any]]:
-        flag = "True" if ready else "False"
+    def _conditions(scheduled: dict[str, Any], run: PodRun) -> list[dict[str, Any]]:
+        flag = "True" if run.ready else "False"
+        since = run.ready_since or _now()
         return [
             scheduled,
             {"type": "Initialized", "status": "True"},
-            {"type": "ContainersReady", "status": flag},
-            {"type": "Ready", "status": flag},
+            {"type": "ContainersReady", "status": flag, "lastTransitionTime": since},
+            {"type": "Ready", "status": flag, "lastTransitionTime": since},
         ]
 
-    async def _terminate(self, run: PodRun) -> None:
-        """Stop a pod's process (SIGTERM, then SIGKILL) and forget the pod."""
-        if self.pods.pop(run.name, None) is None:
+    async def _terminate(self, run: PodRun, keep: bool = False) -> None:
+        """Stop a pod's process (SIGTERM, then SIGKILL after its grace period) and, unless
+        ``keep``, forget the pod (its GPU and address are free again either way)."""
+        if keep:
+            if run.name not in self.pods:
+                return
+        elif self.pods.pop(run.name, None) is None:
             return
         if run.task is not None and run.task is not asyncio.current_task():
             run.task.cancel()
@@ -515,9 +815,13 @@ class FakeKubelet:
         if process is not None and process.returncode is None:
             process.terminate()
             try:
-                await asyncio.wait_for(process.wait(), 5)
+                await asyncio.wait_for(process.wait(), max(min(run.grace, 30.0), 0.1))
             except TimeoutError:
                 process.kill()
                 await process.wait()
+        run.scheduled = False
         if run.ip:
             self._free_hosts.append(int(run.ip.rsplit(".", 1)[1]))
+            run.ip = None
+        if not keep and run.stopping is not None and run.stopping is not asyncio.current_task():
+            run.stopping.cancel()
