@@ -1,5 +1,5 @@
 """Kubernetes operator for tutor-serving: TutorSession and TutorEngine reconciliation (kopf)."""
 
-GROUP = "tutor.vts.dev"
-VERSION = "v1alpha1"
-API_VERSION = f"{GROUP}/{VERSION}"
+from tutor_contract.crd import API_VERSION, GROUP, VERSION
+
+__all__ = ["API_VERSION", "GROUP", "VERSION"]

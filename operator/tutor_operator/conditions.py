@@ -1,30 +1,57 @@
-"""Kubernetes-style status conditions as pure functions, and the reasons the operator uses."""
+"""Kubernetes-style status conditions as pure functions; the reasons come from the contract."""
 
 from __future__ import annotations
 
 from typing import Any
 
-READY = "Ready"
-RECONCILED = "Reconciled"
+from tutor_contract.crd import (
+    API_ERROR,
+    ASSIGNED,
+    AT_CAPACITY,
+    CRASHING,
+    ERR_IMAGE_PULL,
+    IMAGE_PULL_BACKOFF,
+    INVALID_SPEC,
+    LOADING,
+    MODEL_LOAD_FAILED,
+    PULLING,
+    READY,
+    RECONCILED,
+    REPLICAS_READY,
+    SCALED_DOWN,
+    SCALING_UP,
+    SCHEDULING,
+    STARTING,
+    SUCCEEDED,
+)
+from tutor_contract.crd import ENGINE_FAILED_REASON as ENGINE_FAILED
+from tutor_contract.crd import EXPIRED_REASON as EXPIRED
 
-# Reasons (CamelCase, as Kubernetes has them). Sessions: why not Active yet, or why gone.
-ASSIGNED = "Assigned"
-SCALING_UP = "ScalingUp"
-STARTING = "Starting"
-SCHEDULING = "Scheduling"
-PULLING = "Pulling"
-LOADING = "Loading"
-CRASHING = "Crashing"
-MODEL_LOAD_FAILED = "ModelLoadFailed"
-AT_CAPACITY = "AtCapacity"
-ENGINE_FAILED = "EngineFailed"
-EXPIRED = "Expired"
-# Engines.
-REPLICAS_READY = "ReplicasReady"
-SCALED_DOWN = "ScaledDown"
-SUCCEEDED = "Succeeded"
-API_ERROR = "ApiError"
-INVALID_SPEC = "InvalidSpec"
+__all__ = [
+    "API_ERROR",
+    "ASSIGNED",
+    "AT_CAPACITY",
+    "CRASHING",
+    "ENGINE_FAILED",
+    "ERR_IMAGE_PULL",
+    "EXPIRED",
+    "IMAGE_PULL_BACKOFF",
+    "INVALID_SPEC",
+    "LOADING",
+    "MODEL_LOAD_FAILED",
+    "PULLING",
+    "READY",
+    "RECONCILED",
+    "REPLICAS_READY",
+    "SCALED_DOWN",
+    "SCALING_UP",
+    "SCHEDULING",
+    "STARTING",
+    "SUCCEEDED",
+    "condition",
+    "find_condition",
+    "set_condition",
+]
 
 
 def condition(

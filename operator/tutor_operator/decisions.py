@@ -13,8 +13,42 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from tutor_contract.crd import (
+    ACTIVE,
+    ENGINE_FAILED,
+    ENGINE_IDLE,
+    ENGINE_PENDING,
+    ENGINE_READY,
+    ENGINE_SCALED_DOWN,
+    EXPIRED,
+    FAILED,
+    PENDING,
+)
+
 from . import conditions as c
-from .names import PORT_NAME, format_time, parse_time
+from .names import (
+    DELETION_COST,
+    DO_NOT_DISRUPT,
+    LABEL_BUSY,
+    PORT_NAME,
+    SAFE_TO_EVICT,
+    SPEC_HASH,
+    TEMPLATE_HASH,
+    format_time,
+    parse_time,
+)
+
+__all__ = [
+    "ACTIVE",
+    "ENGINE_FAILED",
+    "ENGINE_IDLE",
+    "ENGINE_PENDING",
+    "ENGINE_READY",
+    "ENGINE_SCALED_DOWN",
+    "EXPIRED",
+    "FAILED",
+    "PENDING",
+]
 
 POD_READY = "Ready"
 POD_TERMINATING = "Terminating"
@@ -24,11 +58,15 @@ _WAITING_RANK = {
     c.LOADING: 0,
     c.PULLING: 1,
     c.SCHEDULING: 2,
-    c.MODEL_LOAD_FAILED: 3,
-    c.CRASHING: 4,
+    c.ERR_IMAGE_PULL: 3,
+    c.IMAGE_PULL_BACKOFF: 4,
+    c.MODEL_LOAD_FAILED: 5,
+    c.CRASHING: 6,
 }
 # An engine whose best pod is in one of these is Failed until a pod gets ready again.
-_FAILING = {c.MODEL_LOAD_FAILED, c.CRASHING}
+_FAILING = {c.ERR_IMAGE_PULL, c.IMAGE_PULL_BACKOFF, c.MODEL_LOAD_FAILED, c.CRASHING}
+# The kubelet's waiting reasons of an image that does not pull, shown as they are.
+_IMAGE_REASONS = {c.ERR_IMAGE_PULL, c.IMAGE_PULL_BACKOFF}
 # The engine's exit code after writing a model load failure to its termination message
 # (engine-image: ENGINE_EXIT_ON_LOAD_FAILURE).
 EXIT_LOAD_FAILED = 3
@@ -43,10 +81,6 @@ _CRASH_REASONS = {
 }
 DEFAULT_PORT = 8000
 
-PENDING, ACTIVE, EXPIRED, FAILED = "Pending", "Active", "Expired", "Failed"
-ENGINE_PENDING, ENGINE_READY, ENGINE_IDLE = "Pending", "Ready", "Idle"
-ENGINE_SCALED_DOWN, ENGINE_FAILED = "ScaledDown", "Failed"
-
 
 @dataclasses.dataclass(frozen=True)
 class PodView:
@@ -56,6 +90,8 @@ class PodView:
     state: str
     message: str = ""
     endpoint: str | None = None
+    busy: bool = False  # marked as holding sessions (label, eviction guards)
+    cost: int = 0  # its pod-deletion-cost annotation (absent: 0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,6 +133,75 @@ class EnginePlan:
     reassigned: set[str]  # sessions whose pod changes: patch them only if unchanged meanwhile
     expire: list[str]  # delete these (after their Expired status patch, if any)
     delete_engine: bool
+    pod_patches: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    rollout_ready: bool = True  # pods carry their session counts: a template change may go
+
+
+@dataclasses.dataclass(frozen=True)
+class Listing:
+    """What one re-list of a kind showed: the uids it held, and when it was asked for."""
+
+    started: float  # the operator's monotonic clock, just before the LIST went out
+    uids: frozenset[str]
+
+
+def is_current(uid: str, indexed_at: float, listing: Listing | None) -> bool:
+    """Whether an index entry still stands: in the last re-list, or indexed since it began.
+
+    kopf drops an entry only on a DELETED event; after a watch gap ending in 410 Gone it
+    re-lists but keeps entries of objects deleted meanwhile. Those are neither in a later
+    LIST nor indexed after it started, so they are dropped here.
+    """
+    return listing is None or uid in listing.uids or indexed_at >= listing.started
+
+
+REPLACE, ADOPT = "replace", "adopt"
+
+
+def template_action(
+    annotations: Mapping[str, str] | None,
+    spec_digest: str,
+    template_digest: str,
+    busy: bool,
+    changed: bool = False,
+) -> str | None:
+    """Whether to write an existing Deployment's pod template: ``REPLACE``, ``ADOPT`` or not.
+
+    The Deployment's annotations say which effective spec and which template (as its
+    operator version built it) it runs. A changed spec is always written. The same spec with
+    a template a newer operator builds differently (an upgrade) is written only to an
+    engine without sessions, so an upgrade never rolls busy engines. A Deployment from before
+    these annotations is adopted when busy and unchanged (``changed``: kopf saw its spec
+    change): stamped with the spec's digest, its pods kept.
+    """
+    annotations = annotations or {}
+    if annotations.get(SPEC_HASH) == spec_digest:
+        if annotations.get(TEMPLATE_HASH) == template_digest or busy:
+            return None
+        return REPLACE
+    if annotations.get(SPEC_HASH) is None and busy and not changed:
+        return ADOPT
+    return REPLACE
+
+
+def pod_marks(sessions: int) -> dict[str, Any]:
+    """The metadata merge patch marking a pod that holds ``sessions`` sessions.
+
+    A busy pod is labelled for its engine's PodDisruptionBudget and guarded from the cluster
+    autoscaler's and Karpenter's consolidation; its deletion cost (the ReplicaSet removes
+    the cheapest pods first) is its session count. An idle pod carries none of these.
+    """
+    busy = sessions > 0
+    return {
+        "metadata": {
+            "labels": {LABEL_BUSY: "true" if busy else None},
+            "annotations": {
+                DELETION_COST: str(sessions) if busy else None,
+                SAFE_TO_EVICT: "false" if busy else None,
+                DO_NOT_DISRUPT: "true" if busy else None,
+            },
+        }
+    }
 
 
 def pod_endpoint(pod: Mapping[str, Any]) -> str | None:
@@ -116,9 +221,28 @@ def pod_endpoint(pod: Mapping[str, Any]) -> str | None:
 
 
 def pod_view(pod: Mapping[str, Any]) -> PodView:
-    """Classify a pod: Ready, or why not (Scheduling, Pulling, Loading, Crashing), or gone."""
+    """Classify a pod (Ready, or why not: Scheduling, Pulling, ImagePullBackOff, Loading,
+    Crashing, ...; or gone) and read the marks the operator put on it."""
     meta, status = pod.get("metadata") or {}, pod.get("status") or {}
     name = meta.get("name", "")
+    marks = {
+        "busy": (meta.get("labels") or {}).get(LABEL_BUSY) == "true",
+        "cost": _int((meta.get("annotations") or {}).get(DELETION_COST)),
+    }
+    view = _pod_state(name, meta, status, pod)
+    return dataclasses.replace(view, **marks)
+
+
+def _int(text: str | None) -> int:
+    try:
+        return int(text or 0)
+    except ValueError:
+        return 0
+
+
+def _pod_state(
+    name: str, meta: Mapping[str, Any], status: Mapping[str, Any], pod: Mapping[str, Any]
+) -> PodView:
     if meta.get("deletionTimestamp"):
         return PodView(name, POD_TERMINATING, "pod is terminating")
     if status.get("phase") in ("Succeeded", "Failed"):
@@ -142,6 +266,8 @@ def pod_view(pod: Mapping[str, Any]) -> PodView:
             reason = waiting.get("reason") or "ContainerCreating"
             if reason in _CRASH_REASONS:
                 return PodView(name, c.CRASHING, _crash_message(container, reason, waiting))
+            if reason in _IMAGE_REASONS:
+                return PodView(name, reason, waiting.get("message") or reason)
             text = f"{reason}: {waiting['message']}" if waiting.get("message") else reason
             return PodView(name, c.PULLING, text)
     return PodView(name, c.LOADING, "engine is loading its models", endpoint)
@@ -270,11 +396,18 @@ def plan_engine(
     status: Mapping[str, Any],
     now: dt.datetime,
     error: str | None = None,
+    rollout: bool = False,
 ) -> EnginePlan:
     """Decide replicas, session assignments and statuses, expiries and the engine's status.
 
     ``error`` is a permanent problem of the engine (an invalid spec, so ``scaling`` may be
     ``None``): its sessions fail and its replicas are left alone until it is fixed.
+
+    Pods are marked busy or idle as their sessions come and go (``pod_marks``). Before
+    replicas drop, or a pending ``rollout`` (a new pod template) goes out, every pod's
+    deletion cost must equal its session count, so the ReplicaSet removes the emptiest pods:
+    until the pods show it, the plan writes the costs and keeps the current replicas
+    (``rollout_ready`` is false).
     """
     now_s = format_time(now)
     sessions = [s for s in sessions if not s.deleting]
@@ -333,6 +466,18 @@ def plan_engine(
                 session, {"phase": EXPIRED, "engine": name}, cond, now_s
             )
 
+    flips, costs = {}, {}
+    for pod in usable.values():
+        sessions_on_pod = load[pod.name]
+        if pod.busy != (sessions_on_pod > 0):
+            flips[pod.name] = pod_marks(sessions_on_pod)
+        if pod.cost != sessions_on_pod:
+            costs[pod.name] = pod_marks(sessions_on_pod)
+    shrinking = replicas < current_replicas and not error
+    pod_patches = {**flips, **costs} if shrinking or rollout else flips
+    if shrinking and costs:
+        replicas = current_replicas
+
     new_status = _engine_status(
         name, generation, status, live, ready, replicas, waiting, idle_since, now, error
     )
@@ -349,6 +494,8 @@ def plan_engine(
             and scaling.idle_policy == "Delete"
             and scaling.deletable
         ),
+        pod_patches=pod_patches,
+        rollout_ready=not costs,
     )
 
 

@@ -2,30 +2,55 @@
 
 from __future__ import annotations
 
-import datetime as dt
+from tutor_contract.crd import (
+    ENGINE_KIND,
+    ENGINE_PLURAL,
+    GROUP,
+    LABEL_APP,
+    LABEL_ENGINE,
+    LABEL_INSTANCE,
+    LABEL_MANAGED_BY,
+    LABEL_ORIGIN,
+    LABEL_TUTOR_ID,
+    ORIGIN_DEFAULTS,
+    SESSION_KIND,
+    SESSION_PLURAL,
+    format_time,
+    parse_time,
+)
+from tutor_contract.crd import OPERATOR_MANAGER as MANAGER
 
-from . import GROUP
-
-ENGINE_PLURAL = "tutorengines"
-SESSION_PLURAL = "tutorsessions"
-ENGINE_KIND = "TutorEngine"
-SESSION_KIND = "TutorSession"
-
-LABEL_APP = "app.kubernetes.io/name"
-LABEL_INSTANCE = "app.kubernetes.io/instance"
-LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
-LABEL_TUTOR_ID = f"{GROUP}/tutor-id"
-LABEL_ENGINE = f"{GROUP}/engine"
-LABEL_ORIGIN = f"{GROUP}/origin"
+__all__ = [
+    "ENGINE_KIND",
+    "ENGINE_PLURAL",
+    "LABEL_APP",
+    "LABEL_ENGINE",
+    "LABEL_INSTANCE",
+    "LABEL_MANAGED_BY",
+    "LABEL_ORIGIN",
+    "LABEL_TUTOR_ID",
+    "MANAGER",
+    "ORIGIN_DEFAULTS",
+    "SESSION_KIND",
+    "SESSION_PLURAL",
+    "format_time",
+    "parse_time",
+]
 
 ENGINE_APP = "tutor-engine"
-MANAGER = "tutor-operator"
-ORIGIN_DEFAULTS = "operator-defaults"  # on TutorEngines the operator created from its defaults
 FINALIZER = f"{GROUP}/finalizer"
 CONTAINER = "engine"
 PORT_NAME = "http"
 LLM_CONTAINER = "vllm"  # the sidecar serving the LLM on the pod's loopback
-LLM_PORT_NAME = "vllm"
+
+# On engine pods: what the operator marks while they hold sessions (see operator/README.md).
+LABEL_BUSY = f"{GROUP}/busy"  # "true" while the pod holds sessions; the engine's PDB selects it
+DELETION_COST = "controller.kubernetes.io/pod-deletion-cost"  # its session count
+SAFE_TO_EVICT = "cluster-autoscaler.kubernetes.io/safe-to-evict"  # "false" while busy
+DO_NOT_DISRUPT = "karpenter.sh/do-not-disrupt"  # "true" while busy
+# On engine Deployments: what their pod template was built from.
+SPEC_HASH = f"{GROUP}/spec-hash"  # of the engine's effective spec
+TEMPLATE_HASH = f"{GROUP}/template-hash"  # of the pod template this operator version builds
 
 
 def engine_name(tutor_id: int) -> str:
@@ -48,19 +73,3 @@ def engine_labels(engine: str, tutor_id: int) -> dict[str, str]:
         LABEL_MANAGED_BY: MANAGER,
         LABEL_TUTOR_ID: str(tutor_id),
     }
-
-
-def format_time(moment: dt.datetime) -> str:
-    """RFC 3339 in UTC with second precision, as Kubernetes writes times."""
-    return moment.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def parse_time(text: str | None) -> dt.datetime | None:
-    """Parse an RFC 3339 time (``Z`` or offset, optional fraction); ``None`` if absent or bad."""
-    if not text:
-        return None
-    try:
-        moment = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)

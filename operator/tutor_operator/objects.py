@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -13,12 +15,14 @@ from .decisions import Scaling
 from .names import (
     CONTAINER,
     ENGINE_KIND,
+    LABEL_BUSY,
     LABEL_ORIGIN,
     LABEL_TUTOR_ID,
     LLM_CONTAINER,
-    LLM_PORT_NAME,
     ORIGIN_DEFAULTS,
     PORT_NAME,
+    SPEC_HASH,
+    TEMPLATE_HASH,
     engine_labels,
     engine_name,
     selector_labels,
@@ -64,6 +68,11 @@ def default_engine_spec(tutor_id: int, settings: OperatorSettings) -> dict[str, 
         },
         "nodeSelector": dict(settings.node_selector),
         "tolerations": copy.deepcopy(settings.tolerations),
+        "imagePullSecrets": copy.deepcopy(settings.image_pull_secrets),
+        "serviceAccountName": settings.service_account,
+        "priorityClassName": settings.priority_class,
+        "affinity": copy.deepcopy(settings.affinity),
+        "topologySpreadConstraints": copy.deepcopy(settings.topology_spread),
         "models": {
             "llm": {
                 "backend": settings.llm_backend,
@@ -232,11 +241,23 @@ def _resources(cpu: str, memory: str, spec: Mapping[str, Any], gpus: bool) -> di
     return resources
 
 
-def _probe(path: str, period: int, failures: int, port: str = PORT_NAME) -> dict[str, Any]:
+def _probe(path: str, period: int, failures: int) -> dict[str, Any]:
     return {
-        "httpGet": {"path": path, "port": port},
+        "httpGet": {"path": path, "port": PORT_NAME},
         "periodSeconds": period,
         "timeoutSeconds": 3,
+        "failureThreshold": failures,
+    }
+
+
+def _loopback_probe(port: int, period: int, failures: int) -> dict[str, Any]:
+    """A probe of vLLM's ``/health`` from inside its container: it listens on loopback only."""
+    url = f"http://127.0.0.1:{port}/health"
+    check = f"import urllib.request; urllib.request.urlopen({url!r}, timeout=4)"
+    return {
+        "exec": {"command": ["python3", "-c", check]},
+        "periodSeconds": period,
+        "timeoutSeconds": 5,
         "failureThreshold": failures,
     }
 
@@ -265,7 +286,7 @@ def vllm_args(spec: Mapping[str, Any], settings: OperatorSettings) -> list[str]:
     server = llm["server"]
     args = [
         f"--model={server['model']}",
-        "--host=0.0.0.0",  # kubelet probes come to the pod IP; the NetworkPolicy closes it
+        "--host=127.0.0.1",  # only the engine, over the pod's loopback; probes exec inside
         f"--port={server['port']}",
         f"--gpu-memory-utilization={gpu_memory_utilization(spec, settings):.2f}",
         f"--tensor-parallel-size={max(1, spec['resources']['gpuCount'])}",
@@ -294,13 +315,12 @@ def build_llm_container(spec: Mapping[str, Any], settings: OperatorSettings) -> 
         "image": server["image"],
         "imagePullPolicy": "IfNotPresent",
         "args": vllm_args(spec, settings),
-        "ports": [{"name": LLM_PORT_NAME, "containerPort": server["port"], "protocol": "TCP"}],
         "env": env,
         "resources": _resources(server["cpu"], server["memory"], spec, holder),
         # Downloading and loading weights may take long: up to 30 minutes to first /health.
-        "startupProbe": _probe("/health", 10, 180, LLM_PORT_NAME),
-        "livenessProbe": _probe("/health", 15, 4, LLM_PORT_NAME),
-        "readinessProbe": _probe("/health", 5, 3, LLM_PORT_NAME),
+        "startupProbe": _loopback_probe(server["port"], 10, 180),
+        "livenessProbe": _loopback_probe(server["port"], 15, 4),
+        "readinessProbe": _loopback_probe(server["port"], 10, 3),
         "terminationMessagePolicy": "FallbackToLogsOnError",
         "securityContext": copy.deepcopy(_SECURITY),
         "volumeMounts": [
@@ -372,6 +392,7 @@ def build_engine_deployment(
         "containers": containers,
         "volumes": volumes,
     }
+    pod_spec.update(_placement(spec, name))
     if res.get("gpuClaimTemplate"):
         pod_spec["resourceClaims"] = [
             {"name": _GPU_CLAIM, "resourceClaimTemplateName": res["gpuClaimTemplate"]}
@@ -379,7 +400,7 @@ def build_engine_deployment(
     deployment = {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": {"name": name, "labels": labels},
+        "metadata": {"name": name, "labels": labels, "annotations": {}},
         "spec": {
             "replicas": replicas,
             "revisionHistoryLimit": 3,
@@ -403,6 +424,10 @@ def build_engine_deployment(
         },
     }
     kopf.adopt(deployment, owner=dict(engine))
+    deployment["metadata"]["annotations"] = {
+        SPEC_HASH: spec_hash(spec),
+        TEMPLATE_HASH: template_hash(deployment["spec"]["template"]),
+    }
     return deployment
 
 
@@ -431,9 +456,90 @@ def build_engine_service(engine: Mapping[str, Any], settings: OperatorSettings) 
     return service
 
 
-def deployment_template_patch(deployment: Mapping[str, Any]) -> dict[str, Any]:
-    """A merge patch bringing an existing Deployment's labels and pod template up to date."""
-    return {
-        "metadata": {"labels": deployment["metadata"]["labels"]},
-        "spec": {"template": deployment["spec"]["template"]},
+def build_engine_pdb(engine: Mapping[str, Any], settings: OperatorSettings) -> dict[str, Any]:
+    """A PodDisruptionBudget that keeps an engine's busy pods (those holding sessions).
+
+    The operator labels a pod ``tutor.vts.dev/busy=true`` while sessions are pinned to it, so
+    drains and autoscalers may evict idle pods but not busy ones; a busy pod that is not
+    ready (crash-looping, say) may still be evicted (``unhealthyPodEvictionPolicy``).
+    """
+    name = engine["metadata"]["name"]
+    spec = effective_spec(engine["spec"], settings)
+    pdb = {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": {"name": name, "labels": engine_labels(name, spec["tutorId"])},
+        "spec": {
+            "maxUnavailable": 0,
+            "selector": {"matchLabels": {**selector_labels(name), LABEL_BUSY: "true"}},
+            "unhealthyPodEvictionPolicy": "AlwaysAllow",
+        },
     }
+    kopf.adopt(pdb, owner=dict(engine))
+    return pdb
+
+
+def _placement(spec: Mapping[str, Any], name: str) -> dict[str, Any]:
+    """The pod's optional scheduling and identity fields, only those that are set."""
+    placement: dict[str, Any] = {}
+    if spec.get("imagePullSecrets"):
+        placement["imagePullSecrets"] = copy.deepcopy(spec["imagePullSecrets"])
+    if spec.get("serviceAccountName"):
+        placement["serviceAccountName"] = spec["serviceAccountName"]
+    if spec.get("priorityClassName"):
+        placement["priorityClassName"] = spec["priorityClassName"]
+    if spec.get("affinity"):
+        placement["affinity"] = copy.deepcopy(spec["affinity"])
+    spread = []
+    for constraint in spec.get("topologySpreadConstraints") or []:
+        constraint = copy.deepcopy(dict(constraint))
+        constraint.setdefault("labelSelector", {"matchLabels": selector_labels(name)})
+        spread.append(constraint)
+    if spread:
+        placement["topologySpreadConstraints"] = spread
+    return placement
+
+
+def _digest(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _without_empty(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        kept = {k: _without_empty(v) for k, v in value.items()}
+        return {k: v for k, v in kept.items() if v not in (None, "", [], {})}
+    if isinstance(value, list):
+        return [_without_empty(v) for v in value]
+    return value
+
+
+def spec_hash(effective: Mapping[str, Any]) -> str:
+    """A digest of an effective spec that a newer operator with new empty fields keeps."""
+    return _digest(_without_empty(effective))
+
+
+def template_hash(template: Mapping[str, Any]) -> str:
+    """A digest of a pod template as this operator version builds it."""
+    return _digest(template)
+
+
+def deployment_replacement(
+    live: Mapping[str, Any], built: Mapping[str, Any], replicas: int
+) -> dict[str, Any]:
+    """What to PUT over ``live`` so it is ``built`` (fields ``built`` lacks disappear).
+
+    It names ``live``'s ``resourceVersion`` (a concurrent change makes it a 409) and keeps
+    what others own: labels and annotations the operator does not set (the Deployment
+    controller's revision, say), finalizers, and its status.
+    """
+    meta = live.get("metadata") or {}
+    new = copy.deepcopy(dict(built))
+    new_meta = new["metadata"]
+    new_meta["resourceVersion"] = meta.get("resourceVersion")
+    new_meta["labels"] = {**(meta.get("labels") or {}), **new_meta["labels"]}
+    new_meta["annotations"] = {**(meta.get("annotations") or {}), **new_meta["annotations"]}
+    for field in ("namespace", "uid", "finalizers"):
+        if meta.get(field):
+            new_meta[field] = copy.deepcopy(meta[field])
+    new["spec"]["replicas"] = replicas
+    return new

@@ -7,31 +7,64 @@ operator, or two passes over the same state, converge without duplicates.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import datetime as dt
 import logging
-from collections.abc import Mapping
-from typing import Any
+import time
+from collections.abc import Iterator, Mapping
+from typing import Any, Generic, TypeVar
 
 import kopf
 
-from . import API_VERSION
 from . import conditions as c
-from .decisions import EnginePlan, PodView, SessionView, plan_engine, session_view
-from .kube import Conflict, KubeApi, resource_path
-from .names import ENGINE_PLURAL, SESSION_PLURAL, engine_name, format_time
+from .decisions import (
+    ADOPT,
+    PENDING,
+    REPLACE,
+    EnginePlan,
+    Listing,
+    PodView,
+    SessionView,
+    is_current,
+    plan_engine,
+    session_view,
+    template_action,
+)
+from .kube import DEPLOYMENTS, ENGINES, PDBS, PODS, SERVICES, SESSIONS, Conflict, Kind, KubeApi
+from .names import (
+    LABEL_ENGINE,
+    LABEL_MANAGED_BY,
+    MANAGER,
+    SPEC_HASH,
+    TEMPLATE_HASH,
+    engine_name,
+    format_time,
+)
 from .objects import (
     build_default_engine,
     build_engine_deployment,
+    build_engine_pdb,
     build_engine_service,
-    deployment_template_patch,
+    deployment_replacement,
     engine_scaling,
     spec_error,
 )
 from .settings import OperatorSettings
 
 Key = tuple[str, str]  # (namespace, name)
-Index = Mapping[Key, Any]  # a kopf.Index: key -> a store (iterable) of values
+Index = Mapping[Key, Any]  # a kopf.Index: key -> a store (iterable) of Entry values
+V = TypeVar("V")
+OWNED = {LABEL_ENGINE: None, LABEL_MANAGED_BY: MANAGER}  # the operator's children (selector)
+# What each index holds, and how a re-list of it selects (see ``resync``).
+INDEXED: dict[str, tuple[Kind, Mapping[str, str | None]]] = {
+    "sessions": (SESSIONS, {}),
+    "engines": (ENGINES, {}),
+    "pods": (PODS, OWNED),
+    "deployments": (DEPLOYMENTS, OWNED),
+    "services": (SERVICES, OWNED),
+    "pdbs": (PDBS, OWNED),
+}
 
 log = logging.getLogger(__name__)
 
@@ -76,54 +109,114 @@ class Written:
         self.sessions.setdefault(key, {})[view.name] = (based_on, view)
 
 
+@dataclasses.dataclass(frozen=True)
+class Entry(Generic[V]):
+    """An index value: what the operator needs of an object, and which object, seen when."""
+
+    uid: str
+    indexed_at: float  # time.monotonic() when kopf indexed this version
+    value: V
+
+
+def entry(body: Mapping[str, Any], value: V) -> Entry[V]:
+    """The index entry of ``body`` (for the index handlers)."""
+    return Entry(str(body["metadata"].get("uid", "")), time.monotonic(), value)
+
+
+@dataclasses.dataclass(frozen=True)
+class DeploymentView:
+    """What the operator needs of an engine's Deployment."""
+
+    replicas: int
+    annotations: Mapping[str, str]
+
+
 @dataclasses.dataclass
 class Context:
-    """The operator's shared state: API client, settings, one lock per engine, own writes."""
+    """The operator's shared state: API client, settings, one lock per engine, own writes,
+    the last re-list of each index, and the engines kopf has handed to the operator."""
 
     api: KubeApi
     settings: OperatorSettings
     locks: dict[Key, asyncio.Lock] = dataclasses.field(default_factory=dict)
     written: Written = dataclasses.field(default_factory=Written)
+    listings: dict[str, Listing] = dataclasses.field(default_factory=dict)
+    started: set[Key] = dataclasses.field(default_factory=set)
 
     def lock(self, key: Key) -> asyncio.Lock:
-        """Serialise reconciliations of one engine (its timer and its sessions' handlers)."""
+        """Serialise reconciliations of one engine (the loop and its sessions' handlers)."""
         return self.locks.setdefault(key, asyncio.Lock())
 
 
 @dataclasses.dataclass(frozen=True)
 class Indices:
-    """The operator's views of sessions, pods and children, keyed by (namespace, engine)."""
+    """The operator's views of sessions, engines, pods and children, keyed by
+    (namespace, engine), without entries a re-list has shown to be gone."""
 
     sessions: Index
+    engines: Index
     pods: Index
     deployments: Index
     services: Index
+    pdbs: Index
+    listings: Mapping[str, Listing] = dataclasses.field(default_factory=dict)
+
+    def _current(self, name: str, key: Key) -> list[Any]:
+        listing = self.listings.get(name)
+        index: Index = getattr(self, name)
+        return [e.value for e in index.get(key, ()) if is_current(e.uid, e.indexed_at, listing)]
 
     def sessions_of(self, key: Key) -> list[SessionView]:
-        return list(self.sessions.get(key, ()))
+        return self._current("sessions", key)
 
     def pods_of(self, key: Key) -> list[PodView]:
-        return list(self.pods.get(key, ()))
+        return self._current("pods", key)
 
-    def replicas_of(self, key: Key) -> int | None:
-        return next(iter(self.deployments.get(key, ())), None)
+    def engine_of(self, key: Key) -> Mapping[str, Any] | None:
+        return next(iter(self._current("engines", key)), None)
+
+    def deployment_of(self, key: Key) -> DeploymentView | None:
+        return next(iter(self._current("deployments", key)), None)
+
+    def has_service(self, key: Key) -> bool:
+        return bool(self._current("services", key))
+
+    def has_pdb(self, key: Key) -> bool:
+        return bool(self._current("pdbs", key))
+
+    def live_engines(self) -> Iterator[tuple[Key, Mapping[str, Any]]]:
+        """Every engine still there, with its latest body."""
+        for key in list(self.engines.keys()):
+            if (body := self.engine_of(key)) is not None:
+                yield key, body
+
+    def orphans(self) -> Iterator[Key]:
+        """Engine keys that live sessions name, but that have no engine."""
+        for key in list(self.sessions.keys()):
+            if self.engine_of(key) is None and any(not s.deleting for s in self.sessions_of(key)):
+                yield key
 
 
-def _path(plural: str, namespace: str, name: str | None = None, sub: str | None = None) -> str:
-    api_version = (
-        API_VERSION
-        if plural in (ENGINE_PLURAL, SESSION_PLURAL)
-        else ("apps/v1" if plural == "deployments" else "v1")
-    )
-    return resource_path(api_version, plural, namespace, name, sub)
+async def resync(ctx: Context) -> None:
+    """Re-list every indexed kind; ``Indices`` then drop entries of objects gone meanwhile."""
+    namespace = ctx.settings.namespace or None
+    for name, (kind, labels) in INDEXED.items():
+        started = time.monotonic()
+        try:
+            items = await ctx.api.list(kind, namespace, labels)
+        except kopf.TemporaryError as exc:
+            log.warning("could not re-list %s: %s", kind.plural, exc)
+            continue
+        uids = frozenset(str(obj["metadata"].get("uid", "")) for obj in items)
+        ctx.listings[name] = Listing(started, uids)
 
 
-async def ensure_engine(ctx: Context, namespace: str, tutor_id: int, engines: Index) -> None:
+async def ensure_engine(ctx: Context, namespace: str, tutor_id: int, indices: Indices) -> None:
     """Create the tutor's TutorEngine from the defaults unless one exists (an admin's is kept)."""
-    if (namespace, engine_name(tutor_id)) in engines:
+    if indices.engine_of((namespace, engine_name(tutor_id))) is not None:
         return
     engine = build_default_engine(tutor_id, namespace, ctx.settings)
-    if await ctx.api.create(_path(ENGINE_PLURAL, namespace), engine) is not None:
+    if await ctx.api.create(ENGINES, namespace, engine) is not None:
         log.info("created TutorEngine %s/%s from defaults", namespace, engine_name(tutor_id))
 
 
@@ -131,39 +224,43 @@ async def report_session_error(ctx: Context, namespace: str, name: str, message:
     """Best effort: show an error on a session's Ready condition."""
     cond = c.condition(c.READY, False, c.API_ERROR, message)
     cond["lastTransitionTime"] = format_time(dt.datetime.now(dt.UTC))
-    body = {"status": {"phase": "Pending", "conditions": [cond]}}
+    body = {"status": {"phase": PENDING, "conditions": [cond]}}
     try:
-        await ctx.api.patch(_path(SESSION_PLURAL, namespace, name, "status"), body)
+        await ctx.api.patch(SESSIONS, namespace, name, body, subresource="status")
     except kopf.TemporaryError:
         log.warning("could not report an error on session %s/%s", namespace, name)
 
 
 async def reconcile_engine(
-    ctx: Context, engine: Mapping[str, Any], indices: Indices, *, template: bool = False
+    ctx: Context, engine: Mapping[str, Any], indices: Indices, *, changed: bool = False
 ) -> EnginePlan:
-    """Bring one engine's Deployment, Service, sessions and status in line with a fresh plan.
-
-    ``template`` also rewrites the Deployment's pod template (after a spec change or restart).
+    """Bring one engine's Deployment, Service, PDB, pods, sessions and status in line with a
+    fresh plan. ``changed``: kopf saw the engine's spec change (an update handler).
     """
     meta = engine["metadata"]
     key: Key = (meta["namespace"], meta["name"])
     async with ctx.lock(key):
         try:
-            return await _reconcile(ctx, engine, indices, key, template)
+            return await _reconcile(ctx, engine, indices, key, changed)
         except (kopf.TemporaryError, kopf.PermanentError) as exc:
             await _report_engine_error(ctx, engine, str(exc))
             raise
 
 
 async def _reconcile(
-    ctx: Context, engine: Mapping[str, Any], indices: Indices, key: Key, template: bool
+    ctx: Context, engine: Mapping[str, Any], indices: Indices, key: Key, changed: bool
 ) -> EnginePlan:
     namespace, name = key
     engine_rv = str(engine["metadata"].get("resourceVersion"))
     engine = ctx.written.engine(key, engine)
     error = spec_error(engine, ctx.settings)
-    current = indices.replicas_of(key)
+    deployment = indices.deployment_of(key)
+    current = None if deployment is None else deployment.replicas
     sessions = ctx.written.sessions_of(key, indices.sessions_of(key))
+    built = None if error else build_engine_deployment(engine, ctx.settings, 0)
+    template = _Template(busy=any(not s.deleting for s in sessions), changed=changed)
+    if built is not None and deployment is not None:
+        template.action = template.decide(deployment.annotations, built)
     plan = plan_engine(
         name=name,
         generation=engine["metadata"].get("generation"),
@@ -174,9 +271,13 @@ async def _reconcile(
         status=engine.get("status") or {},
         now=dt.datetime.now(dt.UTC),
         error=error,
+        rollout=template.action == REPLACE,
     )
-    if not error and not plan.delete_engine:
-        await _ensure_children(ctx, engine, indices, key, plan.replicas, current, template)
+    template.ready = plan.rollout_ready
+    if built is not None and not plan.delete_engine:
+        for pod, marks in plan.pod_patches.items():
+            await ctx.api.patch(PODS, namespace, pod, marks)
+        await _ensure_children(ctx, engine, indices, key, built, plan.replicas, current, template)
     indexed = {s.name: s.resource_version for s in indices.sessions_of(key)}
     views = {s.name: s for s in sessions}
     for session, patch in plan.session_patches.items():
@@ -186,21 +287,37 @@ async def _reconcile(
         ctx.written.session(key, indexed[session], after)
     for session in plan.expire:
         log.info("session %s/%s expired", namespace, session)
-        await ctx.api.delete(_path(SESSION_PLURAL, namespace, session))
+        await ctx.api.delete(SESSIONS, namespace, session)
         gone = dataclasses.replace(views[session], deleting=True)
         ctx.written.session(key, indexed[session], gone)
     if plan.delete_engine:
         log.info("deleting idle TutorEngine %s/%s", namespace, name)
-        await ctx.api.delete(_path(ENGINE_PLURAL, namespace, name))
+        await ctx.api.delete(ENGINES, namespace, name)
     elif plan.status_patch:
         after = await ctx.api.patch(
-            _path(ENGINE_PLURAL, namespace, name, "status"), {"status": plan.status_patch}
+            ENGINES, namespace, name, {"status": plan.status_patch}, subresource="status"
         )
         if after is not None:
             ctx.written.engines[key] = (engine_rv, after)
     if error:
         raise kopf.PermanentError(error)
     return plan
+
+
+@dataclasses.dataclass
+class _Template:
+    """Whether an existing Deployment's pod template is written this pass (``_reconcile``)."""
+
+    busy: bool  # the engine holds sessions
+    changed: bool  # kopf saw its spec change
+    action: str | None = None  # from the index's view of the Deployment
+    ready: bool = True  # every pod shows its session count as its deletion cost
+
+    def decide(self, annotations: Mapping[str, str], built: Mapping[str, Any]) -> str | None:
+        ours = built["metadata"]["annotations"]
+        return template_action(
+            annotations, ours[SPEC_HASH], ours[TEMPLATE_HASH], self.busy, self.changed
+        )
 
 
 async def _patch_session(
@@ -212,15 +329,14 @@ async def _patch_session(
     a session changed meanwhile (the gateway's writes, say) is read again and pinned only if
     it still has no pod, instead of waiting for the next reconciliation.
     """
-    path = _path(SESSION_PLURAL, namespace, view.name, "status")
     for attempt in range(2):
         body: dict[str, Any] = {"status": patch}
         if guard:
             body["metadata"] = {"resourceVersion": view.resource_version}
         try:
-            after = await ctx.api.patch(path, body)
+            after = await ctx.api.patch(SESSIONS, namespace, view.name, body, subresource="status")
         except Conflict:
-            current = await ctx.api.get(_path(SESSION_PLURAL, namespace, view.name))
+            current = await ctx.api.get(SESSIONS, namespace, view.name)
             if current is None:
                 break
             view = session_view(current)
@@ -236,26 +352,61 @@ async def _ensure_children(
     engine: Mapping[str, Any],
     indices: Indices,
     key: Key,
+    built: dict[str, Any],
     replicas: int,
     current: int | None,
-    template: bool,
+    template: _Template,
 ) -> None:
     namespace, name = key
-    deployment = build_engine_deployment(engine, ctx.settings, replicas)
-    path = _path("deployments", namespace, name)
+    deployment = {**built, "spec": {**built["spec"], "replicas": replicas}}
     if current is None:
-        created = await ctx.api.create(_path("deployments", namespace), deployment)
+        created = await ctx.api.create(DEPLOYMENTS, namespace, deployment)
         if created is not None:
             log.info("created Deployment %s/%s with %d replicas", namespace, name, replicas)
             current = replicas
-    if template:
-        await ctx.api.patch(path, deployment_template_patch(deployment))
-    if current != replicas:
+    elif template.action is not None:
+        current = await _write_template(ctx, key, deployment, template, current)
+    if current is not None and current != replicas:
         log.info("scaling %s/%s to %d replicas", namespace, name, replicas)
-        await ctx.api.patch(path, {"spec": {"replicas": replicas}})
-    if key not in indices.services:
-        service = build_engine_service(engine, ctx.settings)
-        await ctx.api.create(_path("services", namespace), service)
+        await ctx.api.patch(DEPLOYMENTS, namespace, name, {"spec": {"replicas": replicas}})
+    if not indices.has_service(key):
+        await ctx.api.create(SERVICES, namespace, build_engine_service(engine, ctx.settings))
+    if ctx.settings.disruption_budget and not indices.has_pdb(key):
+        await ctx.api.create(PDBS, namespace, build_engine_pdb(engine, ctx.settings))
+
+
+async def _write_template(
+    ctx: Context, key: Key, deployment: dict[str, Any], template: _Template, current: int
+) -> int | None:
+    """Replace (PUT) the Deployment with ``deployment``, or adopt it, if the live object
+    still calls for it (the index may trail our last write); the replicas it then has.
+
+    A replacement waits (this pass keeps the old template) until the pods show their session
+    counts, so the rollout removes the emptiest pods first.
+    """
+    namespace, name = key
+    live = await ctx.api.get(DEPLOYMENTS, namespace, name)
+    if live is None:  # deleted meanwhile: the next pass creates it again
+        return None
+    live_replicas = int((live.get("spec") or {}).get("replicas", current))
+    action = template.decide((live.get("metadata") or {}).get("annotations") or {}, deployment)
+    if action == ADOPT:
+        log.info("adopting Deployment %s/%s of an earlier operator as it is", namespace, name)
+        patch = {
+            "metadata": {
+                "annotations": {SPEC_HASH: deployment["metadata"]["annotations"][SPEC_HASH]}
+            }
+        }
+        await ctx.api.patch(DEPLOYMENTS, namespace, name, patch)
+        return live_replicas
+    if action != REPLACE or not template.ready:
+        return live_replicas
+    log.info("replacing the pod template of Deployment %s/%s", namespace, name)
+    replicas = deployment["spec"]["replicas"]
+    await ctx.api.replace(
+        DEPLOYMENTS, namespace, deployment_replacement(live, deployment, replicas)
+    )
+    return replicas
 
 
 async def _report_engine_error(ctx: Context, engine: Mapping[str, Any], message: str) -> None:
@@ -268,7 +419,55 @@ async def _report_engine_error(ctx: Context, engine: Mapping[str, Any], message:
     if not changed:
         return
     try:
-        path = _path(ENGINE_PLURAL, meta["namespace"], meta["name"], "status")
-        await ctx.api.patch(path, {"status": {"conditions": conds}})
+        await ctx.api.patch(
+            ENGINES,
+            meta["namespace"],
+            meta["name"],
+            {"status": {"conditions": conds}},
+            subresource="status",
+        )
     except kopf.TemporaryError:
         log.warning("could not report an error on engine %s", meta["name"])
+
+
+async def run_engines(ctx: Context, indices: Indices) -> None:
+    """The operator-wide loop: reconcile every engine each ``reconcile_interval``, re-list
+    every ``resync_interval``, and recreate engines that sessions still need.
+
+    One loop instead of a kopf timer per engine: kopf timers put a finalizer on every
+    TutorEngine, so deleting a namespace would hang on an operator that is gone. Each engine
+    runs in its own task; one still running (its API calls are bounded) is not started twice.
+    """
+    settings = ctx.settings
+    running: dict[Key, asyncio.Task[None]] = {}
+    resyncing: asyncio.Task[None] | None = None
+    next_resync = time.monotonic() + settings.resync_interval
+    try:
+        while True:
+            if time.monotonic() >= next_resync and (resyncing is None or resyncing.done()):
+                resyncing = asyncio.create_task(resync(ctx), name="resync")
+                next_resync = time.monotonic() + settings.resync_interval
+            for key, body in indices.live_engines():
+                task = running.get(key)
+                if key in ctx.started and (task is None or task.done()):
+                    running[key] = asyncio.create_task(_tick(ctx, body, indices))
+            for namespace, name in indices.orphans():
+                with contextlib.suppress(ValueError, kopf.TemporaryError, kopf.PermanentError):
+                    tutor_id = int(name.removeprefix("tutor-"))
+                    await ensure_engine(ctx, namespace, tutor_id, indices)
+            for key in [k for k, t in running.items() if t.done()]:
+                running.pop(key)
+            await asyncio.sleep(settings.reconcile_interval)
+    finally:
+        for task in [*running.values(), *([resyncing] if resyncing else [])]:
+            task.cancel()
+        await asyncio.gather(*running.values(), return_exceptions=True)
+
+
+async def _tick(ctx: Context, engine: Mapping[str, Any], indices: Indices) -> None:
+    try:
+        await reconcile_engine(ctx, engine, indices)
+    except (kopf.TemporaryError, kopf.PermanentError):
+        pass  # reported in the engine's status; the next tick tries again
+    except Exception:
+        log.exception("reconciling %s failed", engine["metadata"].get("name"))

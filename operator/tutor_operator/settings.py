@@ -21,12 +21,30 @@ class OperatorSettings(BaseSettings):
     api_server: str = Field(
         "", description="API server URL without TLS checks (tests); else in-cluster/kubeconfig."
     )
+    api_token: str = Field(
+        "", description="Bearer token for api_server (tests); in a pod the service account's."
+    )
     standalone: bool = Field(True, description="Skip kopf peering (run a single replica).")
     reconcile_interval: float = Field(
         2.0, gt=0, description="Seconds between engine reconciliations (assignment, scaling)."
     )
     session_check_interval: float = Field(
         10.0, gt=0, description="Seconds between checks that each session's engine exists."
+    )
+    resync_interval: float = Field(
+        20.0,
+        gt=0,
+        description="Seconds between re-lists that drop what the watches missed (deletions "
+        "during a watch gap); also how long such a stale entry can last.",
+    )
+    api_timeout: float = Field(
+        10.0, gt=0, description="Seconds one API call of the operator may take, at most."
+    )
+    api_connect_timeout: float = Field(
+        5.0, gt=0, description="Seconds to connect to the API server (calls and watches)."
+    )
+    watch_timeout: float = Field(
+        300.0, gt=0, description="Seconds one watch request lasts before it is renewed."
     )
 
     # Defaults for TutorEngines the operator creates and for fields an administrator omits.
@@ -37,6 +55,22 @@ class OperatorSettings(BaseSettings):
     cpu: str = "2"
     memory: str = "16Gi"
     node_selector: dict[str, str] = Field(default_factory=dict)
+    image_pull_secrets: list[dict[str, str]] = Field(
+        default_factory=list, description='Of engine pods, e.g. [{"name": "regcred"}].'
+    )
+    service_account: str = Field(
+        "", description="ServiceAccount of engine pods (no token is mounted); empty: default."
+    )
+    priority_class: str = Field("", description="PriorityClass of engine pods; empty: none.")
+    affinity: dict[str, Any] = Field(default_factory=dict, description="Of engine pods.")
+    topology_spread: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="topologySpreadConstraints of engine pods; a constraint without a "
+        "labelSelector selects the engine's own pods.",
+    )
+    disruption_budget: bool = Field(
+        True, description="A PodDisruptionBudget per engine that keeps its busy pods."
+    )
     tolerations: list[dict[str, Any]] = Field(
         default_factory=lambda: [
             {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}

@@ -226,16 +226,46 @@ def test_all_on_values_share_a_dra_gpu_and_an_external_llm_drops_the_sidecar(
     assert token["valueFrom"]["secretKeyRef"] == {"name": "hf-token", "key": "HF_TOKEN"}
 
 
-def test_only_the_gateway_reaches_engine_pods(render: Render, values: dict) -> None:
+def test_only_the_gateway_and_prometheus_reach_engine_pods_on_their_own_port(
+    render: Render, values: dict
+) -> None:
     manifests = render(values)
     policy = find(manifests, "NetworkPolicy", "-engine")["spec"]
     assert policy["podSelector"] == {"matchLabels": {names.LABEL_APP: names.ENGINE_APP}}
     gateway = find(manifests, "Deployment", "-gateway")["spec"]["template"]["metadata"]["labels"]
-    first = policy["ingress"][0]
+    first, metrics = policy["ingress"][:2]
     selector = first["from"][0]["podSelector"]["matchLabels"]
     assert selector.items() <= gateway.items()
-    port = int(_env(manifests, "-operator")["TUTOR_OPERATOR_ENGINE_PORT"])
-    assert first["ports"] == [{"port": port, "protocol": "TCP"}]
+    # The engine container's named port: an engine with its own spec.port stays reachable.
+    assert first["ports"] == metrics["ports"] == [{"port": names.PORT_NAME, "protocol": "TCP"}]
+    settings = OperatorSettings(_env_file=None)
+    engine = objects.build_default_engine(1, NAMESPACE, settings)
+    engine["spec"]["port"] = 8123
+    engine["metadata"]["uid"] = "u"
+    pod = objects.build_engine_deployment(engine, settings, 1)["spec"]["template"]
+    engine_c = pod["spec"]["containers"][0]
+    assert engine_c["ports"] == [{"name": "http", "containerPort": 8123, "protocol": "TCP"}]
+    assert pod["metadata"]["annotations"]["prometheus.io/port"] == "8123"
+    source = metrics["from"][0]
+    assert source["podSelector"] == {"matchLabels": {"app.kubernetes.io/name": "prometheus"}}
+    expected_ns = values.get("networkPolicy", {}).get("metrics", {}).get("namespaceSelector", {})
+    assert source["namespaceSelector"] == expected_ns
+    # No rule opens the vLLM sidecar's port (it listens on the pod's loopback anyway).
+    vllm_port = int(_env(manifests, "-operator")["TUTOR_OPERATOR_VLLM_PORT"])
+    assert all(p["port"] != vllm_port for rule in policy["ingress"] for p in rule["ports"])
+    closed = render(
+        {
+            **values,
+            "networkPolicy": {
+                **values.get("networkPolicy", {}),
+                "metrics": {"enabled": False, "namespaceSelector": {}, "podSelector": {}},
+            },
+        }
+    )
+    assert (
+        len(find(closed, "NetworkPolicy", "-engine")["spec"]["ingress"])
+        == len(policy["ingress"]) - 1
+    )
     disabled = render({**values, "networkPolicy": {"enabled": False}})
     assert not [m for m in disabled if m["kind"] == "NetworkPolicy"]
 
@@ -256,32 +286,56 @@ def test_gateway_rbac_is_exactly_what_it_calls(render: Render) -> None:
     }
 
 
-def test_operator_rbac_covers_every_resource_kopf_watches(render: Render) -> None:
+def _kopf_needs(registry: Any) -> dict[str, set[str]]:
+    """What kopf itself calls for the handlers registered in ``registry``."""
+    needs: dict[str, set[str]] = {"events": {"create"}}  # its handler events
+    for handlers, verbs in (
+        (registry._indexing.get_all_handlers(), {"list", "watch"}),
+        (registry._watching.get_all_handlers(), {"list", "watch"}),
+        # Changing handlers: kopf patches its progress and diff-base annotations (and
+        # finalizers, when a handler needs one).
+        (registry._changing.get_all_handlers(), {"list", "watch", "patch"}),
+        (registry._spawning.get_all_handlers(), {"list", "watch", "patch"}),
+    ):
+        for h in handlers:
+            resource = f"{h.selector.group}/{h.selector.any_name}".lstrip("/")
+            needs.setdefault(resource, set()).update(verbs)
+    return needs
+
+
+def test_operator_rbac_is_exactly_what_the_operator_and_kopf_call(render: Render) -> None:
+    import kopf
+    from tutor_operator import kube
+    from tutor_operator.handlers import register
+    from tutor_operator.reconcile import Context
+
+    registry = kopf.OperatorRegistry()
+    register(registry, Context(api=None, settings=OperatorSettings(_env_file=None)))  # type: ignore[arg-type]
+    needed = _kopf_needs(registry)
+    for (group, resource), verbs in kube.CALLS.items():
+        needed.setdefault(f"{group}/{resource}".lstrip("/"), set()).update(verbs)
+    # Children's ownerReferences with blockOwnerDeletion (OwnerReferencesPermissionEnforcement).
+    needed["tutor.vts.dev/tutorengines/finalizers"] = {"update"}
+    rules = _rules(render({}), "-operator")
+    missing = {r: v - rules.get(r, set()) for r, v in needed.items() if v - rules.get(r, set())}
+    extra = {r: v - needed.get(r, set()) for r, v in rules.items() if v - needed.get(r, set())}
+    assert not missing, f"the operator's Role lacks {missing}"
+    assert not extra, f"the operator's Role grants more than it calls: {extra}"
+    assert "get" in rules["tutor.vts.dev/tutorsessions"]  # re-read after a conflict
+    assert not any("secrets" in r or "kopfpeerings" in r for r in rules)  # standalone kopf
+
+
+def test_the_operator_needs_no_finalizer_and_runs_no_per_object_timers() -> None:
+    """Timers and daemons make kopf put a finalizer on every object (so deleting a namespace
+    hangs once the operator is gone): the operator runs one loop of its own instead."""
     import kopf
     from tutor_operator.handlers import register
     from tutor_operator.reconcile import Context
 
     registry = kopf.OperatorRegistry()
     register(registry, Context(api=None, settings=OperatorSettings(_env_file=None)))  # type: ignore[arg-type]
-    watched = {
-        f"{h.selector.group}/{h.selector.any_name}".lstrip("/")
-        for h in registry._indexing.get_all_handlers()
-        + registry._watching.get_all_handlers()
-        + registry._changing.get_all_handlers()
-        + registry._spawning.get_all_handlers()
-    }
-    rules = _rules(render({}), "-operator")
-    assert watched == {
-        "tutor.vts.dev/tutorsessions",
-        "tutor.vts.dev/tutorengines",
-        "pods",
-        "apps/deployments",
-        "services",
-    }
-    for resource in watched:
-        assert {"list", "watch"} <= rules[resource], resource
-    assert "create" in rules["events"]
-    assert not any("secrets" in r or "kopfpeerings" in r for r in rules)  # standalone kopf
+    assert registry._spawning.get_all_handlers() == []
+    assert not any(h.requires_finalizer for h in registry._changing.get_all_handlers())
 
 
 def test_ingress_is_websocket_friendly_and_sets_the_public_url(render: Render) -> None:

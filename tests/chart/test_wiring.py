@@ -129,3 +129,22 @@ def test_serving_image_installs_everything_gateway_and_operator_import() -> None
                     if dists and not dists & (installed | {"tutor-serving"}):
                         missing.add(f"{module} ({source.relative_to(ROOT)})")
     assert not missing, f"not installed by pyproject's dependencies + kube extra: {sorted(missing)}"
+
+
+def test_one_kubernetes_client_library_for_the_projects_own_calls() -> None:
+    """lightkube for the gateway's and the operator's calls (kopf keeps its own client): the
+    official client is neither imported nor required."""
+    imported = set()
+    for package in ("gateway/tutor_gateway", "operator/tutor_operator", "contract/tutor_contract"):
+        for source in (ROOT / package).rglob("*.py"):
+            for node in ast.walk(ast.parse(source.read_text())):
+                if isinstance(node, ast.Import):
+                    imported |= {alias.name.split(".")[0] for alias in node.names}
+                elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+                    imported.add(node.module.split(".")[0])
+    assert "kubernetes" not in imported and "lightkube" in imported
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    kube = {_name(r): r for r in project["optional-dependencies"]["kube"]}
+    assert "kubernetes" not in kube
+    # gateway/tutor_gateway/kube and the operator import httpx2, which lightkube has from 1.0.
+    assert "httpx2" in imported and kube["lightkube"] == "lightkube>=1.0"

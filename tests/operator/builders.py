@@ -47,6 +47,31 @@ ADMIN_SPEC = {
         "tts": {"backend": "coqui", "model": "xtts_v2"},
     },
     "env": [{"name": "ENGINE_SYSTEM_PROMPT", "value": "You teach algebra."}],
+    # Identity and placement of the pods: a private registry, a priority, one pod per node
+    # when possible, spread over zones (the operator fills in the engine's own selector).
+    "imagePullSecrets": [{"name": "registry-example"}],
+    "serviceAccountName": "tutor-engine",
+    "priorityClassName": "tutor-gpu",
+    "affinity": {
+        "podAntiAffinity": {
+            "preferredDuringSchedulingIgnoredDuringExecution": [
+                {
+                    "weight": 100,
+                    "podAffinityTerm": {
+                        "topologyKey": "kubernetes.io/hostname",
+                        "labelSelector": {"matchLabels": {"tutor.vts.dev/engine": "tutor-42"}},
+                    },
+                }
+            ]
+        }
+    },
+    "topologySpreadConstraints": [
+        {
+            "maxSkew": 1,
+            "topologyKey": "topology.kubernetes.io/zone",
+            "whenUnsatisfiable": "ScheduleAnyway",
+        }
+    ],
 }
 
 # One GPU shared by the engine and its vLLM sidecar through a DRA ResourceClaimTemplate.

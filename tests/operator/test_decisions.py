@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 
 import pytest
 from tutor_operator import conditions as c
 from tutor_operator import decisions as d
+from tutor_operator import names
 
 NOW = dt.datetime(2026, 11, 25, 12, 0, 0, tzinfo=dt.UTC)
 SCALING = d.Scaling(
@@ -57,8 +59,35 @@ SCHEDULED = {"type": "PodScheduled", "status": "True"}
                 conditions=[SCHEDULED],
                 containerStatuses=[{"state": {"waiting": {"reason": "ImagePullBackOff"}}}],
             ),
-            c.PULLING,
+            c.IMAGE_PULL_BACKOFF,
             "ImagePullBackOff",
+        ),
+        (  # an image that does not pull shows as such, with the kubelet's message
+            pod(
+                conditions=[SCHEDULED],
+                containerStatuses=[
+                    {
+                        "state": {
+                            "waiting": {
+                                "reason": "ErrImagePull",
+                                "message": 'pull access denied for "ghcr.io/vts/private"',
+                            }
+                        }
+                    }
+                ],
+            ),
+            c.ERR_IMAGE_PULL,
+            'pull access denied for "ghcr.io/vts/private"',
+        ),
+        (
+            pod(
+                conditions=[SCHEDULED],
+                containerStatuses=[
+                    {"state": {"waiting": {"reason": "ContainerCreating", "message": "pulling"}}}
+                ],
+            ),
+            c.PULLING,
+            "ContainerCreating: pulling",
         ),
         (
             pod(
@@ -286,7 +315,9 @@ def test_pending_sessions_say_why(pods: list, current: int, reason: str) -> None
     assert result.replicas >= 1 and result.status_patch["phase"] == "Pending"
 
 
-@pytest.mark.parametrize("reason", [c.MODEL_LOAD_FAILED, c.CRASHING])
+@pytest.mark.parametrize(
+    "reason", [c.MODEL_LOAD_FAILED, c.CRASHING, c.IMAGE_PULL_BACKOFF, c.ERR_IMAGE_PULL]
+)
 def test_failing_pods_fail_the_engine_and_tell_its_pending_sessions(reason: str) -> None:
     pods = [d.PodView("p1", reason, "asr: missing (container engine, 2 restarts)")]
     result = plan([session("s")], pods)
@@ -331,8 +362,10 @@ def test_settled_state_writes_nothing() -> None:
         endpoint="http://10.0.0.1:8000",
         conditions=tuple(first.session_patches["s"]["conditions"]),
     )
-    again = plan([settled], [ready("p1")], status=status)
+    marked = dataclasses.replace(ready("p1"), busy=True, cost=1)
+    again = plan([settled], [marked], status=status)
     assert again.session_patches == {} and again.status_patch == {} and again.replicas == 1
+    assert again.pod_patches == {} and again.rollout_ready
 
 
 def test_idle_engine_waits_then_scales_to_zero() -> None:
@@ -386,3 +419,104 @@ def test_set_condition_moves_time_only_on_a_flip() -> None:
     both, _ = c.set_condition(flipped, c.condition(c.RECONCILED, True, c.SUCCEEDED), "t5")
     assert [x["type"] for x in both] == [c.READY, c.RECONCILED]
     assert c.find_condition(both, c.RECONCILED)["lastTransitionTime"] == "t5"
+
+
+def busy(name: str, ip: str, sessions: int) -> d.PodView:
+    return dataclasses.replace(ready(name, ip), busy=sessions > 0, cost=sessions)
+
+
+def test_a_pod_is_marked_busy_when_it_gets_sessions_and_idle_when_they_go() -> None:
+    result = plan([session("s")], [ready("p1")])
+    assert result.session_patches["s"]["pod"] == "p1"
+    assert result.pod_patches == {"p1": d.pod_marks(1)}
+    meta = d.pod_marks(1)["metadata"]
+    assert meta["labels"] == {names.LABEL_BUSY: "true"}
+    assert meta["annotations"] == {
+        names.DELETION_COST: "1",
+        names.SAFE_TO_EVICT: "false",
+        names.DO_NOT_DISRUPT: "true",
+    }
+    idle = plan([], [busy("p1", "10.0.0.1", 1)])
+    assert idle.pod_patches == {"p1": d.pod_marks(0)}
+    cleared = d.pod_marks(0)["metadata"]
+    assert set(cleared["labels"].values()) | set(cleared["annotations"].values()) == {None}
+    # More sessions on a pod already busy: no write (costs are settled before a scale-down).
+    more = plan([session("a", pod="p1", phase="Active"), session("b")], [busy("p1", "10.0.0.1", 1)])
+    assert more.pod_patches == {} and more.rollout_ready is False
+
+
+def test_a_scale_down_waits_until_every_pod_shows_its_session_count() -> None:
+    # Three sessions on p2, which carries an old count; p1 is empty: one replica is enough.
+    sessions = [session(n, pod="p2", phase="Active") for n in "abc"]
+    pods = [ready("p1", "10.0.0.1"), busy("p2", "10.0.0.2", 1)]
+    scaling = d.Scaling(0, 2, 4, 300, "ScaleToZero", True)
+    first = plan(sessions, pods, current=2, scaling=scaling)
+    assert first.replicas == 2  # not yet: the ReplicaSet could pick p2
+    assert first.pod_patches == {"p2": d.pod_marks(3)} and not first.rollout_ready
+    assert first.status_patch["replicas"] == 2
+    pods[1] = busy("p2", "10.0.0.2", 3)  # the pods now show it
+    second = plan(sessions, pods, current=2, scaling=scaling)
+    assert second.replicas == 1 and second.pod_patches == {}
+    # Growing never waits.
+    grow = plan([*sessions, session("d"), session("e")], pods[:1], current=1, scaling=scaling)
+    assert grow.replicas == 2
+
+
+def test_a_rollout_writes_the_session_counts_first() -> None:
+    sessions = [session(n, pod="p1", phase="Active") for n in "ab"]
+    stale = [busy("p1", "10.0.0.1", 1)]
+    assert plan(sessions, stale).pod_patches == {}  # no rollout: counts may lag
+    pending = plan(sessions, stale, rollout=True)
+    assert pending.pod_patches == {"p1": d.pod_marks(2)} and not pending.rollout_ready
+    assert plan(sessions, [busy("p1", "10.0.0.1", 2)], rollout=True).rollout_ready
+
+
+SPEC, TEMPLATE = "spec-1", "template-1"
+
+
+@pytest.mark.parametrize(
+    ("annotations", "busy_engine", "changed", "action"),
+    [
+        ({names.SPEC_HASH: SPEC, names.TEMPLATE_HASH: TEMPLATE}, True, False, None),
+        ({names.SPEC_HASH: "spec-0", names.TEMPLATE_HASH: TEMPLATE}, True, False, d.REPLACE),
+        # An operator upgrade builds another template for the same spec: idle engines only.
+        ({names.SPEC_HASH: SPEC, names.TEMPLATE_HASH: "template-0"}, True, False, None),
+        ({names.SPEC_HASH: SPEC, names.TEMPLATE_HASH: "template-0"}, False, False, d.REPLACE),
+        # A Deployment from before the hashes: adopted when busy, unless its spec changed.
+        ({}, True, False, d.ADOPT),
+        ({}, True, True, d.REPLACE),
+        ({}, False, False, d.REPLACE),
+    ],
+)
+def test_template_action(
+    annotations: dict, busy_engine: bool, changed: bool, action: str | None
+) -> None:
+    assert d.template_action(annotations, SPEC, TEMPLATE, busy_engine, changed) == action
+
+
+LISTING = d.Listing(started=100.0, uids=frozenset({"listed"}))
+
+
+@pytest.mark.parametrize(
+    ("uid", "indexed_at", "listing", "current"),
+    [
+        ("gone", 50.0, None, True),  # no re-list yet: the index is all there is
+        ("listed", 50.0, LISTING, True),
+        ("gone", 50.0, LISTING, False),  # deleted during a watch gap: the re-list drops it
+        ("new", 100.5, LISTING, True),  # created after the re-list began
+    ],
+)
+def test_index_entries_stand_until_a_re_list_shows_them_gone(
+    uid: str, indexed_at: float, listing: d.Listing | None, current: bool
+) -> None:
+    assert d.is_current(uid, indexed_at, listing) is current
+
+
+def test_pod_view_reads_the_operators_marks() -> None:
+    body = pod(conditions=[SCHEDULED])
+    assert (d.pod_view(body).busy, d.pod_view(body).cost) == (False, 0)
+    body["metadata"]["labels"] = {names.LABEL_BUSY: "true"}
+    body["metadata"]["annotations"] = {names.DELETION_COST: "3"}
+    assert (d.pod_view(body).busy, d.pod_view(body).cost) == (True, 3)
+    body["metadata"]["annotations"] = {names.DELETION_COST: "many"}  # someone else's value
+    assert d.pod_view(body).cost == 0

@@ -37,6 +37,36 @@ def test_default_service_matches_golden() -> None:
     )
 
 
+def test_default_pdb_keeps_only_busy_pods_and_lets_unhealthy_ones_go() -> None:
+    pdb = objects.build_engine_pdb(default_body(), settings())
+    assert pdb == golden("default-pdb.yaml")
+    assert pdb["spec"]["selector"]["matchLabels"][names.LABEL_BUSY] == "true"
+    assert pdb["spec"]["maxUnavailable"] == 0
+
+
+def test_vllm_listens_on_loopback_and_is_probed_from_inside() -> None:
+    vllm = containers(objects.build_engine_deployment(default_body(), settings(), 1))["vllm"]
+    assert "--host=127.0.0.1" in vllm["args"] and "ports" not in vllm
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        command = vllm[probe]["exec"]["command"]
+        assert command[:2] == ["python3", "-c"] and "http://127.0.0.1:8001/health" in command[2]
+
+
+def test_the_spec_hash_ignores_new_empty_fields_and_follows_real_changes() -> None:
+    spec = objects.effective_spec({"tutorId": 7}, settings())
+    digest = objects.spec_hash(spec)
+    # A newer operator adds fields with empty defaults: the same engine keeps its digest.
+    assert objects.spec_hash({**spec, "newField": [], "other": {"nested": ""}}) == digest
+    assert objects.spec_hash({**spec, "nodeSelector": {"pool": "a100"}}) != digest
+    built = objects.build_engine_deployment(default_body(), settings(), 1)
+    annotations = built["metadata"]["annotations"]
+    assert annotations[names.SPEC_HASH] == objects.spec_hash(
+        objects.effective_spec(default_body()["spec"], settings())
+    )
+    assert annotations[names.TEMPLATE_HASH] == objects.template_hash(built["spec"]["template"])
+    assert not any("version" in k for k in built["spec"]["template"]["metadata"]["annotations"])
+
+
 def containers(built: dict) -> dict[str, dict]:
     return {c["name"]: c for c in built["spec"]["template"]["spec"]["containers"]}
 
@@ -146,14 +176,64 @@ def test_settings_shape_every_default_engine() -> None:
     assert env["ENGINE_LLM_BACKEND"] == "mock"
 
 
-def test_extra_env_overrides_by_name_and_template_patch_carries_it() -> None:
+def test_extra_env_overrides_by_name() -> None:
     spec = {"tutorId": 1, "env": [{"name": "ENGINE_PORT", "value": "9000"}]}
     built = objects.build_engine_deployment(engine(spec), settings(), 1)
     env = built["spec"]["template"]["spec"]["containers"][0]["env"]
     assert [e["value"] for e in env if e["name"] == "ENGINE_PORT"] == ["9000"]
-    patch = objects.deployment_template_patch(built)
-    assert patch["spec"]["template"] == built["spec"]["template"]
-    assert "replicas" not in patch["spec"]
+
+
+def test_a_replacement_drops_removed_fields_and_keeps_what_others_own() -> None:
+    before = {
+        "tutorId": 1,
+        "nodeSelector": {"pool": "a100", "zone": "a"},
+        "resources": {"gpuClaimTemplate": "single-gpu"},
+    }
+    live = objects.build_engine_deployment(engine(before), settings(), 2)
+    live["metadata"].update(resourceVersion="41", uid="u-1", finalizers=["x/y"])
+    live["metadata"]["annotations"]["deployment.kubernetes.io/revision"] = "3"
+    live["metadata"]["labels"]["team"] = "math"
+    live["status"] = {"replicas": 2}
+    after = {"tutorId": 1, "nodeSelector": {"pool": "a100"}}  # zone and the DRA claim gone
+    built = objects.build_engine_deployment(engine(after), settings(), 0)
+    new = objects.deployment_replacement(live, built, 2)
+    pod = new["spec"]["template"]["spec"]
+    assert pod["nodeSelector"] == {"pool": "a100"}
+    assert "resourceClaims" not in pod
+    assert all("claims" not in c["resources"] for c in pod["containers"])
+    assert new["spec"]["replicas"] == 2 and "status" not in new
+    meta = new["metadata"]
+    assert (meta["resourceVersion"], meta["uid"], meta["finalizers"]) == ("41", "u-1", ["x/y"])
+    assert meta["annotations"]["deployment.kubernetes.io/revision"] == "3"
+    assert meta["annotations"][names.SPEC_HASH] == built["metadata"]["annotations"][names.SPEC_HASH]
+    assert meta["labels"]["team"] == "math"
+
+
+def test_placement_fields_reach_the_pod_only_when_set() -> None:
+    bare = objects.build_engine_deployment(default_body(), settings(), 1)["spec"]["template"]
+    for field in (
+        "imagePullSecrets",
+        "serviceAccountName",
+        "priorityClassName",
+        "affinity",
+        "topologySpreadConstraints",
+    ):
+        assert field not in bare["spec"], field
+    custom = settings(
+        image_pull_secrets=[{"name": "regcred"}],
+        service_account="engine",
+        priority_class="gpu-high",
+        topology_spread=[
+            {"maxSkew": 1, "topologyKey": "zone", "whenUnsatisfiable": "DoNotSchedule"}
+        ],
+    )
+    pod = objects.build_engine_deployment(engine({"tutorId": 3}), custom, 1)["spec"]["template"]
+    assert pod["spec"]["imagePullSecrets"] == [{"name": "regcred"}]
+    assert pod["spec"]["serviceAccountName"] == "engine"
+    assert pod["spec"]["automountServiceAccountToken"] is False  # engines never call the API
+    assert pod["spec"]["priorityClassName"] == "gpu-high"
+    spread = pod["spec"]["topologySpreadConstraints"][0]
+    assert spread["labelSelector"] == {"matchLabels": names.selector_labels("tutor-3")}
 
 
 def test_scaling_comes_from_spec_or_defaults_and_only_defaults_are_deletable() -> None:
