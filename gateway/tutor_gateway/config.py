@@ -98,6 +98,36 @@ class GatewaySettings(BaseSettings):
     activity_patch_interval_seconds: float = Field(
         15, ge=0, description="Cluster mode: least time between two lastActivity patches."
     )
+    # Cluster mode: Kubernetes API calls and the TutorSession cache (tutor_gateway.kube.reflector).
+    kube_api_timeout_seconds: float = Field(
+        10,
+        gt=0,
+        description="Cluster mode: longest wait to connect, send, or read each response of one "
+        "Kubernetes API request (a REST call whose request times out is answered 503).",
+    )
+    kube_watch_timeout_seconds: int = Field(
+        60,
+        ge=1,
+        description="Cluster mode: timeoutSeconds asked of the API server for each watch; "
+        "when the server ends it, the watch resumes from the last resourceVersion seen.",
+    )
+    kube_watch_stale_seconds: float | None = Field(
+        None,
+        gt=0,
+        description="Cluster mode: a watch that delivers nothing (no event, not even a "
+        "bookmark) for this long is taken as stale or half-open: dropped and the sessions "
+        "re-listed. Default KUBE_WATCH_TIMEOUT_SECONDS + 15. Set it below the watch timeout "
+        "only for API servers that send bookmarks more often (Kubernetes: about once a minute).",
+    )
+    kube_retry_initial_seconds: float = Field(
+        0.5,
+        gt=0,
+        description="Cluster mode: first back-off after a failed list or watch (doubling, "
+        "jittered, up to KUBE_RETRY_MAX_SECONDS) before the sessions are re-listed.",
+    )
+    kube_retry_max_seconds: float = Field(
+        30, gt=0, description="Cluster mode: longest back-off between two list attempts."
+    )
 
     # HTTP and WebSocket transport limits (tutor_gateway.server; README, "Limits and abuse").
     max_request_body_bytes: int = Field(
@@ -143,6 +173,14 @@ class GatewaySettings(BaseSettings):
             self.ws_max_frame_bytes = 2 * self.max_message_bytes
         if self.ws_max_frame_bytes < self.max_message_bytes:
             raise ValueError("WS_MAX_FRAME_BYTES must be at least MAX_MESSAGE_BYTES")
+        return self
+
+    @model_validator(mode="after")
+    def _kube_watch_bounds(self) -> GatewaySettings:
+        if self.kube_watch_stale_seconds is None:
+            self.kube_watch_stale_seconds = float(self.kube_watch_timeout_seconds + 15)
+        if self.kube_retry_max_seconds < self.kube_retry_initial_seconds:
+            raise ValueError("KUBE_RETRY_MAX_SECONDS must be at least KUBE_RETRY_INITIAL_SECONDS")
         return self
 
     @model_validator(mode="after")

@@ -5,6 +5,7 @@ The same REST and WebSocket surface as the local mode, with sessions as TutorSes
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 import time
@@ -101,15 +102,35 @@ def test_expiry_scale_down_and_a_new_session_starts_the_engine_again(
     assert kube.get("deployments", "tutor-4")["spec"]["replicas"] == 1
 
 
+def _epoch(stamp: str) -> float:
+    return dt.datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+
+
 def test_activity_keeps_a_session_alive(cluster: Cluster, gateway_factory) -> None:
-    gateway = cluster_gateway(gateway_factory, cluster.url, session_timeout_seconds=3)
+    """A session talked to outlives its timeout; left idle, it expires.
+
+    Timed by the session's own timestamps, not by how long the engine took to cold-start (the
+    relay records activity while a reply is awaited) or by a fixed talk time.
+    """
+    timeout = 3
+    gateway = cluster_gateway(gateway_factory, cluster.url, session_timeout_seconds=timeout)
     session = create_session(gateway, tutor_id=6)
+    sid = session["session_id"]
     with open_ws(gateway, session) as ws:
-        started = time.monotonic()
-        while time.monotonic() - started < 5:
+        assert say(ws, "hello")["type"] == "text"  # however long the engine took to start
+        created = _epoch(cluster.kube.get("tutorsessions", sid)["metadata"]["creationTimestamp"])
+        # Talk, with pauses, until the session has lived twice its timeout and more.
+        while time.time() < created + 2 * timeout + 1:
             assert say(ws, "still here")["type"] == "text"
             time.sleep(0.5)
-    assert phase(cluster.kube, "tutorsessions", session["session_id"]) == "Active"
+        status = cluster.kube.get("tutorsessions", sid)["status"]
+        assert status["phase"] == "Active"
+        assert time.time() - _epoch(status["lastActivity"]) < timeout  # recorded as it happened
+    wait_for(
+        lambda: phase(cluster.kube, "tutorsessions", sid) in (None, "Expired"),
+        30,
+        "the idle session to expire",
+    )
 
 
 def test_two_gateway_replicas_serve_the_same_session(cluster: Cluster, gateway_factory) -> None:

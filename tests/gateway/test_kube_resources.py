@@ -71,5 +71,12 @@ def test_waiting_reason_comes_from_the_ready_condition() -> None:
     assert waiting_reason({"status": {"phase": "Pending"}}) == "Pending"
 
 
-def test_activity_patch_is_rfc3339() -> None:
-    assert activity_patch(1767225600.0) == {"status": {"lastActivity": "2026-01-01T00:00:00Z"}}
+def test_activity_patch_is_rfc3339_with_sub_second_precision() -> None:
+    """Whole seconds would make a session up to 1 s idler than it is (issue 10, point 8)."""
+    patch = activity_patch(1767225600.25)
+    assert patch == {"status": {"lastActivity": "2026-01-01T00:00:00.250000Z"}}
+    assert activity_patch(1767225600.0)["status"]["lastActivity"] == "2026-01-01T00:00:00.000000Z"
+    obj = build_session("sid", 1, 2, None, HASH, 60)
+    obj["metadata"]["creationTimestamp"] = "2026-01-01T00:00:00Z"
+    obj["status"] = patch["status"]
+    assert session_of(obj, now=0).last_activity == 1767225600.25

@@ -8,11 +8,14 @@ import logging
 from collections.abc import AsyncIterator
 
 import httpx
+import httpx2
 from lightkube import AsyncClient, KubeConfig
+from lightkube.config.client_adapter import AsyncClient as AdapterClient
+from lightkube.config.client_adapter import ConnectionParams
 
 from ..config import GatewaySettings
 from ..service import Gateway
-from .reflector import Reflector
+from .reflector import Reflector, WatchSettings
 from .resources import TutorSession
 from .router import KubeEngineRouter
 from .store import KubeSessionStore
@@ -23,16 +26,17 @@ log = logging.getLogger("tutor_gateway.kube")
 def kube_config(settings: GatewaySettings) -> KubeConfig:
     """An explicit API server URL (tests, development), else in-cluster or kubeconfig."""
     if settings.kube_api_url:
+        user = {"token": settings.kube_api_token} if settings.kube_api_token else {}
         return KubeConfig.from_dict(
             {
                 "clusters": [{"name": "api", "cluster": {"server": settings.kube_api_url}}],
-                "users": [{"name": "anonymous", "user": {}}],
+                "users": [{"name": "user", "user": user}],
                 "contexts": [
                     {
                         "name": "api",
                         "context": {
                             "cluster": "api",
-                            "user": "anonymous",
+                            "user": "user",
                             "namespace": settings.kube_namespace or "default",
                         },
                     }
@@ -43,15 +47,29 @@ def kube_config(settings: GatewaySettings) -> KubeConfig:
     return KubeConfig.from_env()
 
 
+def watch_settings(settings: GatewaySettings) -> WatchSettings:
+    """The reflector's timeouts and back-off from the gateway's KUBE_* settings."""
+    return WatchSettings(
+        request_timeout=settings.kube_api_timeout_seconds,
+        watch_timeout=settings.kube_watch_timeout_seconds,
+        stale_seconds=settings.kube_watch_stale_seconds or settings.kube_watch_timeout_seconds + 15,
+        retry_initial=settings.kube_retry_initial_seconds,
+        retry_max=settings.kube_retry_max_seconds,
+    )
+
+
 @contextlib.asynccontextmanager
 async def cluster_mode(settings: GatewaySettings) -> AsyncIterator[Gateway]:
     """Sessions are TutorSession resources; engines are the pods the operator pins them to."""
     if not settings.engine_api_key:
         raise ValueError("ENGINE_API_KEY is required in kubernetes mode (the engines' secret)")
     config = kube_config(settings)
-    client = AsyncClient(config, field_manager="tutor-gateway")
+    timeout = httpx2.Timeout(settings.kube_api_timeout_seconds)
+    client = AsyncClient(config, field_manager="tutor-gateway", timeout=timeout)
+    # The reflector's own HTTP client: the same server, credentials and TLS as ``client``.
+    watch_http = AdapterClient(client.config, ConnectionParams(timeout=timeout))
     namespace = settings.kube_namespace or client.namespace
-    sessions = Reflector(client, TutorSession, namespace)
+    sessions = Reflector(watch_http, TutorSession, namespace, watch_settings(settings))
     store = KubeSessionStore(
         client,
         sessions,
@@ -72,4 +90,5 @@ async def cluster_mode(settings: GatewaySettings) -> AsyncIterator[Gateway]:
         with contextlib.suppress(asyncio.CancelledError):
             await watcher
         await http.aclose()
+        await watch_http.aclose()
         await client.close()

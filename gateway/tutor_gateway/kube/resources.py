@@ -6,12 +6,17 @@ import datetime as dt
 from typing import Any
 
 from lightkube.generic_resource import create_namespaced_resource
-from tutor_operator import GROUP, VERSION
-from tutor_operator.names import (
+from tutor_contract.crd import (
+    ACTIVE,
+    GATEWAY_MANAGER,
+    GROUP,
+    LABEL_MANAGED_BY,
     LABEL_TUTOR_ID,
+    PENDING,
+    READY,
     SESSION_KIND,
     SESSION_PLURAL,
-    format_time,
+    VERSION,
     parse_time,
 )
 
@@ -46,7 +51,7 @@ def build_session(
             "name": session_id,
             "labels": {
                 LABEL_TUTOR_ID: str(tutor_id),
-                "app.kubernetes.io/managed-by": "tutor-gateway",
+                LABEL_MANAGED_BY: GATEWAY_MANAGER,
             },
         },
         "spec": spec,
@@ -60,7 +65,7 @@ def _epoch(text: str | None, default: float) -> float:
 
 def seed_status(phase: str | None) -> str:
     """The seed's ``status`` for a phase: a live session (waiting or routed) is ``active``."""
-    return "active" if phase in (None, "Pending", "Active") else phase.lower()
+    return "active" if phase in (None, PENDING, ACTIVE) else phase.lower()
 
 
 def session_of(obj: Obj, now: float) -> Session:
@@ -82,20 +87,23 @@ def session_of(obj: Obj, now: float) -> Session:
 def endpoint_of(obj: Obj) -> str | None:
     """The engine base URL of an Active session, or None while it is not routable."""
     status = obj.get("status") or {}
-    return status.get("endpoint") if status.get("phase") == "Active" else None
+    return status.get("endpoint") if status.get("phase") == ACTIVE else None
 
 
 def waiting_reason(obj: Obj) -> str:
     """Why a session is not routable yet, from its Ready condition (for error messages)."""
     status = obj.get("status") or {}
     for condition in status.get("conditions") or []:
-        if condition.get("type") == "Ready":
-            return f"{condition.get('reason', 'Pending')}: {condition.get('message', '')}".strip(
-                ": "
-            )
-    return status.get("phase") or "Pending"
+        if condition.get("type") == READY:
+            return f"{condition.get('reason', PENDING)}: {condition.get('message', '')}".strip(": ")
+    return status.get("phase") or PENDING
 
 
 def activity_patch(moment: float) -> Obj:
-    """Status merge patch recording client activity at ``moment`` (epoch seconds)."""
-    return {"status": {"lastActivity": format_time(dt.datetime.fromtimestamp(moment, dt.UTC))}}
+    """Status merge patch recording client activity at ``moment`` (epoch seconds).
+
+    With microseconds (RFC 3339, as Kubernetes' MicroTime): whole seconds would make a session
+    look up to a second idler than it is, a third of a short timeout.
+    """
+    stamp = dt.datetime.fromtimestamp(moment, dt.UTC).isoformat(timespec="microseconds")
+    return {"status": {"lastActivity": stamp.replace("+00:00", "Z")}}

@@ -7,6 +7,7 @@ import contextlib
 import logging
 
 import httpx
+from tutor_contract.crd import ENGINE_KEY_HEADER, FAILED
 
 from ..engines import EngineEndpoint, EngineUnavailable
 from ..sessions import Session
@@ -35,9 +36,11 @@ class KubeEngineRouter:
                 raise EngineUnavailable("the session no longer exists")
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(5.0):
-                    await self.sessions.wait_for(lambda: self._endpoint(sid) is not None)
+                    await self.sessions.wait_for(
+                        lambda: self._endpoint(sid) is not None or sid not in self.sessions.objects
+                    )
             obj = self.sessions.objects.get(sid)
-            if obj is not None and (obj.get("status") or {}).get("phase") == "Failed":
+            if obj is not None and (obj.get("status") or {}).get("phase") == FAILED:
                 raise EngineUnavailable(waiting_reason(obj))
         return EngineEndpoint(str(self._endpoint(sid)), self.api_key)
 
@@ -49,7 +52,7 @@ class KubeEngineRouter:
             return
         with contextlib.suppress(httpx.HTTPError):
             await self.http.delete(
-                f"{base}/sessions/{session.session_id}", headers={"X-Engine-Key": self.api_key}
+                f"{base}/sessions/{session.session_id}", headers={ENGINE_KEY_HEADER: self.api_key}
             )
 
     def report_failure(self, session: Session, endpoint: EngineEndpoint) -> None:

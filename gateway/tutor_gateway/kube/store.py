@@ -13,6 +13,7 @@ from cachetools import TTLCache
 from lightkube import AsyncClient
 from lightkube.core.exceptions import ApiError
 from lightkube.types import PatchType
+from tutor_contract.crd import EXPIRED
 
 from ..policy import has_capacity
 from ..sessions import CapacityError, EndReason, RemovalListener, Session, StoreUnavailable
@@ -32,7 +33,8 @@ def _api(action: str) -> Iterator[None]:
             raise
         raise StoreUnavailable(f"Kubernetes API refused to {action}: {exc.status.message}") from exc
     except httpx2.HTTPError as exc:
-        raise StoreUnavailable(f"Kubernetes API unreachable ({action}): {exc}") from exc
+        detail = str(exc) or type(exc).__name__  # a timeout's text is empty
+        raise StoreUnavailable(f"Kubernetes API unreachable ({action}): {detail}") from exc
 
 
 class KubeSessionStore:
@@ -64,7 +66,7 @@ class KubeSessionStore:
         if event != "DELETED":
             return
         status = obj.get("status") or {}
-        reason: EndReason = "expired" if status.get("phase") == "Expired" else "deleted"
+        reason: EndReason = "expired" if status.get("phase") == EXPIRED else "deleted"
         session = session_of(obj, self._clock())
         self._ended[session.session_id] = reason
         for listener in self._listeners:
@@ -149,4 +151,4 @@ class KubeSessionStore:
 def _ending(obj: Obj) -> bool:
     """Whether a TutorSession is on its way out (expired or being deleted)."""
     status = obj.get("status") or {}
-    return bool(obj["metadata"].get("deletionTimestamp")) or status.get("phase") == "Expired"
+    return bool(obj["metadata"].get("deletionTimestamp")) or status.get("phase") == EXPIRED
