@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
@@ -181,8 +182,12 @@ class EngineRegistry:
         assert self.directory is not None
         return self.directory / f"engine-{pid}.json"
 
-    def add(self, pid: int, tutor_id: int, port: int) -> EngineRecord | None:
-        """Record an engine this gateway just started (nothing if it already exited)."""
+    def add(self, pid: int, tutor_id: int, port: int, argv: Sequence[str]) -> EngineRecord | None:
+        """Record an engine this gateway just started with ``argv`` (nothing if it exited).
+
+        The command line recorded is the ``argv`` given to exec, not ``/proc``'s: just after
+        exec, before the kernel has set up the new arguments, ``/proc`` reads it as empty.
+        """
         if self.directory is None:
             return None
         seen = identity(_process(pid))
@@ -190,8 +195,9 @@ class EngineRegistry:
             return None
         if self._gateway_start is None:
             self._gateway_start = psutil.Process().create_time()
+        cmdline = tuple(str(arg) for arg in argv)
         record = EngineRecord(
-            pid, seen.start_time, seen.cmdline, tutor_id, port, os.getpid(), self._gateway_start
+            pid, seen.start_time, cmdline, tutor_id, port, os.getpid(), self._gateway_start
         )
         self.write(record)
         return record

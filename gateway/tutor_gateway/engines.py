@@ -197,19 +197,22 @@ class LocalEngines:
         listener = socket.create_server(("127.0.0.1", 0))
         port = listener.getsockname()[1]
         env = {**os.environ, "ENGINE_TUTOR_ID": str(tutor_id), "ENGINE_API_KEY": self.api_key}
+        argv = [
+            *self.command,
+            "--fd",
+            str(listener.fileno()),
+            *parent_link().engine_args(),  # the engine exits when this gateway dies
+        ]
         try:
             process = await asyncio.create_subprocess_exec(
-                *self.command,
-                "--fd",
-                str(listener.fileno()),
-                *parent_link().engine_args(),  # the engine exits when this gateway dies
+                *argv,
                 env=env,
                 pass_fds=(listener.fileno(), *parent_link().pass_fds),
                 stdin=asyncio.subprocess.DEVNULL,
             )
         finally:
             listener.close()
-        self.registry.add(process.pid, tutor_id, port)
+        self.registry.add(process.pid, tutor_id, port, argv)
         engine = LocalEngine(tutor_id, port, process)
         log.info("started engine for tutor %s (pid %s, port %s)", tutor_id, process.pid, port)
         try:

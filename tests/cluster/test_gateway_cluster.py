@@ -167,7 +167,11 @@ def test_a_connection_waits_for_the_engine_to_start(
     session = create_session(gateway, tutor_id=8)
     with open_ws(gateway, session) as ws:
         assert "unavailable" in closed_with(ws, 4503).lower()
-    assert phase(kube, "tutorsessions", session["session_id"]) == "Pending"
+    # A loaded operator may not have written any status within the gateway's 2 s: wait for it.
+    wait_for(
+        lambda: phase(kube, "tutorsessions", session["session_id"]) == "Pending",
+        what="the session reported Pending while no pod can start",
+    )
 
 
 def test_messages_wait_while_the_engine_pod_starts(

@@ -470,18 +470,22 @@ def test_verdict(engine: Identity | None, gateway_start: float | None, expected:
 
 def test_a_registry_without_a_state_dir_keeps_nothing(tmp_path: Path) -> None:
     registry = EngineRegistry(None)
-    assert registry.add(os.getpid(), 1, 1234) is None
+    assert registry.add(os.getpid(), 1, 1234, ["python"]) is None
     assert registry.records() == [] and registry.stop_stale() == []
 
 
 def test_a_registry_records_and_forgets(tmp_path: Path) -> None:
     registry = EngineRegistry(tmp_path / "state")
     assert registry.records() == [], "a missing state directory is an empty one"
-    engine = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    argv = [sys.executable, "-c", "import time; time.sleep(600)"]
+    engine = subprocess.Popen(argv)
     try:
-        record = registry.add(engine.pid, 5, 1234)
+        record = registry.add(engine.pid, 5, 1234, argv)
         assert record is not None and record.gateway_pid == os.getpid()
-        assert record.cmdline == tuple(psutil.Process(engine.pid).cmdline())
+        # What exec was given, which /proc shows once the kernel has set it up (at first, it
+        # may read as empty: the race the recorded argv avoids).
+        assert record.cmdline == tuple(argv)
+        wait_for(lambda: psutil.Process(engine.pid).cmdline() == argv, 30, "the child's argv")
         path = tmp_path / "state" / "engines" / f"engine-{engine.pid}.json"
         assert registry.records() == [(path, record)]
         assert registry.stop_stale() == [], "its gateway (this process) is alive: kept"
@@ -492,4 +496,4 @@ def test_a_registry_records_and_forgets(tmp_path: Path) -> None:
     finally:
         engine.kill()
         engine.wait()
-    assert registry.add(engine.pid, 5, 1234) is None, "an engine that exited is not recorded"
+    assert registry.add(engine.pid, 5, 1234, argv) is None, "an exited engine is not recorded"
