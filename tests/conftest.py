@@ -12,6 +12,7 @@ from tutor_gateway.config import GatewaySettings
 from tutor_gateway.server import uvicorn_options
 
 from .servers import RunningServer, loopback_socket, serve
+from .support.redis_server import RedisServer
 
 GatewayFactory = Callable[..., RunningServer]
 
@@ -38,3 +39,14 @@ def gateway_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gatewa
 def gateway(gateway_factory: GatewayFactory) -> RunningServer:
     """A local-mode gateway with the seed's defaults (engines start on demand)."""
     return gateway_factory()
+
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisServer]:
+    """A real redis-server on 127.0.0.1 (no password), stopped after the test.
+
+    ``.url``, ``.stop()`` and ``.start()`` (same port, empty) for "store down and back";
+    build a ``RedisServer(password=...)`` directly for other setups.
+    """
+    with RedisServer() as server:
+        yield server

@@ -1,4 +1,8 @@
-"""Run an engine: ``python -m tutor_engine [--host H] [--port P | --fd N] [--parent-pid P]``."""
+"""Run an engine: ``python -m tutor_engine [--host H] [--port P | --fd N] [--parent-pid P]``.
+
+SIGTERM drains (``tutor_engine.drain``): new sessions are refused, turns in flight finish
+within ``ENGINE_DRAIN_SECONDS``, the remaining WebSockets close with 1012, and the exit code is 0.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ import uvicorn
 
 from .app import create_app
 from .config import EngineSettings
+from .drain import DrainingServer
 from .parent_watch import watch_parent
 from .transport import WS_PROTOCOL
 
@@ -17,7 +22,8 @@ EXIT_LOAD_FAILED = 3  # the operator reads this exit code as "models failed to l
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Serve one tutor's engine until SIGTERM (exit 3 after a load failure, if so configured)."""
+    """Serve one tutor's engine until SIGTERM, then drain (exit 3 after a load failure, if so
+    configured)."""
     settings = EngineSettings()
     parser = argparse.ArgumentParser(prog="tutor-engine", description=__doc__)
     parser.add_argument("--host", default=settings.host)
@@ -57,8 +63,10 @@ def main(argv: list[str] | None = None) -> None:
         # once, and between the gateway and the engine compression buys nothing.
         ws_per_message_deflate=False,
         access_log=False,
+        # After the drain only idle HTTP connections remain; never wait on them for long.
+        timeout_graceful_shutdown=5,
     )
-    server = uvicorn.Server(config)
+    server = DrainingServer(config, app.state.engine.drain)
     server.run()
     if app.state.engine.load_error and settings.exit_on_load_failure:
         sys.exit(EXIT_LOAD_FAILED)

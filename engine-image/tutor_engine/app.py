@@ -1,9 +1,9 @@
 """The engine's HTTP and WebSocket server (FastAPI).
 
 ``/ws/{session_id}`` speaks the seed's conversation protocol (served by ``connection``);
-``/healthz`` says the process is alive, ``/readyz`` that every model is loaded; ``/metrics``
-is Prometheus text; ``DELETE /sessions/{id}`` ends a session: its turns are cancelled and its
-history dropped for good.
+``/healthz`` says the process is alive, ``/readyz`` that every model is loaded (and the engine
+is not draining); ``/metrics`` is Prometheus text; ``DELETE /sessions/{id}`` ends a session: its
+turns are cancelled and its history deleted for good, on every engine sharing the store.
 """
 
 from __future__ import annotations
@@ -22,11 +22,12 @@ from fastapi import FastAPI, Header, HTTPException, Path, Request, WebSocket, We
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.websockets import WebSocketDisconnected
+from tutor_contract.relay import RELAY_HEADER
 
 from .backends import Backend, Backends, build_backends
 from .config import EngineSettings
 from .connection import Connection, Sessions
-from .history import ConversationStore
+from .history import GuardedHistory, HistoryUnavailable, open_store
 from .knowledge import KnowledgeError, check_kb_id
 from .metrics import EngineMetrics
 from .pipeline import Conversation, TutorPipeline
@@ -42,7 +43,7 @@ SESSION_ID = Path(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._-]+$")
 
 
 class EngineState:
-    """Everything one engine app holds: settings, backends, history, readiness."""
+    """Everything one engine app holds: settings, backends, history, readiness, draining."""
 
     def __init__(
         self,
@@ -53,17 +54,20 @@ class EngineState:
         self.settings = settings
         self.on_load_failure = on_load_failure
         self.backends = backends
-        self.store = ConversationStore(
-            settings.max_history_messages,
-            settings.session_ttl_seconds,
-            max_ended=settings.max_ended_sessions,
-        )
         self.metrics = EngineMetrics()
-        self.pipeline = TutorPipeline(backends, self.store, settings, self.metrics)
+        self.history = GuardedHistory(
+            open_store(settings),
+            settings.history_timeout_seconds,
+            self.metrics.history_errors,
+            self.metrics.history_seconds,
+        )
+        self.pipeline = TutorPipeline(backends, self.history, settings, self.metrics)
         self.scheduler = TurnScheduler(settings.max_concurrent_turns)
         self.metrics.turns_running.set_function(lambda: self.scheduler.running)
         self.metrics.turns_waiting.set_function(lambda: self.scheduler.waiting)
         self.sessions = Sessions()
+        self.metrics.sessions.set_function(lambda: len(self.sessions))
+        self.draining = False
         self.parse_executor = ThreadPoolExecutor(PARSE_THREADS, thread_name_prefix="tutor-parse")
         self.ready = False
         self.load_error: str | None = None
@@ -109,20 +113,45 @@ class EngineState:
         self.loaded[backend.name] = True
         log.info("loaded %s in %.2fs", backend.name, time.perf_counter() - started)
 
+    def not_ready_reason(self) -> str | None:
+        """Why new sessions are refused (``None``: they are taken)."""
+        if self.draining:
+            return "draining"
+        if not self.ready:
+            return self.load_error or "models are still loading"
+        return None
+
+    async def drain(self) -> None:
+        """Stop taking sessions; let turns in flight finish within ``drain_seconds``; then
+        close every WebSocket with 1012. Returns when all are closed."""
+        if self.draining:
+            return
+        self.draining = True
+        self.metrics.ready.set(0)
+        connections = self.sessions.connections()
+        log.info(
+            "draining: %d connections, turns in flight get up to %.0fs",
+            len(connections),
+            self.settings.drain_seconds,
+        )
+        deadline = asyncio.get_running_loop().time() + self.settings.drain_seconds
+        await asyncio.gather(*(c.restart(deadline) for c in connections))
+        log.info("drained")
+
     def authorized(self, key: str | None) -> bool:
         """Whether a caller presented the shared engine key (always, if none is configured)."""
         expected = self.settings.api_key
         return not expected or hmac.compare_digest((key or "").encode(), expected.encode())
 
 
-async def _expire_history(state: EngineState) -> None:
+async def _purge_history(state: EngineState) -> None:
+    """Delete expired history now and then (stores that do not expire it by themselves)."""
     interval = min(60.0, state.settings.session_ttl_seconds / 4)
     while True:
         await asyncio.sleep(interval)
-        dropped = state.store.expire()
-        if dropped:
-            log.info("dropped history of %d idle sessions", len(dropped))
-        state.metrics.sessions.set(len(state.store))
+        with contextlib.suppress(HistoryUnavailable):  # counted and logged by the guard
+            if purged := await state.history.purge():
+                log.info("purged %d expired history entries", purged)
 
 
 def create_app(
@@ -139,7 +168,7 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        tasks = [asyncio.create_task(state.load()), asyncio.create_task(_expire_history(state))]
+        tasks = [asyncio.create_task(state.load()), asyncio.create_task(_purge_history(state))]
         try:
             yield
         finally:
@@ -147,6 +176,9 @@ def create_app(
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             state.parse_executor.shutdown(wait=False, cancel_futures=True)
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(state.settings.history_timeout_seconds):
+                    await state.history.store.close()
             for backend in state.backends.all():
                 with contextlib.suppress(Exception):
                     await backend.close()
@@ -164,13 +196,18 @@ def create_app(
 
     @app.get("/readyz")
     async def readyz() -> JSONResponse:
+        # Readiness is about the models (and draining), never the history store: a store
+        # outage costs history, not answers.
+        reason = state.not_ready_reason()
         body = {
-            "ready": state.ready,
+            "ready": reason is None,
             "tutor_id": settings.tutor_id,
             "backends": dict(state.loaded),
             "error": state.load_error,
+            "reason": reason,
+            "history": state.history.state(),
         }
-        return JSONResponse(body, status_code=200 if state.ready else 503)
+        return JSONResponse(body, status_code=200 if reason is None else 503)
 
     @app.delete("/sessions/{session_id}", status_code=204)
     async def drop_session(
@@ -179,17 +216,22 @@ def create_app(
     ) -> Response:
         if not state.authorized(x_engine_key):
             raise HTTPException(401, "Invalid engine key")
-        # Remembered first, so nothing still running can write its history again; then its
-        # queued messages are dropped and its turns cancelled before the 204.
-        state.store.end(session_id)
+        # Tombstoned first, so nothing still running (here or on another engine) can write
+        # its history again; then its queued messages are dropped and its turns cancelled.
+        try:
+            await state.history.end(session_id)
+        except HistoryUnavailable:
+            await state.sessions.stop_turns(session_id)
+            raise HTTPException(
+                503, "History store unavailable: the session's history expires with its TTL"
+            ) from None
         await state.sessions.stop_turns(session_id)
-        state.metrics.sessions.set(len(state.store))
         return Response(status_code=204)
 
     @app.websocket("/ws/{session_id}")
     async def conversation(websocket: WebSocket, session_id: str) -> None:
-        if not state.ready:  # refused before the upgrade: the gateway waits and tries again
-            reason = state.load_error or "models are still loading"
+        # Refused before the upgrade: the gateway waits and tries again (or another engine).
+        if (reason := state.not_ready_reason()) is not None:
             await websocket.send_denial_response(
                 JSONResponse({"detail": f"Engine not ready: {reason}"}, status_code=503)
             )
@@ -205,14 +247,14 @@ def create_app(
                 conv.kb_id = check_kb_id(kb_id)
             except KnowledgeError as exc:
                 await websocket.send_json(error_message(f"{exc}; answering without it"))
+        relay = websocket.headers.get(RELAY_HEADER) == "1"
         state.metrics.connections.inc()
         try:
-            await Connection(websocket, conv, state).serve()
+            await Connection(websocket, conv, state, relay=relay).serve()
         except (WebSocketDisconnect, WebSocketDisconnected):
             pass  # the client left while we were sending
         finally:
             state.metrics.connections.dec()
-            state.metrics.sessions.set(len(state.store))
 
     @app.exception_handler(HTTPException)
     async def http_error(_: Request, exc: HTTPException) -> JSONResponse:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -17,10 +17,18 @@ def available_cores() -> int:
         return os.cpu_count() or 2
 
 
+HISTORY_SCHEMES = ("sqlite:///", "redis://", "rediss://", "memory://")
+
+
 class EngineSettings(BaseSettings):
     """Configuration of one engine process; the operator and the local provisioner set these."""
 
-    model_config = SettingsConfigDict(env_prefix="ENGINE_", env_file=".env", extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="ENGINE_",
+        env_file=".env",
+        extra="ignore",
+        hide_input_in_errors=True,  # a bad value may hold a secret (a URL with a password)
+    )
 
     tutor_id: int = Field(0, ge=0, description="The tutor this engine serves.")
     host: str = "0.0.0.0"
@@ -108,17 +116,31 @@ class EngineSettings(BaseSettings):
         ge=1,
         description="Audio decodes + transcriptions running at once (default: cores, at most 4).",
     )
-    max_ended_sessions: int = Field(
-        10_000,
-        ge=1,
-        description="Ended sessions remembered (for ENGINE_SESSION_TTL_SECONDS) so a late reply "
-        "cannot write their history again.",
-    )
     max_history_messages: int = Field(
         40, ge=0, description="User and assistant messages kept per session."
     )
     session_ttl_seconds: float = Field(
-        7200.0, gt=0, description="History of a session with no traffic is dropped after this."
+        7200.0,
+        gt=0,
+        description="A session's history (and the tombstone of an ended one) expires this long "
+        "after its last write.",
+    )
+    history_url: str = Field(
+        "memory://",
+        description="Where conversation history lives: sqlite:////abs/path.db, "
+        "redis://host:port/db (or rediss://), or memory:// (dies with the process).",
+    )
+    history_password: SecretStr = Field(
+        SecretStr(""), description="Redis password, used when ENGINE_HISTORY_URL has none."
+    )
+    history_timeout_seconds: float = Field(
+        2.0, gt=0, description="Bound on each history store call; past it the turn goes on."
+    )
+    drain_seconds: float = Field(
+        20.0,
+        ge=0,
+        description="On SIGTERM: how long turns in flight may take to finish before the "
+        "remaining WebSockets are closed with 1012.",
     )
     log_level: str = "info"
     exit_on_load_failure: bool = Field(
@@ -129,3 +151,10 @@ class EngineSettings(BaseSettings):
     termination_log: str = Field(
         "/dev/termination-log", description="Where the load failure goes (terminationMessagePath)."
     )
+
+    @field_validator("history_url")
+    @classmethod
+    def _known_store(cls, url: str) -> str:
+        if not url.startswith(HISTORY_SCHEMES):
+            raise ValueError(f"history_url must start with one of {', '.join(HISTORY_SCHEMES)}")
+        return url

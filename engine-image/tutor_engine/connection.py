@@ -3,20 +3,33 @@
 The reader never stops reading while a turn runs: each frame is parsed (frames over
 ``LARGE_FRAME_CHARS`` in a small thread pool, off the event loop) and then
 
-- rejected with an ``error`` (one log line, no traceback) if it is bad, if the session has
-  ended, or if ``max_pending_turns`` of the session's messages are already waiting;
+- rejected with an ``error`` (one log line, no traceback) if it is bad, or if
+  ``max_pending_turns`` of the session's messages are already waiting;
 - on a plain connection, queued: a worker answers queued messages one after another, so
   replies come in order with exactly the seed's messages;
 - on a streaming connection, it replaces what is queued and interrupts the reply in flight
   (barge-in: ``interrupted``, then the new turn).
 
 Every turn runs inside the engine's ``TurnScheduler``: one turn at a time per session, and
-``max_concurrent_turns`` engine-wide, granted first come, first served.
+``max_concurrent_turns`` engine-wide, granted first come, first served. A turn of an ended
+session (``DELETE`` on any engine) is answered with an ``error`` only.
+
+Receipts: a connection opened with ``RELAY_HEADER: 1`` (the gateway) numbers the frames it
+receives from 1 and sends ``receipt_frame(k, started=True)`` when frame k's turn begins and
+``receipt_frame(k, started=False)`` once frame k is settled (answered, rejected, interrupted,
+discarded, or its turn cancelled), after the last message of its reply. Options and rejected
+frames get only the latter.
+
+Draining (SIGTERM): no queued message starts any more; ``restart`` lets the turn in flight
+finish (until a deadline, then cancels it), and closes the socket with 1012. Frames that
+never started get no receipt, nor does a turn cut at the deadline: the gateway sends the
+former to the next engine and ends the latter's reply itself.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 from collections import deque
@@ -24,9 +37,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from fastapi import WebSocket, WebSocketDisconnect
+from starlette.websockets import WebSocketDisconnected
+from tutor_contract.relay import receipt_frame
 
 from .backends import AudioDecodeError
-from .pipeline import Conversation
+from .pipeline import Conversation, SessionEnded, history_error_text
 from .protocol import (
     INVALID_UTF8,
     LARGE_FRAME_CHARS,
@@ -47,6 +62,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("tutor_engine")
 
 SESSION_ENDED = "This session has ended; the message was not answered"
+CLOSE_RESTARTING = 1012  # the engine is draining: the gateway moves the session elsewhere
 Message = TextIn | AudioIn | OptionsIn
 
 
@@ -67,10 +83,11 @@ class SessionEntry:
 
 @dataclass
 class _Item:
-    """A queued message; ``settle`` once it is answered or discarded."""
+    """A queued message, frame ``seq`` of its connection; ``settle`` once answered or dropped."""
 
     message: Message
     entry: SessionEntry
+    seq: int
     settled: bool = False
 
     def settle(self) -> None:
@@ -84,6 +101,9 @@ class Sessions:
 
     def __init__(self) -> None:
         self._entries: dict[str, SessionEntry] = {}
+
+    def __len__(self) -> int:
+        return len(self._entries)
 
     def join(self, connection: Connection) -> SessionEntry:
         sid = connection.conv.session_id
@@ -99,6 +119,10 @@ class Sessions:
             if not entry.connections:
                 del self._entries[sid]
 
+    def connections(self) -> list[Connection]:
+        """Every open connection, of every session."""
+        return [c for entry in self._entries.values() for c in entry.connections]
+
     async def stop_turns(self, session_id: str) -> None:
         """Discard the session's queued messages and cancel its turns; return when they ended."""
         entry = self._entries.get(session_id)
@@ -107,46 +131,71 @@ class Sessions:
 
 
 class Connection:
-    """Serves one accepted WebSocket until the client disconnects."""
+    """Serves one accepted WebSocket until the client disconnects (or the engine drains)."""
 
-    def __init__(self, websocket: WebSocket, conv: Conversation, state: EngineState) -> None:
+    def __init__(
+        self, websocket: WebSocket, conv: Conversation, state: EngineState, relay: bool = False
+    ) -> None:
         self.websocket = websocket
         self.conv = conv
         self.state = state
+        self.relay = relay  # send receipts (the gateway asked with RELAY_HEADER)
         self.entry: SessionEntry | None = None
         self._queue: deque[_Item] = deque()
         self._wakeup = asyncio.Event()
+        self._idle = asyncio.Event()  # set while the worker answers nothing
+        self._idle.set()
         self._current: asyncio.Task[None] | None = None
+        self._interrupting = False  # the turn in flight is being cancelled by a barge-in
+        self._closed = False  # nothing more is sent: the client left, or we close for a restart
         self._send_lock = asyncio.Lock()
 
     async def send(self, message: dict[str, Any]) -> None:
+        """Send a message to the client (dropped once the connection is closing)."""
         async with self._send_lock:
-            await self.websocket.send_json(message)
+            if not self._closed:
+                await self.websocket.send_json(message)
+
+    async def _receipt(self, seq: int, *, started: bool) -> None:
+        if not self.relay:
+            return
+        frame = receipt_frame(seq, started=started, stream=self.conv.stream)
+        async with self._send_lock:
+            if not self._closed:
+                await self.websocket.send_text(frame)
 
     async def serve(self) -> None:
         self.entry = self.state.sessions.join(self)
         worker = asyncio.create_task(self._work())
         try:
+            if self.state.draining:  # accepted just as the drain began
+                await self.restart(asyncio.get_running_loop().time())
+            seq = 0
             while True:
                 frame = await self.websocket.receive()
                 if frame["type"] == "websocket.disconnect":
                     return
-                try:
-                    message = await self._parse(frame)
-                except ProtocolError as exc:
-                    await self._reject("protocol", str(exc))
-                    continue
-                if self.state.store.ended(self.conv.session_id):
-                    await self._reject("ended", SESSION_ENDED)
-                elif self.conv.stream:
-                    await self._barge_in(message)
-                else:
-                    await self._enqueue(message)
+                seq += 1
+                await self._handle(seq, frame)
         finally:
+            self._closed = True
             await self.stop_turns()
             worker.cancel()
             await asyncio.wait([worker])
             self.state.sessions.leave(self)
+
+    async def _handle(self, seq: int, frame: dict[str, Any]) -> None:
+        """Reject, queue or (streaming) barge in with client frame number ``seq``."""
+        try:
+            message = await self._parse(frame)
+        except ProtocolError as exc:
+            await self._reject("protocol", str(exc))
+            await self._receipt(seq, started=False)
+            return
+        if self.conv.stream:
+            await self._barge_in(message, seq)
+        else:
+            await self._enqueue(message, seq)
 
     async def _parse(self, frame: dict[str, Any]) -> Message:
         if frame.get(INVALID_UTF8_EVENT):
@@ -177,13 +226,13 @@ class Connection:
         self.state.metrics.errors.labels(reason).inc()
         await self.send(error_message(text))
 
-    def _accept(self, message: Message) -> None:
+    def _accept(self, message: Message, seq: int) -> None:
         assert self.entry is not None
         self.entry.active += 1
-        self._queue.append(_Item(message, self.entry))
+        self._queue.append(_Item(message, self.entry, seq))
         self._wakeup.set()
 
-    async def _enqueue(self, message: Message) -> None:
+    async def _enqueue(self, message: Message, seq: int) -> None:
         """Plain connection: queue the message unless the session already has enough waiting."""
         assert self.entry is not None
         limit = self.state.settings.max_pending_turns
@@ -193,64 +242,100 @@ class Connection:
                 f"Too many messages waiting: {limit} are already queued for this session; "
                 "this one was dropped (wait for the replies before sending more)",
             )
+            await self._receipt(seq, started=False)
             return
-        self._accept(message)
+        self._accept(message, seq)
 
-    async def _barge_in(self, message: Message) -> None:
+    async def _barge_in(self, message: Message, seq: int) -> None:
         """Streaming connection: options apply now; a new message replaces everything before."""
         if isinstance(message, OptionsIn):
             self.conv.stream = message.stream
             await self.send(options_message(self.conv.stream))
+            await self._receipt(seq, started=False)
             return
-        self._discard_queued()
+        await self._discard_queued()
         await self._interrupt()
-        self._accept(message)
+        self._accept(message, seq)
 
-    def _discard_queued(self) -> None:
-        while self._queue:
-            self._queue.popleft().settle()
+    async def _discard_queued(self) -> None:
+        dropped = list(self._queue)
+        self._queue.clear()
+        for item in dropped:
+            item.settle()
+        for item in dropped:
+            await self._receipt(item.seq, started=False)
 
     async def _interrupt(self) -> None:
-        """Cancel the turn in flight; if its reply had begun, say how far it got."""
+        """Cancel the turn in flight; if its reply had begun, it says how far it got."""
         turn = self._current
         if turn is None or turn.done():
             return
-        reply = self.conv.reply  # None while the turn still waits for its slot
-        turn.cancel()
-        await asyncio.wait([turn])
-        if reply is not None:
-            self.state.metrics.interruptions.inc()
-            await self.send(interrupted_message(reply.id, reply.text.strip()))
+        self._interrupting = True
+        try:
+            turn.cancel()
+            await asyncio.wait([turn])
+        finally:
+            self._interrupting = False
 
     async def stop_turns(self) -> None:
         """Drop what is queued and cancel the turn in flight (the session ended or we closed)."""
-        self._discard_queued()
+        await self._discard_queued()
         turn = self._current
         if turn is not None and not turn.done():
             turn.cancel()
             await asyncio.wait([turn])
 
+    async def restart(self, deadline: float) -> None:
+        """Drain: let the message being answered finish until ``deadline`` (event loop time),
+        then cut it and close with 1012 (the gateway moves the session to another engine)."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout_at(deadline):
+                await self._idle.wait()
+        async with self._send_lock:
+            if self._closed:
+                return
+            self._closed = True
+        turn = self._current
+        if turn is not None and not turn.done():
+            log.info("session %s: reply cut by the drain deadline", self.conv.session_id[:8])
+            turn.cancel()
+            await asyncio.wait([turn])
+        with contextlib.suppress(WebSocketDisconnect, WebSocketDisconnected):
+            await self.websocket.close(CLOSE_RESTARTING, "engine restarting")
+
     async def _work(self) -> None:
-        """Answer queued messages one after another."""
+        """Answer queued messages one after another; none starts once the engine drains."""
         while True:
-            while not self._queue:
+            while not self._queue or self.state.draining:
+                self._idle.set()
                 self._wakeup.clear()
                 await self._wakeup.wait()
+            self._idle.clear()
             item = self._queue.popleft()
             try:
-                if isinstance(item.message, OptionsIn):
-                    self.conv.stream = item.message.stream
-                    await self.send(options_message(self.conv.stream))
-                    continue
-                self._current = turn = asyncio.create_task(self._turn(item.message))
-                await asyncio.wait([turn])
-                if not turn.cancelled() and turn.exception() is not None:
-                    return  # the client is gone (see _turn); the reader ends too
+                answered = await self._answer(item)
             except WebSocketDisconnect:
-                return
+                answered = False
             finally:
                 self._current = None
                 item.settle()
+            if not answered:
+                return  # the client is gone (see _turn); the reader ends too
+            try:
+                await self._receipt(item.seq, started=False)
+            except WebSocketDisconnect:
+                return
+
+    async def _answer(self, item: _Item) -> bool:
+        """Apply options or run the message's turn; False if the client turned out to be gone."""
+        if isinstance(item.message, OptionsIn):
+            self.conv.stream = item.message.stream
+            await self.send(options_message(self.conv.stream))
+            return True
+        await self._receipt(item.seq, started=True)
+        self._current = turn = asyncio.create_task(self._turn(item.message))
+        await asyncio.wait([turn])
+        return turn.cancelled() or turn.exception() is None
 
     async def _turn(self, message: TextIn | AudioIn) -> None:
         """Run one turn in its scheduler slot, turning any failure into an ``error``."""
@@ -262,9 +347,15 @@ class Connection:
             async with state.scheduler.turn(conv.session_id):
                 with metrics.turn_seconds.labels(kind).time():
                     await state.pipeline.run_turn(conv, message, self.send)
+        except SessionEnded:
+            await self._reject("ended", SESSION_ENDED)
         except AudioDecodeError as exc:
             await self._reject("audio", str(exc))
         except WebSocketDisconnect:
+            raise
+        except asyncio.CancelledError:
+            if self._interrupting:
+                await self._say_interrupted()
             raise
         except Exception:
             log.exception("turn failed in session %s", conv.session_id[:8])
@@ -272,3 +363,13 @@ class Connection:
             await self.send(error_message("The tutor could not answer; try again"))
         finally:
             conv.reply = None
+
+    async def _say_interrupted(self) -> None:
+        """After a barge-in: how far the reply got (nothing if it had not begun)."""
+        reply = self.conv.reply
+        if reply is None:  # the turn still waited for its slot
+            return
+        self.state.metrics.interruptions.inc()
+        await self.send(interrupted_message(reply.id, reply.text.strip()))
+        if reply.history_errors:
+            await self.send(error_message(history_error_text(reply.history_errors)))

@@ -28,9 +28,13 @@ class EngineMetrics:
             "tutor_engine_connections", "Open WebSocket connections", registry=r
         )
         self.sessions = Gauge(
-            "tutor_engine_sessions", "Sessions with conversation history in memory", registry=r
+            "tutor_engine_sessions", "Sessions with an open connection to this engine", registry=r
         )
-        self.ready = Gauge("tutor_engine_ready", "1 when every model is loaded", registry=r)
+        self.ready = Gauge(
+            "tutor_engine_ready",
+            "1 while new sessions are taken (models loaded, not draining)",
+            registry=r,
+        )
         self.stage_seconds = Histogram(
             "tutor_engine_stage_seconds",
             "Time spent per pipeline stage (asr, retrieval, llm_first_token, llm, tts)",
@@ -49,6 +53,19 @@ class EngineMetrics:
         self.turns_waiting = Gauge(
             "tutor_engine_turns_waiting",
             "Turns waiting for a turn slot (first come, first served)",
+            registry=r,
+        )
+        self.history_errors = Counter(
+            "tutor_engine_history_errors_total",
+            "History store calls that failed or timed out, by op (load, save, end, purge)",
+            ["op"],
+            registry=r,
+        )
+        self.history_seconds = Histogram(
+            "tutor_engine_history_seconds",
+            "Time of successful history store calls, by op",
+            ["op"],
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
             registry=r,
         )
         self.interruptions = Counter(

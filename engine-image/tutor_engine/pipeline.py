@@ -4,6 +4,10 @@ A connection that has not opted in gets the seed's messages: ``text`` for a text
 ``transcription``, ``text`` and one whole-reply ``audio`` for an audio message. A streaming
 connection gets ``text_delta`` events as tokens arrive, an ``audio_chunk`` per sentence
 synthesised while the model is still generating, and a final ``text``.
+
+History is loaded from the store when a turn begins and the exchange is written back when it
+ends, also as far as it got when the turn is cancelled. If the store fails, the turn is still
+answered, followed by one ``error`` saying the history could not be loaded or saved.
 """
 
 from __future__ import annotations
@@ -12,13 +16,13 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
 from .backends import Backends, ChatMessage
 from .config import EngineSettings
-from .history import ConversationStore
+from .history import GuardedHistory, HistoryUnavailable
 from .metrics import EngineMetrics
 from .prompt import build_prompt
 from .protocol import (
@@ -40,12 +44,47 @@ log = logging.getLogger("tutor_engine.pipeline")
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 
+async def _to_the_end(work: Coroutine[Any, Any, None]) -> None:
+    """Await ``work`` to its end even if cancelled meanwhile, then re-raise the cancel.
+
+    For history writes (each bounded by the store timeout): a barge-in that cuts the turn
+    while it saves must not lose the exchange, nor let the next turn load before it is saved.
+    """
+    task = asyncio.ensure_future(work)
+    cancelled = False
+    while not task.done():
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            cancelled = True
+    task.result()
+    if cancelled:
+        raise asyncio.CancelledError
+
+
+class SessionEnded(Exception):
+    """The session was ended (``DELETE`` on any engine): its messages are not answered."""
+
+
 @dataclass
 class Reply:
     """The assistant reply being produced: its id on the connection and the text so far."""
 
     id: int
     text: str = ""
+    history_errors: set[str] = field(default_factory=set)  # "load", "save": what failed
+
+
+def history_error_text(ops: set[str]) -> str:
+    """The ``error`` a client gets after a reply whose history could not be loaded or saved."""
+    if ops >= {"load", "save"}:
+        return (
+            "The conversation history is unavailable: this reply did not see the earlier "
+            "messages and this exchange could not be saved"
+        )
+    if "load" in ops:
+        return "The conversation history could not be loaded: this reply did not see it"
+    return "The conversation history could not be saved: the tutor may not remember this exchange"
 
 
 @dataclass
@@ -70,12 +109,12 @@ class TutorPipeline:
     def __init__(
         self,
         backends: Backends,
-        store: ConversationStore,
+        history: GuardedHistory,
         settings: EngineSettings,
         metrics: EngineMetrics,
     ) -> None:
         self.backends = backends
-        self.store = store
+        self.history = history
         self.settings = settings
         self.metrics = metrics
         # Decodes + transcriptions at once, engine-wide; each holds its slot until its thread
@@ -93,12 +132,28 @@ class TutorPipeline:
             log.exception("retrieval from knowledge base %s failed", conv.kb_id)
             return []
 
-    async def prompt(self, conv: Conversation, user_text: str) -> list[ChatMessage]:
+    async def load_history(self, conv: Conversation, reply: Reply) -> list[ChatMessage]:
+        """The session's history (empty, noted on ``reply``, if the store fails).
+
+        Raises ``SessionEnded`` if the session was ended.
+        """
+        try:
+            messages = await self.history.load(conv.session_id)
+        except HistoryUnavailable:
+            reply.history_errors.add("load")
+            return []
+        if messages is None:
+            raise SessionEnded
+        return messages
+
+    async def prompt(
+        self, conv: Conversation, history: list[ChatMessage], user_text: str
+    ) -> list[ChatMessage]:
         """Persona and passages, the session's history trimmed to fit, then the question."""
         s = self.settings
         return build_prompt(
             s.system_prompt,
-            self.store.history(conv.session_id),
+            history,
             user_text,
             passages=await self.passages(conv, user_text),
             context_tokens=s.llm_context_tokens,
@@ -110,16 +165,17 @@ class TutorPipeline:
         conv: Conversation,
         user_text: str,
         reply: Reply,
+        history: list[ChatMessage],
         on_delta: Callable[[str], Awaitable[None]] | None = None,
     ) -> str:
         """Stream the answer into ``reply.text`` and record the exchange in the history.
 
         A cancelled reply is recorded as far as it got, so the next turn knows what was said.
         """
-        prompt = await self.prompt(conv, user_text)
-        started = time.perf_counter()
         first = True
         try:
+            prompt = await self.prompt(conv, history, user_text)
+            started = time.perf_counter()
             async for piece in self.backends.llm.stream(prompt):
                 if first:
                     self.metrics.stage_seconds.labels("llm_first_token").observe(
@@ -130,22 +186,29 @@ class TutorPipeline:
                 if on_delta is not None:
                     await on_delta(piece)
         except asyncio.CancelledError:
-            self._record(conv, user_text, reply.text)
+            await _to_the_end(self._record(conv, user_text, reply))
             raise
         self.metrics.stage_seconds.labels("llm").observe(time.perf_counter() - started)
-        return self._record(conv, user_text, reply.text)
+        await _to_the_end(self._record(conv, user_text, reply))
+        return reply.text.strip()
 
-    def _record(self, conv: Conversation, user_text: str, answer: str) -> str:
-        """Add the exchange to the history (which ignores it if the session has ended)."""
-        answer = answer.strip()
+    async def _record(self, conv: Conversation, user_text: str, reply: Reply) -> None:
+        """Add the exchange to the history (the store refuses it if the session has ended)."""
+        answer = reply.text.strip()
         said = [ChatMessage("assistant", answer)] if answer else []
-        self.store.append(conv.session_id, ChatMessage("user", user_text), *said)
-        return answer
+        try:
+            await self.history.save(conv.session_id, [ChatMessage("user", user_text), *said])
+        except HistoryUnavailable:
+            reply.history_errors.add("save")
 
     async def run_turn(self, conv: Conversation, message: TextIn | AudioIn, send: Send) -> None:
-        """Answer one user message with the seed's messages or, if opted in, a stream."""
+        """Answer one user message with the seed's messages or, if opted in, a stream.
+
+        Raises ``SessionEnded`` (before any work) if the session was ended.
+        """
         started = time.perf_counter()
         reply = conv.next_reply()
+        history = await self.load_history(conv, reply)
         if isinstance(message, TextIn):
             user_text = message.content
         else:
@@ -169,14 +232,18 @@ class TutorPipeline:
             await send({**heard, "reply_id": reply.id} if conv.stream else heard)
         speak = isinstance(message, AudioIn)
         if conv.stream:
-            await self._stream_reply(conv, user_text, reply, send, speak, started)
-            return
-        answer = await self.generate(conv, user_text, reply)
-        await send(text_message(answer))
-        if speak:
-            wav = await self._synthesize(answer)
-            self.metrics.first_audio_seconds.labels("whole").observe(time.perf_counter() - started)
-            await send(audio_message(answer, wav))
+            await self._stream_reply(conv, user_text, reply, history, send, speak, started)
+        else:
+            answer = await self.generate(conv, user_text, reply, history)
+            await send(text_message(answer))
+            if speak:
+                wav = await self._synthesize(answer)
+                self.metrics.first_audio_seconds.labels("whole").observe(
+                    time.perf_counter() - started
+                )
+                await send(audio_message(answer, wav))
+        if reply.history_errors:
+            await send(error_message(history_error_text(reply.history_errors)))
 
     async def _synthesize(self, text: str) -> bytes:
         with self.metrics.stage_seconds.labels("tts").time():
@@ -187,6 +254,7 @@ class TutorPipeline:
         conv: Conversation,
         user_text: str,
         reply: Reply,
+        history: list[ChatMessage],
         send: Send,
         speak: bool,
         started: float,
@@ -204,7 +272,7 @@ class TutorPipeline:
                 sentences.put_nowait(sentence)
 
         try:
-            answer = await self.generate(conv, user_text, reply, on_delta)
+            answer = await self.generate(conv, user_text, reply, history, on_delta)
             if rest := splitter.flush():
                 sentences.put_nowait(rest)
             sentences.put_nowait(None)

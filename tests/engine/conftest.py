@@ -7,8 +7,9 @@ import contextlib
 import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -19,6 +20,8 @@ from tutor_engine.app import create_app
 from tutor_engine.backends import Backends
 from tutor_engine.config import EngineSettings
 from tutor_engine.transport import WS_PROTOCOL
+
+from .stores import StoreKit, redis_kit, sqlite_kit
 
 
 @dataclass
@@ -88,3 +91,16 @@ async def recv_until(ws: Any, kind: str) -> list[dict[str, Any]]:
 def mock_engine() -> Iterator[Running]:
     with serve(engine()) as running:
         yield running
+
+
+@pytest.fixture(params=["memory", "sqlite", "redis"])
+async def store_kit(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[StoreKit]:
+    """Each history store on fresh data (narrow with ``parametrize(..., indirect=True)``)."""
+    if request.param == "redis":
+        kit = redis_kit(request.getfixturevalue("redis_server"))
+    elif request.param == "sqlite":
+        kit = sqlite_kit(tmp_path)
+    else:
+        kit = StoreKit("memory", "", shared=False)
+    yield kit
+    await kit.close()

@@ -155,20 +155,21 @@ async def test_two_connections_of_one_session_still_take_turns() -> None:
 
 async def test_delete_cancels_the_reply_in_flight_and_history_stays_gone() -> None:
     app = slow_engine(0.05)
-    store = app.state.engine.store
+    store = app.state.engine.history.store
     with serve(app) as running:
         async with websockets.connect(f"{running.ws}/ws/gone?stream=1") as ws:
             await ws.send('{"type": "text", "content": "tell me a long story"}')
             assert (await recv(ws))["type"] == "text_delta"
             async with httpx.AsyncClient(base_url=running.http) as http:
                 assert (await http.delete("/sessions/gone")).status_code == 204
-            assert store.history("gone") == [] and len(store) == 0
+            assert await store.load("gone") is None  # deleted, and tombstoned
             await ws.send('{"type": "text", "content": "are you there?"}')
             after = await recv_until(ws, "error")
             assert {m["type"] for m in after} <= {"text_delta", "error"}  # no final text
             assert after[-1]["content"].startswith("This session has ended")
             await asyncio.sleep(1.5)  # longer than the cancelled reply would have taken
-            assert len(store) == 0
+            assert await store.load("gone") is None
+            assert await store.append("gone", []) is False  # the tombstone still refuses writes
         async with websockets.connect(f"{running.ws}/ws/other") as ws:
             await ws.send('{"type": "text", "content": "hello"}')
             assert "turn 1, with 0 earlier" in (await recv(ws))["content"]
