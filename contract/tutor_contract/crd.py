@@ -32,6 +32,9 @@ ENGINE_IDLE = "Idle"  # ready pods, no sessions: the idle clock runs
 ENGINE_SCALED_DOWN = "ScaledDown"
 ENGINE_FAILED = FAILED  # an invalid spec, or its best pod crash-looping
 ENGINE_PHASES = (ENGINE_PENDING, ENGINE_READY, ENGINE_IDLE, ENGINE_SCALED_DOWN, ENGINE_FAILED)
+# TutorEngine status field: sorted base URLs (as a session's status.endpoint) of its ready pods
+# that are not being deleted; any of them can serve any of the tutor's sessions.
+READY_ENDPOINTS = "readyEndpoints"
 
 # Condition types.
 READY = ENGINE_READY

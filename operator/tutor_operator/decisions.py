@@ -23,6 +23,7 @@ from tutor_contract.crd import (
     EXPIRED,
     FAILED,
     PENDING,
+    READY_ENDPOINTS,
 )
 
 from . import conditions as c
@@ -300,6 +301,26 @@ def _crash_message(container: Mapping[str, Any], reason: str, waiting: Mapping[s
     return f"{text}: {_short(last['message'])}" if last.get("message") else text
 
 
+def ready_endpoints(pods: Iterable[PodView]) -> list[str]:
+    """The sorted base URLs of the ready pods (a terminating pod is never ready here)."""
+    return sorted({p.endpoint for p in pods if p.state == POD_READY and p.endpoint})
+
+
+def pod_event_matters(
+    pod: PodView, endpoint: str | None, status: Mapping[str, Any], sessions: Iterable[SessionView]
+) -> bool:
+    """Whether a pod's event changes its engine's placement or ``readyEndpoints`` at once.
+
+    A pod that stops serving (not ready, terminating, gone: ``Terminating``) matters while it
+    is listed or holds sessions, so they move to other pods before it stops; a ready pod
+    matters until it is listed, so waiting sessions get it. Other events wait for the loop.
+    """
+    listed = endpoint is not None and endpoint in (status.get(READY_ENDPOINTS) or ())
+    if pod.state == POD_READY:
+        return not listed
+    return listed or any(s.pod == pod.name and not s.deleting for s in sessions)
+
+
 def session_view(body: Mapping[str, Any]) -> SessionView:
     """Read a TutorSession body into a ``SessionView``."""
     meta, spec = body.get("metadata") or {}, body.get("spec") or {}
@@ -403,6 +424,11 @@ def plan_engine(
     ``error`` is a permanent problem of the engine (an invalid spec, so ``scaling`` may be
     ``None``): its sessions fail and its replicas are left alone until it is fixed.
 
+    A session stays on its pod while that pod is ready: pinning spreads load, it is not where
+    the conversation lives (the history store is). A session whose pod is gone, terminating
+    or not ready moves to the least loaded ready pod with room; with none it keeps a pod that
+    is only not ready (it may come back) and waits.
+
     Pods are marked busy or idle as their sessions come and go (``pod_marks``). Before
     replicas drop, or a pending ``rollout`` (a new pod template) goes out, every pod's
     deletion cost must equal its session count, so the ReplicaSet removes the emptiest pods:
@@ -432,10 +458,13 @@ def plan_engine(
     reassigned: set[str] = set()
     for session in live:
         pod = usable.get(session.pod or "")
-        if pod is None and scaling is not None and not error:
+        if (pod is None or pod.state != POD_READY) and scaling is not None and not error:
             free = [p for p in ready if load[p.name] < scaling.per_replica]
-            pod = min(free, key=lambda p: (load[p.name], p.name), default=None)
-            if pod is not None:
+            better = min(free, key=lambda p: (load[p.name], p.name), default=None)
+            if better is not None:
+                if pod is not None:
+                    load[pod.name] -= 1
+                pod = better
                 load[pod.name] += 1
         desired: dict[str, Any] = {"engine": name, "pod": pod.name if pod else None}
         if error:
@@ -536,7 +565,7 @@ def _engine_status(
         "replicas": replicas,
         "readyReplicas": len(ready),
         "sessions": len(live),
-        "endpoints": [p.endpoint for p in ready],
+        READY_ENDPOINTS: ready_endpoints(ready),
         "observedGeneration": generation,
         "conditions": conds,
     }

@@ -28,6 +28,7 @@ from .reconcile import (
     Indices,
     ensure_engine,
     entry,
+    pod_changed,
     reconcile_engine,
     report_session_error,
     run_engines,
@@ -117,6 +118,14 @@ def register(registry: kopf.OperatorRegistry, ctx: Context) -> None:
     @kopf.index("v1", "services", registry=registry, id="service_index", labels=OWNED)
     async def index_service(namespace: str, name: str, body: Any, **_: Any) -> Any:
         return {(namespace, name): entry(body, name)}
+
+    # Pods: a pod that stops or starts serving moves sessions and endpoints at once.
+    @kopf.on.event("v1", "pods", registry=registry, id="pod_event", labels=OWNED)
+    async def pod_event(event: Any, namespace: str, labels: Any, body: Any, **kwargs: Any) -> None:
+        key = (namespace, labels[LABEL_ENGINE])
+        gone = event["type"] == "DELETED"
+        with contextlib.suppress(kopf.PermanentError, kopf.TemporaryError):  # engine status
+            await pod_changed(ctx, key, body, gone, _indices(ctx, kwargs))
 
     @kopf.index(
         "policy", "v1", "poddisruptionbudgets", registry=registry, id="pdb_index", labels=OWNED

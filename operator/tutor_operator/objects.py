@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -46,6 +47,19 @@ TERMINATION_LOG = "/dev/termination-log"
 # vLLM's share of GPU memory: alone on the GPU (its own default), beside the speech models,
 # beside XTTS (coqui), which needs ~2 GB more than Piper (engine-image/README.md).
 VLLM_GPU_ALONE, VLLM_GPU_SHARED, VLLM_GPU_SHARED_XTTS = 0.90, 0.80, 0.70
+GRACE_MARGIN_SECONDS = 5  # of an engine pod's grace period, after its drain: close and exit
+DRAIN_ENV = "ENGINE_DRAIN_SECONDS"
+
+
+def history_ttl_seconds(session_timeout: int, margin: int) -> int:
+    """ENGINE_SESSION_TTL_SECONDS: a history outlives its session's idle timeout by ``margin``."""
+    return session_timeout + margin
+
+
+def termination_grace_seconds(prestop: int, drain: int) -> int:
+    """An engine pod's ``terminationGracePeriodSeconds``: the preStop pause, the engine's
+    drain (ENGINE_DRAIN_SECONDS), and a margin to close its sockets and exit."""
+    return prestop + drain + GRACE_MARGIN_SECONDS
 
 
 def default_engine_spec(tutor_id: int, settings: OperatorSettings) -> dict[str, Any]:
@@ -177,10 +191,12 @@ def build_default_engine(tutor_id: int, namespace: str, settings: OperatorSettin
 
 
 def engine_env(spec: Mapping[str, Any], settings: OperatorSettings) -> list[dict[str, Any]]:
-    """The engine container's environment: identity, models, API key, then ``spec.env``.
+    """The engine container's environment: identity, models, API key, history store and
+    drain, then ``spec.env``.
 
     With the vLLM sidecar the LLM is ``http://127.0.0.1:<server port>/v1``; an engine that
     cannot see the pod's GPU (the sidecar holds it) runs its speech models on the CPU.
+    Secrets (the API key, the store's password) are references, never values.
     """
     env: dict[str, dict[str, Any]] = {}
 
@@ -205,9 +221,39 @@ def engine_env(spec: Mapping[str, Any], settings: OperatorSettings) -> list[dict
     if settings.api_key_secret:
         ref = {"name": settings.api_key_secret, "key": settings.api_key_secret_key}
         env["ENGINE_API_KEY"] = {"name": "ENGINE_API_KEY", "valueFrom": {"secretKeyRef": ref}}
+    if settings.history_url:
+        put("ENGINE_HISTORY_URL", settings.history_url)
+        if settings.history_password_secret:
+            ref = {"name": settings.history_password_secret, "key": settings.history_password_key}
+            env["ENGINE_HISTORY_PASSWORD"] = {
+                "name": "ENGINE_HISTORY_PASSWORD",
+                "valueFrom": {"secretKeyRef": ref},
+            }
+    put("ENGINE_MAX_HISTORY_MESSAGES", settings.history_max_messages)
+    ttl = history_ttl_seconds(settings.session_timeout_seconds, settings.history_ttl_margin_seconds)
+    put("ENGINE_SESSION_TTL_SECONDS", ttl)
+    put(DRAIN_ENV, settings.drain_seconds)
     for extra in spec.get("env") or []:
         put(extra["name"], extra.get("value", ""))
     return list(env.values())
+
+
+def drain_seconds(env: list[dict[str, Any]], default: int) -> int:
+    """ENGINE_DRAIN_SECONDS as the engine container gets it (``spec.env`` may override it)."""
+    for item in env:
+        if item["name"] == DRAIN_ENV and "value" in item:
+            try:
+                return max(0, math.ceil(float(item["value"])))
+            except ValueError:
+                break
+    return default
+
+
+def _sleep(seconds: int) -> dict[str, Any]:
+    """A container's ``lifecycle``: wait ``seconds`` before it gets SIGTERM (none for 0)."""
+    if not seconds:
+        return {}
+    return {"lifecycle": {"preStop": {"exec": {"command": ["sleep", str(seconds)]}}}}
 
 
 def _gpu_holder(spec: Mapping[str, Any], settings: OperatorSettings) -> str | None:
@@ -298,8 +344,15 @@ def vllm_args(spec: Mapping[str, Any], settings: OperatorSettings) -> list[str]:
     return args + list(server.get("args") or [])
 
 
-def build_llm_container(spec: Mapping[str, Any], settings: OperatorSettings) -> dict[str, Any]:
-    """The vLLM sidecar: OpenAI API on the pod's loopback for the engine container."""
+def build_llm_container(
+    spec: Mapping[str, Any], settings: OperatorSettings, stop_after: int = 0
+) -> dict[str, Any]:
+    """The vLLM sidecar: OpenAI API on the pod's loopback for the engine container.
+
+    Every container of a stopping pod gets SIGTERM at once (after its own preStop hook), so
+    the sidecar pauses ``stop_after`` seconds, the engine's preStop and drain: the turns the
+    engine finishes meanwhile still have their LLM.
+    """
     server = spec["models"]["llm"]["server"]
     env = [
         {"name": "HOME", "value": "/tmp"},
@@ -322,6 +375,7 @@ def build_llm_container(spec: Mapping[str, Any], settings: OperatorSettings) -> 
         "livenessProbe": _loopback_probe(server["port"], 15, 4),
         "readinessProbe": _loopback_probe(server["port"], 10, 3),
         "terminationMessagePolicy": "FallbackToLogsOnError",
+        **_sleep(stop_after),
         "securityContext": copy.deepcopy(_SECURITY),
         "volumeMounts": [
             {"name": "model-cache", "mountPath": "/cache"},
@@ -348,19 +402,25 @@ def _llm_volumes(spec: Mapping[str, Any], settings: OperatorSettings) -> list[di
 def build_engine_deployment(
     engine: Mapping[str, Any], settings: OperatorSettings, replicas: int
 ) -> dict[str, Any]:
-    """The Deployment of an engine's pods, owned by the TutorEngine."""
+    """The Deployment of an engine's pods, owned by the TutorEngine.
+
+    A stopping pod pauses (preStop) so routing to it stops, then the engine drains; its grace
+    period covers both (``termination_grace_seconds``).
+    """
     name = engine["metadata"]["name"]
     spec = effective_spec(engine["spec"], settings)
     labels = engine_labels(name, spec["tutorId"])
     res = spec["resources"]
     engine_gpus = _gpu_holder(spec, settings) == CONTAINER
+    env = engine_env(spec, settings)
+    prestop, drain = settings.prestop_seconds, drain_seconds(env, settings.drain_seconds)
     containers = [
         {
             "name": CONTAINER,
             "image": spec["image"],
             "imagePullPolicy": "IfNotPresent",
             "ports": [{"name": PORT_NAME, "containerPort": spec["port"], "protocol": "TCP"}],
-            "env": engine_env(spec, settings),
+            "env": env,
             "resources": _resources(res["cpu"], res["memory"], spec, engine_gpus),
             "startupProbe": _probe("/healthz", 5, 60),
             "livenessProbe": _probe("/healthz", 10, 6),
@@ -368,18 +428,19 @@ def build_engine_deployment(
             # A model that fails to load ends the process with its error here (the status).
             "terminationMessagePath": TERMINATION_LOG,
             "terminationMessagePolicy": "FallbackToLogsOnError",
+            **_sleep(prestop),
             "securityContext": copy.deepcopy(_SECURITY),
             "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
         }
     ]
     volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {}}]
     if runs_llm_server(spec, settings):
-        containers.append(build_llm_container(spec, settings))
+        containers.append(build_llm_container(spec, settings, stop_after=prestop + drain))
         volumes += _llm_volumes(spec, settings)
     pod_spec: dict[str, Any] = {
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
-        "terminationGracePeriodSeconds": 30,
+        "terminationGracePeriodSeconds": termination_grace_seconds(prestop, drain),
         "securityContext": {
             "runAsNonRoot": True,
             "runAsUser": _RUN_AS,

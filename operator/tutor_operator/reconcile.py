@@ -21,6 +21,7 @@ from . import conditions as c
 from .decisions import (
     ADOPT,
     PENDING,
+    POD_TERMINATING,
     REPLACE,
     EnginePlan,
     Listing,
@@ -28,6 +29,9 @@ from .decisions import (
     SessionView,
     is_current,
     plan_engine,
+    pod_endpoint,
+    pod_event_matters,
+    pod_view,
     session_view,
     template_action,
 )
@@ -304,6 +308,26 @@ async def _reconcile(
     return plan
 
 
+async def pod_changed(
+    ctx: Context, key: Key, pod: Mapping[str, Any], gone: bool, indices: Indices
+) -> None:
+    """Reconcile a pod's engine now if the pod's event moves sessions or changes its
+    ``readyEndpoints`` (``decisions.pod_event_matters``); the loop's next pass does the rest.
+
+    So a pod that starts terminating leaves ``readyEndpoints`` and its sessions move while
+    its preStop pause runs, instead of up to a reconcile interval later.
+    """
+    body = indices.engine_of(key)
+    if body is None or key not in ctx.started:
+        return
+    view = pod_view(pod)
+    if gone:
+        view = dataclasses.replace(view, state=POD_TERMINATING)
+    status = ctx.written.engine(key, body).get("status") or {}
+    if pod_event_matters(view, pod_endpoint(pod), status, indices.sessions_of(key)):
+        await reconcile_engine(ctx, body, indices)
+
+
 @dataclasses.dataclass
 class _Template:
     """Whether an existing Deployment's pod template is written this pass (``_reconcile``)."""
@@ -327,8 +351,10 @@ async def _patch_session(
 
     A ``guard``ed patch pins the session to a pod, so it names the version it was planned on:
     a session changed meanwhile (the gateway's writes, say) is read again and pinned only if
-    it still has no pod, instead of waiting for the next reconciliation.
+    it is still on the pod it was planned from (or none), instead of waiting for the next
+    reconciliation.
     """
+    planned_from = view.pod
     for attempt in range(2):
         body: dict[str, Any] = {"status": patch}
         if guard:
@@ -340,7 +366,7 @@ async def _patch_session(
             if current is None:
                 break
             view = session_view(current)
-            if attempt or view.pod or view.deleting:
+            if attempt or view.pod != planned_from or view.deleting:
                 return view
             continue
         return dataclasses.replace(view, deleting=True) if after is None else session_view(after)

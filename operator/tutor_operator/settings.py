@@ -120,3 +120,41 @@ class OperatorSettings(BaseSettings):
         description="Secret holding the engine API key (ENGINE_API_KEY); empty disables it.",
     )
     api_key_secret_key: str = "api-key"
+
+    # Conversation history: the store every engine keeps it in, and how long it lives.
+    history_url: str = Field(
+        "",
+        description="Redis/Valkey URL of the history store (ENGINE_HISTORY_URL), without a "
+        "password; empty sets none (the engine's own default).",
+    )
+    history_password_secret: str = Field(
+        "",
+        description="Secret holding the store's password (ENGINE_HISTORY_PASSWORD, by "
+        "reference); empty: none.",
+    )
+    history_password_key: str = "password"
+    history_max_messages: int = Field(
+        40, ge=0, description="Messages kept per conversation (ENGINE_MAX_HISTORY_MESSAGES)."
+    )
+    session_timeout_seconds: int = Field(
+        3600, ge=1, description="The gateway's SESSION_TIMEOUT_SECONDS, for the history's TTL."
+    )
+    history_ttl_margin_seconds: int = Field(
+        300,
+        ge=0,
+        description="How much longer than a session's timeout its history may live "
+        "(ENGINE_SESSION_TTL_SECONDS = the timeout + this).",
+    )
+    # Stopping an engine pod (rollout, scale-down, node drain).
+    prestop_seconds: int = Field(
+        5,
+        ge=0,
+        description="Pause (preStop) before an engine pod's containers get SIGTERM, so endpoints "
+        "and gateways stop routing to it first; 0: no preStop hook.",
+    )
+    drain_seconds: int = Field(
+        20,
+        ge=0,
+        description="Most seconds an engine finishes its turns after SIGTERM "
+        "(ENGINE_DRAIN_SECONDS); the pod's grace period covers it.",
+    )

@@ -63,6 +63,6 @@ def pod_specs(manifests: list[Manifest]) -> dict[str, Manifest]:
         name = f"{m['kind']}/{m['metadata']['name']}"
         if m["kind"] == "Pod":
             specs[name] = m["spec"]
-        elif m["kind"] in ("Deployment", "Job"):
+        elif m["kind"] in ("Deployment", "StatefulSet", "Job"):
             specs[name] = m["spec"]["template"]["spec"]
     return specs

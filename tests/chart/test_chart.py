@@ -17,7 +17,20 @@ from tutor_operator.settings import OperatorSettings
 from .conftest import CHART, NAMESPACE, ROOT, Render, all_on_values, find, pod_specs
 
 KUBE_VERSION = "1.32.0"  # the kind node image of scripts/e2e-kind.sh
-VALUE_SETS = {"defaults": {}, "all-on": all_on_values()}
+VALUE_SETS = {
+    "defaults": {},
+    "all-on": all_on_values(),
+    "external-history": {
+        "history": {
+            "redis": {
+                "enabled": False,
+                "url": "rediss://valkey.data.svc:6380/2",
+                "existingSecret": "valkey-auth",
+                "passwordKey": "valkey-password",
+            }
+        }
+    },
+}
 
 
 @pytest.fixture(params=sorted(VALUE_SETS))
@@ -51,7 +64,7 @@ def test_every_pod_runs_non_root_read_only_without_capabilities(
     render: Render, values: dict
 ) -> None:
     specs = pod_specs(render(values))
-    assert len(specs) >= 4  # gateway, operator, cleanup job, helm test
+    assert len(specs) >= 4  # gateway, operator, cleanup job, helm test (and the history store)
     for name, spec in specs.items():
         assert spec["securityContext"]["runAsNonRoot"] is True, name
         assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}, name
@@ -77,6 +90,9 @@ def _checksums(manifests: list[dict]) -> dict[str, str]:
         ({"gateway": {"ingress": {"enabled": True}}}, {"-gateway"}),  # WEBSOCKET_URL
         ({"engine": {"idleTimeoutSeconds": 60}}, {"-operator"}),
         ({"engine": {"models": {"asr": {"model": "small"}}}}, {"-operator"}),
+        ({"engine": {"drainSeconds": 40}}, {"-operator"}),
+        ({"history": {"maxMessages": 10}}, {"-operator"}),
+        ({"gateway": {"sessionTimeoutSeconds": 600}}, {"-gateway", "-operator"}),  # the TTL
         ({"gateway": {"replicas": 5}}, set()),
     ],
 )
@@ -283,6 +299,7 @@ def test_gateway_rbac_is_exactly_what_it_calls(render: Render) -> None:
     assert _rules(render({}), "-gateway") == {
         "tutor.vts.dev/tutorsessions": {"get", "list", "watch", "create", "delete"},
         "tutor.vts.dev/tutorsessions/status": {"patch"},
+        "tutor.vts.dev/tutorengines": {"get", "list", "watch"},  # where sessions can move
     }
 
 
@@ -355,3 +372,4 @@ def test_install_dry_run_prints_notes_with_next_steps() -> None:
     notes = release["notes"]
     assert "kubectl -n tutor-system port-forward svc/tutor-tutor-serving-gateway 9000:9000" in notes
     assert "helm test tutor" in notes and "get tutorsessions,tutorengines" in notes
+    assert "history lives in redis://tutor-tutor-serving-history.tutor-system.svc:6379/0" in notes

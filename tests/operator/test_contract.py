@@ -23,6 +23,12 @@ def _crd_enum(name: str, path: list[str]) -> list[str]:
     return node["enum"]
 
 
+def test_the_engine_crd_declares_the_contracts_ready_endpoints() -> None:
+    doc = yaml.safe_load((ROOT / "crds" / "tutorengines.yaml").read_text())
+    status = doc["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"]
+    assert status["properties"][crd.READY_ENDPOINTS]["items"] == {"type": "string"}
+
+
 def test_the_crds_allow_exactly_the_contracts_phases() -> None:
     assert _crd_enum("tutorsessions.yaml", ["status", "phase"]) == list(crd.SESSION_PHASES)
     assert _crd_enum("tutorengines.yaml", ["status", "phase"]) == list(crd.ENGINE_PHASES)
@@ -65,6 +71,7 @@ def test_no_phase_reason_or_label_is_spelled_outside_the_contract() -> None:
         *crd.LABEL_KEYS,
         crd.GROUP,
         crd.API_VERSION,
+        crd.READY_ENDPOINTS,
     }
     for package, allowed in (
         ("gateway/tutor_gateway", set()),

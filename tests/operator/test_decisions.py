@@ -520,3 +520,81 @@ def test_pod_view_reads_the_operators_marks() -> None:
     assert (d.pod_view(body).busy, d.pod_view(body).cost) == (True, 3)
     body["metadata"]["annotations"] = {names.DELETION_COST: "many"}  # someone else's value
     assert d.pod_view(body).cost == 0
+
+
+def test_ready_endpoints_are_the_sorted_urls_of_ready_pods_only() -> None:
+    pods = [
+        ready("p1", "10.0.0.9"),
+        ready("p2", "10.0.0.10"),
+        d.PodView("p3", c.LOADING, "loading", "http://10.0.0.3:8000"),
+        d.PodView("p4", d.POD_TERMINATING, "pod is terminating"),
+    ]
+    assert d.ready_endpoints(pods) == ["http://10.0.0.10:8000", "http://10.0.0.9:8000"]
+    assert d.ready_endpoints([]) == []
+
+
+def test_the_engine_status_lists_ready_endpoints_and_rewrites_them_only_on_a_change() -> None:
+    pods = [ready("p2", "10.0.0.2"), ready("p1", "10.0.0.1")]
+    first = plan([], pods, current=2)
+    both = ["http://10.0.0.1:8000", "http://10.0.0.2:8000"]
+    assert first.status_patch[d.READY_ENDPOINTS] == both
+    status = {**first.status_patch}
+    assert (
+        d.READY_ENDPOINTS
+        not in plan([], list(reversed(pods)), current=2, status=status).status_patch
+    )
+    going = [pods[1], d.PodView("p2", d.POD_TERMINATING, "pod is terminating")]
+    assert plan([], going, current=2, status=status).status_patch[d.READY_ENDPOINTS] == both[:1]
+
+
+@pytest.mark.parametrize(
+    "gone",
+    [d.PodView("p1", d.POD_TERMINATING, "pod is terminating"), None],
+    ids=["terminating", "deleted"],
+)
+def test_a_session_on_a_pod_that_goes_moves_to_another_ready_pod(gone: d.PodView | None) -> None:
+    s = session("s", pod="p1", phase="Active", endpoint="http://10.0.0.1:8000")
+    pods = [ready("p2", "10.0.0.2"), *([gone] if gone else [])]
+    result = plan([s], pods, current=2)
+    patch = result.session_patches["s"]  # still Active: no phase in the patch
+    assert (patch["pod"], patch["endpoint"]) == ("p2", "http://10.0.0.2:8000")
+    assert "phase" not in patch and result.reassigned == {"s"}
+    assert result.status_patch[d.READY_ENDPOINTS] == ["http://10.0.0.2:8000"]
+
+
+def test_a_session_leaves_a_pod_that_is_not_ready_for_a_ready_one() -> None:
+    """Pinning is placement: a crashed pod's session goes to a ready pod with room, and the
+    crashed pod loses its busy marks (the ReplicaSet may remove it first)."""
+    s = session("s", pod="p1", phase="Active", endpoint="http://10.0.0.1:8000")
+    crashed = dataclasses.replace(d.PodView("p1", c.CRASHING, "exit 137"), busy=True, cost=1)
+    result = plan([s], [crashed, ready("p2", "10.0.0.2")], current=2)
+    patch = result.session_patches["s"]
+    assert (patch["pod"], patch["endpoint"]) == ("p2", "http://10.0.0.2:8000")
+    assert "phase" not in patch and result.reassigned == {"s"}
+    assert result.pod_patches == {"p1": d.pod_marks(0), "p2": d.pod_marks(1)}
+    # With no ready pod that has room, it keeps the pod that may come back, and waits.
+    full = [session(f"f{i}", pod="p2", phase="Active") for i in range(2)]
+    waiting = plan([s, *full], [crashed, ready("p2", "10.0.0.2")], current=2)
+    assert "pod" not in waiting.session_patches["s"]
+    assert waiting.session_patches["s"]["phase"] == "Pending"
+
+
+@pytest.mark.parametrize(
+    ("pod", "listed", "pinned", "matters"),
+    [
+        (ready("p1"), False, False, True),  # a new ready pod: list it, place waiting sessions
+        (ready("p1"), True, True, False),  # nothing changes
+        (d.PodView("p1", d.POD_TERMINATING, ""), True, False, True),  # unlist it at once
+        (d.PodView("p1", d.POD_TERMINATING, ""), False, True, True),  # move its sessions
+        (d.PodView("p1", c.CRASHING, ""), False, True, True),
+        (d.PodView("p1", c.LOADING, ""), False, False, False),  # a pod still starting
+    ],
+)
+def test_pod_event_matters(pod: d.PodView, listed: bool, pinned: bool, matters: bool) -> None:
+    endpoint = "http://10.0.0.1:8000"
+    status = {d.READY_ENDPOINTS: [endpoint] if listed else []}
+    sessions = [
+        session("s", pod="p1" if pinned else "p9"),
+        session("gone", pod="p1", deleting=True),
+    ]
+    assert d.pod_event_matters(pod, endpoint, status, sessions) is matters

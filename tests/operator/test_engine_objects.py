@@ -284,3 +284,72 @@ def test_engine_name(tutor_id: int, expected: str) -> None:
 def test_engine_name_rejects_non_ids(bad: object) -> None:
     with pytest.raises(ValueError):
         names.engine_name(bad)  # type: ignore[arg-type]
+
+
+def test_the_history_ttl_outlives_the_session_timeout_by_the_margin() -> None:
+    assert objects.history_ttl_seconds(3600, 300) == 3900
+    assert objects.history_ttl_seconds(60, 0) == 60
+    custom = settings(session_timeout_seconds=1800, history_ttl_margin_seconds=120)
+    env = env_of(containers(objects.build_engine_deployment(default_body(), custom, 1))["engine"])
+    assert env["ENGINE_SESSION_TTL_SECONDS"] == "1920"
+    assert env["ENGINE_MAX_HISTORY_MESSAGES"] == "40"
+
+
+def test_engines_get_the_history_store_with_the_password_by_reference_only() -> None:
+    custom = settings(
+        history_url="redis://tutor-history.tutors.svc:6379/0",
+        history_password_secret="tutor-history",
+        history_password_key="redis-password",
+    )
+    built = objects.build_engine_deployment(default_body(), custom, 1)
+    env = {e["name"]: e for e in containers(built)["engine"]["env"]}
+    assert env["ENGINE_HISTORY_URL"]["value"] == "redis://tutor-history.tutors.svc:6379/0"
+    assert env["ENGINE_HISTORY_PASSWORD"] == {
+        "name": "ENGINE_HISTORY_PASSWORD",
+        "valueFrom": {"secretKeyRef": {"name": "tutor-history", "key": "redis-password"}},
+    }
+    # No store configured: no history variables (the engine keeps its own default).
+    bare = env_of(
+        containers(objects.build_engine_deployment(default_body(), settings(), 1))["engine"]
+    )
+    assert "ENGINE_HISTORY_URL" not in bare and "ENGINE_HISTORY_PASSWORD" not in bare
+    # A URL without a Secret: a store without a password.
+    open_store = settings(history_url="redis://redis:6379/0")
+    env = env_of(
+        containers(objects.build_engine_deployment(default_body(), open_store, 1))["engine"]
+    )
+    assert (
+        env["ENGINE_HISTORY_URL"] == "redis://redis:6379/0" and "ENGINE_HISTORY_PASSWORD" not in env
+    )
+
+
+@pytest.mark.parametrize(
+    ("prestop", "drain", "grace"), [(5, 20, 30), (0, 20, 25), (10, 60, 75), (0, 0, 5)]
+)
+def test_the_grace_period_covers_the_prestop_pause_and_the_drain(
+    prestop: int, drain: int, grace: int
+) -> None:
+    assert objects.termination_grace_seconds(prestop, drain) == grace
+    custom = settings(prestop_seconds=prestop, drain_seconds=drain)
+    pod = objects.build_engine_deployment(default_body(), custom, 1)["spec"]["template"]["spec"]
+    assert pod["terminationGracePeriodSeconds"] == grace
+    engine_c, vllm = containers({"spec": {"template": {"spec": pod}}}).values()
+    assert env_of(engine_c)["ENGINE_DRAIN_SECONDS"] == str(drain)
+    if prestop:
+        assert engine_c["lifecycle"] == {"preStop": {"exec": {"command": ["sleep", str(prestop)]}}}
+    else:
+        assert "lifecycle" not in engine_c
+    # The sidecar keeps serving the LLM until the engine's drain is over.
+    if prestop + drain:
+        assert vllm["lifecycle"]["preStop"]["exec"]["command"] == ["sleep", str(prestop + drain)]
+    else:
+        assert "lifecycle" not in vllm
+
+
+@pytest.mark.parametrize(("value", "grace"), [("60", 65), ("7.5", 13), ("soon", 25)])
+def test_an_engine_that_sets_its_own_drain_gets_a_grace_period_for_it(
+    value: str, grace: int
+) -> None:
+    spec = {"tutorId": 1, "env": [{"name": "ENGINE_DRAIN_SECONDS", "value": value}]}
+    pod = objects.build_engine_deployment(engine(spec), settings(prestop_seconds=0), 1)
+    assert pod["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == grace

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 import websockets
+from tutor_contract.crd import READY_ENDPOINTS
 
 from tests.support.cluster import ENGINE_KEY, Cluster, KubeClient, wait_for
 
@@ -63,7 +64,7 @@ def test_a_session_gets_an_engine_pod_and_talks_to_it(cluster: Cluster) -> None:
     wait_for(lambda: status(kube, "tutorengines", "tutor-7").get("readyReplicas") == 1)
     engine_status = status(kube, "tutorengines", "tutor-7")
     assert engine_status["phase"] == "Ready" and engine_status["sessions"] == 1
-    assert engine_status["endpoints"] == [active["endpoint"]]
+    assert engine_status[READY_ENDPOINTS] == [active["endpoint"]]
 
     deployment = kube.get("deployments", "tutor-7")
     owner = deployment["metadata"]["ownerReferences"][0]

@@ -11,6 +11,7 @@ import signal
 from typing import Any
 
 import pytest
+from tutor_contract.crd import READY_ENDPOINTS
 from tutor_operator import names, objects
 from tutor_operator.settings import OperatorSettings
 
@@ -71,7 +72,8 @@ def test_a_pod_deleted_while_the_watch_is_down_is_dropped_after_the_relist(
     )
     engine = wait_for(
         lambda: (
-            (e := status(kube, "tutorengines", "tutor-31")).get("endpoints") == [moved["endpoint"]]
+            (e := status(kube, "tutorengines", "tutor-31")).get(READY_ENDPOINTS)
+            == [moved["endpoint"]]
             and e
         ),
         30,

@@ -59,6 +59,34 @@ app.kubernetes.io/component: {{ .component }}
 {{- default (printf "%s-engine-key" (include "tutor-serving.fullname" .)) .Values.engineApiKey.existingSecret }}
 {{- end }}
 
+{{- define "tutor-serving.historyName" -}}
+{{- include "tutor-serving.fullname" . }}-history
+{{- end }}
+
+{{/* The Secret with the history store's password; empty: a store at history.redis.url without one. */}}
+{{- define "tutor-serving.historySecret" -}}
+{{- $r := .Values.history.redis }}
+{{- if $r.existingSecret }}
+{{- $r.existingSecret }}
+{{- else if $r.enabled }}
+{{- include "tutor-serving.historyName" . }}
+{{- end }}
+{{- end }}
+
+{{/* The history store's URL (no password): the deployed one, or history.redis.url. */}}
+{{- define "tutor-serving.historyUrl" -}}
+{{- $r := .Values.history.redis }}
+{{- if and $r.enabled $r.url }}
+{{- fail "history.redis.url names an existing store: set it only with history.redis.enabled=false" }}
+{{- else if $r.enabled }}
+{{- printf "redis://%s.%s.svc:6379/0" (include "tutor-serving.historyName" .) .Release.Namespace }}
+{{- else if not $r.url }}
+{{- fail "history.redis.url is required when history.redis.enabled is false: conversations need a store" }}
+{{- else }}
+{{- $r.url }}
+{{- end }}
+{{- end }}
+
 {{/* The public WebSocket base the gateway hands out in engine_url. */}}
 {{- define "tutor-serving.websocketUrl" -}}
 {{- $ing := .Values.gateway.ingress }}
