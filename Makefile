@@ -52,8 +52,12 @@ run: install ## Run the embedded default: the gateway and per-tutor engines on :
 ##@ Test
 
 .PHONY: test
-test: $(VENV)/.installed-test ## Install what the tests need and run the whole suite
+test: $(VENV)/.installed-test browser-deps ## Install what the tests need and run the whole suite
 	$(PY) -m pytest
+
+.PHONY: browser-deps
+browser-deps: ## Chromium, chromedriver and espeak-ng for tests/browser (apt-get, only if missing)
+	@bash scripts/browser-deps.sh
 
 .PHONY: test-coqui
 test-coqui: ## Coqui TTS backend tests in their own venv (.venv-coqui, ~1.9 GB, CPU)
@@ -69,6 +73,8 @@ bench: $(VENV)/.installed-test ## Run the benchmarks; JSON results in bench/resu
 	$(PY) -m bench.relay
 	$(PY) -m bench.cluster
 	$(PY) -m bench.voice_pipeline
+	$(PY) -m bench.failover
+	$(PY) -m bench.history_store
 
 .PHONY: clean
 clean: ## Remove the virtualenv and caches

@@ -13,11 +13,13 @@ import asyncio
 import json
 import secrets
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable
 
 import httpx
+from tutor_contract.crd import ENGINE_KEY_HEADER
 from websockets.asyncio.client import connect
 
 from .common import free_port, latency_summary, process, write_result
@@ -89,13 +91,19 @@ def main(argv: list[str] | None = None) -> None:
         return f"{body['engine_url']}?token={body['engine_token']}", {}
 
     async def direct() -> tuple[str, dict[str, str]]:
-        return f"ws://127.0.0.1:{engine_port}/ws/{uuid.uuid4()}", {"X-Engine-Key": key}
+        return f"ws://127.0.0.1:{engine_port}/ws/{uuid.uuid4()}", {ENGINE_KEY_HEADER: key}
 
     results: dict[str, dict[str, dict[str, float]]] = {}
     with (
+        # The gateway's sessions stay out of ``make run``'s state directory.
+        tempfile.TemporaryDirectory(prefix="bench-relay-") as state_dir,
         process(
             [sys.executable, "-m", "tutor_gateway"],
-            {**gateway_env, "WEBSOCKET_URL": f"ws://127.0.0.1:{gw_port}/ws"},
+            {
+                **gateway_env,
+                "WEBSOCKET_URL": f"ws://127.0.0.1:{gw_port}/ws",
+                "STATE_DIR": state_dir,
+            },
             f"{gateway}/health",
         ),
         process(

@@ -12,39 +12,51 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from .api import errors, health, sessions, ws
+from .api import demo, errors, health, sessions, ws
 from .config import GatewaySettings
 from .engine_registry import EngineRegistry
 from .engines import LocalEngines
 from .service import Gateway, LocalHousekeeping
-from .sessions import MemorySessionStore, StoreUnavailable
+from .sessions import SqliteSessionStore, StoreUnavailable
 
 log = logging.getLogger("tutor_gateway")
 
 
 @contextlib.asynccontextmanager
 async def _local_mode(settings: GatewaySettings) -> AsyncIterator[Gateway]:
-    """In-memory sessions and one engine process per tutor on this machine."""
-    store = MemorySessionStore(settings.max_sessions)
-    registry = EngineRegistry(settings.state_dir)
-    await asyncio.to_thread(registry.stop_stale)  # engines a dead gateway of this dir left
-    engines = LocalEngines(
-        api_key=settings.engine_api_key or secrets.token_urlsafe(32),
-        start_timeout=settings.engine_start_timeout_seconds,
-        idle_timeout=settings.engine_idle_timeout_seconds,
-        command=settings.engine_command,
-        liveness_timeout=settings.engine_liveness_timeout_seconds,
-        registry=registry,
+    """Sessions in STATE_DIR/sessions.db and one engine process per tutor on this machine."""
+    store = await SqliteSessionStore.open(
+        settings.session_db_path(),
+        settings.max_sessions,
+        activity_interval=min(
+            settings.activity_patch_interval_seconds, settings.session_timeout_seconds / 4
+        ),
     )
-    gateway = Gateway(settings, store, engines)
-    housekeeping = asyncio.create_task(LocalHousekeeping(store, engines, settings).run())
     try:
-        yield gateway
+        registry = EngineRegistry(settings.state_dir)
+        await asyncio.to_thread(registry.stop_stale)  # engines a dead gateway of this dir left
+        engines = LocalEngines(
+            api_key=settings.engine_api_key or secrets.token_urlsafe(32),
+            start_timeout=settings.engine_start_timeout_seconds,
+            idle_timeout=settings.engine_idle_timeout_seconds,
+            command=settings.engine_command,
+            liveness_timeout=settings.engine_liveness_timeout_seconds,
+            registry=registry,
+            engine_env=settings.local_engine_env(),
+        )
+        gateway = Gateway(settings, store, engines)
+        timers = LocalHousekeeping(store, engines, settings)
+        await timers.sweep()  # sessions that expired while no gateway ran
+        housekeeping = asyncio.create_task(timers.run())
+        try:
+            yield gateway
+        finally:
+            housekeeping.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await housekeeping
+            await engines.close()
     finally:
-        housekeeping.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await housekeeping
-        await engines.close()
+        await store.close()
 
 
 def cluster_mode(settings: GatewaySettings) -> contextlib.AbstractAsyncContextManager[Gateway]:
@@ -92,4 +104,5 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         app.include_router(versioned)
     app.include_router(health.router)
     app.include_router(ws.router)
+    app.include_router(demo.router(settings.demo_enabled))
     return app

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, model_validator
@@ -83,8 +84,15 @@ class GatewaySettings(BaseSettings):
     )
     state_dir: str = Field(
         ".tutor-state",
-        description="Local mode: this gateway's state (engines/: a record per running engine, "
-        "so a restart stops any its dead predecessor left); relative to the working directory.",
+        description="Local mode: this gateway's state (sessions.db: the sessions; history.db: "
+        "the engines' conversation history; engines/: a record per running engine, so a "
+        "restart stops any its dead predecessor left); relative to the working directory.",
+    )
+    engine_history_url: str = Field(
+        "",
+        validation_alias="ENGINE_HISTORY_URL",
+        description="Local mode: the engines' history store; default "
+        "sqlite:////<absolute STATE_DIR>/history.db.",
     )
     kube_namespace: str = Field(
         "", description="Cluster mode: namespace of the sessions (default: the pod's own)."
@@ -96,7 +104,10 @@ class GatewaySettings(BaseSettings):
         "", description="Cluster mode: bearer token for KUBE_API_URL (default: none)."
     )
     activity_patch_interval_seconds: float = Field(
-        15, ge=0, description="Cluster mode: least time between two lastActivity patches."
+        15,
+        ge=0,
+        description="Least time between two writes of a session's activity (cluster: "
+        "lastActivity patches; local: sessions.db, at most SESSION_TIMEOUT_SECONDS / 4).",
     )
     # Cluster mode: Kubernetes API calls and the TutorSession cache (tutor_gateway.kube.reflector).
     kube_api_timeout_seconds: float = Field(
@@ -159,6 +170,10 @@ class GatewaySettings(BaseSettings):
         True, description="Offer permessage-deflate compression to WebSocket clients."
     )
 
+    demo_enabled: bool = Field(
+        True, description="Serve the talk-to-a-tutor page GET /demo (the chart turns it off)."
+    )
+
     log_level: str = "info"
 
     @model_validator(mode="after")
@@ -193,3 +208,30 @@ class GatewaySettings(BaseSettings):
     def engine_url(self, session_id: str) -> str:
         """The public WebSocket URL a client uses for a session."""
         return f"{self.websocket_url}/ws/{session_id}"
+
+    def session_db_path(self) -> Path:
+        """Local mode: the sessions' SQLite database."""
+        return Path(self.state_dir) / "sessions.db"
+
+    def local_engine_env(self) -> dict[str, str]:
+        """Local mode: defaults for the engines' environment (the gateway's environment wins)."""
+        url = self.engine_history_url or f"sqlite:///{Path(self.state_dir).resolve()}/history.db"
+        ttl = engine_session_ttl(self.session_timeout_seconds)
+        return {
+            "ENGINE_HISTORY_URL": url,
+            "ENGINE_SESSION_TTL_SECONDS": str(ttl),
+            "ENGINE_DRAIN_SECONDS": str(ENGINE_DRAIN_SECONDS),
+        }
+
+
+ENGINE_TTL_MARGIN_SECONDS = 60.0
+# Local mode: a stopped engine finishes its turns for ENGINE_DRAIN_SECONDS, inside the time the
+# gateway gives it after SIGTERM before it is killed.
+ENGINE_STOP_SECONDS = 5.0
+ENGINE_DRAIN_SECONDS = ENGINE_STOP_SECONDS - 1.0
+
+
+def engine_session_ttl(session_timeout: float) -> float:
+    """How long an engine keeps an idle session's history: a little past the session's own
+    expiry, so the gateway's DELETE normally comes first and the TTL only covers its absence."""
+    return session_timeout + ENGINE_TTL_MARGIN_SECONDS

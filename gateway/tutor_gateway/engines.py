@@ -15,12 +15,19 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import httpx
+from tutor_contract.crd import ENGINE_KEY_HEADER
 
+from .config import ENGINE_STOP_SECONDS
 from .engine_registry import EngineRegistry, parent_link
 from .policy import engine_is_dead, idle_engines
 from .sessions import Session
 
 log = logging.getLogger("tutor_gateway.engines")
+
+RELEASE_TIMEOUT = 3.0  # seconds for an engine to answer DELETE /sessions/{id}
+# A health check refused or reset waits this long for the process to exit (a killed engine's
+# socket closes a moment before its exit is reaped), so that it is replaced at once.
+EXIT_WAIT_SECONDS = 1.0
 
 
 class EngineUnavailable(Exception):
@@ -94,6 +101,7 @@ class LocalEngines:
         clock: Callable[[], float] = time.monotonic,
         liveness_timeout: float = 30.0,
         registry: EngineRegistry | None = None,
+        engine_env: Mapping[str, str] | None = None,
     ) -> None:
         self.api_key = api_key
         self.start_timeout = start_timeout
@@ -106,6 +114,7 @@ class LocalEngines:
         self._idle_since: dict[int, float] = {}
         self._http = httpx.AsyncClient(timeout=5.0)
         self.registry = registry or EngineRegistry(None)  # records engines in STATE_DIR
+        self.engine_env = dict(engine_env or {})  # defaults; the gateway's environment wins
 
     @property
     def running(self) -> dict[int, LocalEngine]:
@@ -162,15 +171,29 @@ class LocalEngines:
         return engine
 
     async def release(self, session: Session) -> None:
-        """Drop a finished session's conversation history from its engine, if running."""
+        """Have a deleted or expired session's engine, if running, drop its history: best
+        effort, within RELEASE_TIMEOUT seconds (the history store's TTL covers the rest)."""
         engine = self.running.get(session.tutor_id)
         if engine is None:
             return
-        with contextlib.suppress(httpx.HTTPError):
-            await self._http.delete(
-                f"{engine.base_url}/sessions/{session.session_id}",
-                headers={"X-Engine-Key": self.api_key},
-            )
+        try:
+            async with asyncio.timeout(RELEASE_TIMEOUT):
+                response = await self._http.delete(
+                    f"{engine.base_url}/sessions/{session.session_id}",
+                    headers={ENGINE_KEY_HEADER: self.api_key},
+                )
+        except (TimeoutError, httpx.HTTPError) as exc:
+            problem = str(exc) or type(exc).__name__
+        else:
+            if response.status_code == 204:
+                return
+            problem = f"HTTP {response.status_code}"
+        log.warning(
+            "engine for tutor %s did not drop session %s: %s",
+            session.tutor_id,
+            session.session_id[:8],
+            problem,
+        )
 
     def report_failure(self, session: Session, endpoint: EngineEndpoint) -> None:
         """Mark the engine suspect: the next ``ensure`` checks it before reusing it."""
@@ -186,7 +209,11 @@ class LocalEngines:
             return False
         try:
             response = await self._http.get(f"{engine.base_url}/healthz", timeout=2.0)
-        except httpx.HTTPError:
+        except httpx.TimeoutException:  # busy, or stopped: not dead yet
+            return False
+        except httpx.HTTPError:  # refused or reset: its socket dies with its process
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(engine.process.wait(), EXIT_WAIT_SECONDS)
             return False
         if response.status_code != 200:
             return False
@@ -196,7 +223,12 @@ class LocalEngines:
     async def _start(self, tutor_id: int) -> LocalEngine:
         listener = socket.create_server(("127.0.0.1", 0))
         port = listener.getsockname()[1]
-        env = {**os.environ, "ENGINE_TUTOR_ID": str(tutor_id), "ENGINE_API_KEY": self.api_key}
+        env = {
+            **self.engine_env,
+            **os.environ,
+            "ENGINE_TUTOR_ID": str(tutor_id),
+            "ENGINE_API_KEY": self.api_key,
+        }
         argv = [
             *self.command,
             "--fd",
@@ -269,7 +301,7 @@ class LocalEngines:
             await self._stop(self._engines.pop(tutor))
         return decision.stop
 
-    async def _stop(self, engine: LocalEngine, grace: float = 5.0) -> None:
+    async def _stop(self, engine: LocalEngine, grace: float = ENGINE_STOP_SECONDS) -> None:
         if engine.alive:
             engine.process.terminate()
             try:

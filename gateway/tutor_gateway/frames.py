@@ -1,6 +1,8 @@
 """What the gateway itself says on a WebSocket: ``error`` frames and close codes.
 
-Conversation frames belong to the engine; the gateway only speaks for auth, routing and limits.
+Conversation frames belong to the engine; the gateway only speaks for auth, routing and limits,
+and, when an engine is lost mid-reply, to end that reply (``error``, or ``interrupted`` on a
+streaming connection).
 """
 
 from __future__ import annotations
@@ -23,3 +25,16 @@ CLOSE_CLIENT_TOO_SLOW = 4504  # the client took no data for CLIENT_SEND_TIMEOUT_
 def error_frame(content: str) -> dict[str, Any]:
     """The seed's ``error`` message."""
     return {"type": "error", "content": content, "timestamp": iso(time.time())}
+
+
+def interrupted_frame(reason: str) -> dict[str, Any]:
+    """The engine's ``interrupted`` message, for a reply the gateway ends itself (its engine
+    was lost mid-reply). Without ``reply_id`` and ``content``: the gateway relays replies
+    without reading them, so it knows neither which reply it was nor how far it got (the client
+    has the ``text_delta`` frames it received)."""
+    return {
+        "type": "interrupted",
+        "role": "assistant",
+        "reason": reason,
+        "timestamp": iso(time.time()),
+    }

@@ -30,6 +30,13 @@ class GatewayMetrics:
         self.connections = Gauge(
             "tutor_gateway_connections", "Open client WebSocket connections", registry=r
         )
+        self.failovers = Counter(
+            "tutor_gateway_failovers_total",
+            "Engine connections lost while relaying, by outcome: resumed (on the restarted or "
+            "another engine) or unavailable (no engine within ENGINE_START_TIMEOUT_SECONDS: 4503)",
+            ["outcome"],
+            registry=r,
+        )
         self.ws_rejected = Counter(
             "tutor_gateway_ws_rejected_total",
             "WebSocket connections refused, by reason",

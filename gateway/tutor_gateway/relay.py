@@ -2,8 +2,17 @@
 
 The client may send as soon as it is connected: frames wait while the engine starts, bounded
 in bytes (``MAX_QUEUED_BYTES``); past the bound the gateway stops reading the client. The gateway
-reads frames only to enforce the size limit and UTF-8; it never parses them. Frames in either
-direction count as activity, and so does a reply the client is waiting for.
+reads client frames only to enforce the size limit and UTF-8; it never parses them. Frames in
+either direction count as activity, and so does a reply the client is waiting for.
+
+Failover: the gateway asks engines for receipts (``tutor_contract.relay``), consumes them, and
+holds each frame sent until it is settled (within the same byte bound). When the engine goes
+away (a dropped connection, or a close 1001/1006/1011/1012) the client's socket stays open: a
+reply in flight ends with one ``error`` (``interrupted`` on a streaming connection), and the
+session goes on on the engine the router gives next (the restarted process, another pod), in
+the last streaming mode the engine reported, which first gets the frames the lost engine never
+started. Only when no engine can be had within ``engine_wait_seconds`` of the loss does the
+client get ``4503``.
 """
 
 from __future__ import annotations
@@ -13,9 +22,10 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from enum import Enum
 
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
+from tutor_contract.crd import ENGINE_KEY_HEADER
+from tutor_contract.relay import RELAY_HEADER, parse_receipt
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
@@ -25,14 +35,17 @@ from .frames import (
     CLOSE_ENGINE_UNAVAILABLE,
     CLOSE_INTERNAL_ERROR,
     error_frame,
+    interrupted_frame,
 )
-from .inbox import FrameInbox
+from .inbox import FrameInbox, Loss
+from .metrics import GatewayMetrics
 from .sessions import Session
 
 log = logging.getLogger("tutor_gateway.relay")
 
 Frame = str | bytes
-ENGINE_LOST = "The tutor engine stopped unexpectedly; reconnect to continue"
+REPLY_CUT = "The tutor engine restarted; this message was not fully answered"
+REPLY_MAYBE_CUT = "The tutor engine restarted; a message in progress may not have been answered"
 INTERNAL = "The gateway hit an internal error; reconnect to continue"
 # Engine close codes meaning "this engine is gone" (shutdown, restart, crash), not a verdict.
 ENGINE_GONE_CODES = frozenset({1001, 1006, 1011, 1012})
@@ -62,15 +75,41 @@ class RelayLimits:
     activity_interval_seconds: float
 
 
-class _Attempt(Enum):
+@dataclass
+class _Attempt:
     """An engine connection that ended without a verdict for the client."""
 
-    UNREACHABLE = "unreachable"  # never got going (starting, busy, not ready): try again
-    LOST = "lost"  # dropped while relaying
+    opened_at: float | None = None  # None: never got going (starting, busy, not ready)
+    heard: bool = False  # the engine sent a frame on it (a receipt or one for the client)
+
+
+@dataclass(frozen=True)
+class _Failover:
+    """A lost engine connection the session has not yet moved on from."""
+
+    lost_at: float
+    loss: Loss
 
 
 class ClientTooSlow(Exception):
     """A frame could not be handed to the client within the send timeout."""
+
+
+def connection_served(heard: bool, lasted: float, budget: float) -> bool:
+    """Whether a lost engine connection had served the session: the engine sent a frame on it,
+    or it lasted the start budget. The next engine is then sought at once, with a fresh budget;
+    one that never served is retried like an unreachable engine, within the budget already
+    running, so an engine that fails every connection still ends in 4503."""
+    return heard or lasted >= budget
+
+
+def loss_notice(loss: Loss) -> dict[str, object] | None:
+    """What the client is told when its engine is lost: how the reply in flight ended."""
+    if not loss.in_flight:
+        return None
+    if not loss.receipted:
+        return error_frame(REPLY_MAYBE_CUT)
+    return interrupted_frame(REPLY_CUT) if loss.streaming else error_frame(REPLY_CUT)
 
 
 def admit_frame(text: str | None, data: bytes | None, max_bytes: int) -> tuple[bytes, str | None]:
@@ -101,12 +140,15 @@ class Relay:
         router: EngineRouter,
         limits: RelayLimits,
         on_activity: Callable[[], Awaitable[None]],
+        metrics: GatewayMetrics | None = None,
     ) -> None:
         self.client = client
         self.session = session
         self.router = router
         self.limits = limits
         self.on_activity = on_activity
+        self.metrics = metrics
+        self._failover: _Failover | None = None
         self._inbox = FrameInbox(limits.max_queued_bytes)
         self._terminated: asyncio.Future[Ending] = asyncio.get_running_loop().create_future()
         self._send_lock = asyncio.Lock()
@@ -210,58 +252,111 @@ class Relay:
         """Find the engine, connect, and pump frames both ways; say how the client should close.
 
         An engine that cannot be reached yet (starting, briefly busy, not ready) is tried again
-        until ``engine_wait_seconds`` have passed; one lost while relaying ends the connection.
+        until ``engine_wait_seconds`` have passed; one lost while relaying is replaced by the
+        router's next within ``engine_wait_seconds`` of the loss.
         """
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.limits.engine_wait_seconds
+        budget = self.limits.engine_wait_seconds
+        deadline = loop.time() + budget
         delay = 0.1
         while True:
             try:
                 async with asyncio.timeout_at(deadline):
                     endpoint = await self.router.endpoint(self.session)
             except (EngineUnavailable, TimeoutError) as exc:
-                detail = str(exc) or f"not ready after {self.limits.engine_wait_seconds:.0f}s"
-                log.warning("session %s: engine unavailable: %s", self._sid, detail)
-                return Ending(
-                    CLOSE_ENGINE_UNAVAILABLE,
-                    "engine unavailable",
-                    f"Tutor engine unavailable: {detail}",
-                )
+                return self._unavailable(str(exc) or f"not ready after {budget:.0f}s")
             outcome = await self._attempt(endpoint)
             if isinstance(outcome, Ending):
                 return outcome
             self.router.report_failure(self.session, endpoint)
-            if outcome is _Attempt.LOST:
-                return Ending(CLOSE_ENGINE_UNAVAILABLE, "engine unavailable", ENGINE_LOST)
+            if outcome.opened_at is not None:
+                lost_at = loop.time()
+                await self._lost(lost_at)
+                if connection_served(outcome.heard, lost_at - outcome.opened_at, budget):
+                    deadline, delay = lost_at + budget, 0.1
+                    continue
             if loop.time() + delay >= deadline:
-                waited = self.limits.engine_wait_seconds
-                return Ending(
-                    CLOSE_ENGINE_UNAVAILABLE,
-                    "engine unavailable",
-                    f"Tutor engine unavailable: not reachable within {waited:.0f}s",
-                )
+                return self._unavailable(f"not reachable within {budget:.0f}s")
             await asyncio.sleep(delay)
             delay = min(delay * 2, 2.0)
 
+    async def _lost(self, lost_at: float) -> None:
+        """The engine went away while relaying: end the reply in flight, keep the rest."""
+        loss = await self._inbox.lost()
+        self._failover = _Failover(lost_at, loss)
+        notice = loss_notice(loss)
+        if notice is not None:
+            self._awaiting_reply = self._inbox.queued_bytes > 0  # the cut reply is answered
+            await self._send(notice)
+
+    def _resumed(self, endpoint: EngineEndpoint) -> None:
+        """A new engine connection is open: the failover, if one was under way, succeeded."""
+        failover, self._failover = self._failover, None
+        if failover is None:
+            return
+        if self.metrics is not None:
+            self.metrics.failovers.labels("resumed").inc()
+        log.warning(
+            "session %s: engine lost; continued on %s after %.2fs "
+            "(%d frames sent again, reply in flight cut: %s)",
+            self._sid,
+            endpoint.base_url,
+            asyncio.get_running_loop().time() - failover.lost_at,
+            len(failover.loss.replay),
+            "yes" if failover.loss.in_flight else "no",
+        )
+
+    def _unavailable(self, detail: str) -> Ending:
+        """No engine could be had in time: 4503 (a failover under way failed)."""
+        failover, self._failover = self._failover, None
+        if failover is None:
+            log.warning("session %s: engine unavailable: %s", self._sid, detail)
+        else:
+            if self.metrics is not None:
+                self.metrics.failovers.labels("unavailable").inc()
+            log.warning(
+                "session %s: engine lost; none available %.2fs later: %s",
+                self._sid,
+                asyncio.get_running_loop().time() - failover.lost_at,
+                detail,
+            )
+        return Ending(
+            CLOSE_ENGINE_UNAVAILABLE, "engine unavailable", f"Tutor engine unavailable: {detail}"
+        )
+
+    def _engine_params(self) -> dict[str, str]:
+        """The client's query options for the engine, in the last streaming mode reported."""
+        params = dict(self.client.query_params)
+        if self._inbox.stream is not None:
+            params["stream"] = "1" if self._inbox.stream else "0"
+        return params
+
     async def _attempt(self, endpoint: EngineEndpoint) -> Ending | _Attempt:
         """One connection to the engine, relayed until it ends."""
+        attempt = _Attempt()
         try:
             async with connect(
-                endpoint.websocket_url(self.session, self.client.query_params),
-                additional_headers={"X-Engine-Key": endpoint.api_key},
+                endpoint.websocket_url(self.session, self._engine_params()),
+                additional_headers={ENGINE_KEY_HEADER: endpoint.api_key, RELAY_HEADER: "1"},
                 max_size=None,
                 open_timeout=self.limits.engine_connect_timeout_seconds,
                 max_queue=UPSTREAM_QUEUE_FRAMES,
                 ping_interval=20,
                 ping_timeout=20,
             ) as upstream:
-                return await self._pump(upstream)
+                attempt.opened_at = asyncio.get_running_loop().time()
+                self._resumed(endpoint)
+                return await self._pump(upstream, attempt)
         except (OSError, InvalidHandshake, TimeoutError) as exc:
-            log.warning("session %s: engine unreachable: %r", self._sid, exc)
-            return _Attempt.UNREACHABLE
+            if attempt.opened_at is not None:
+                return attempt  # it broke while relaying or closing: lost
+            level = logging.DEBUG if self._failover else logging.WARNING
+            log.log(level, "session %s: engine unreachable: %r", self._sid, exc)
+            return attempt
 
-    async def _pump(self, upstream: ClientConnection) -> Ending | _Attempt:
-        """Pump until one side stops; the engine's own close passes through."""
+    async def _pump(self, upstream: ClientConnection, attempt: _Attempt) -> Ending | _Attempt:
+        """Pump until one side stops; the engine's own close passes through, unless it means
+        the engine is gone (``attempt`` is returned then)."""
 
         async def to_engine() -> None:
             while True:
@@ -270,6 +365,11 @@ class Relay:
 
         async def to_client() -> None:
             async for frame in upstream:
+                attempt.heard = True
+                receipt = parse_receipt(frame)
+                if receipt is not None:
+                    await self._inbox.settle(receipt)
+                    continue
                 self._active, self._awaiting_reply = True, False
                 await self._send(frame)
 
@@ -287,6 +387,5 @@ class Relay:
                     raise exc  # type: ignore[misc]
         close = upstream.protocol.close_rcvd
         if close is None or close.code in ENGINE_GONE_CODES:
-            log.warning("session %s: engine connection lost", self._sid)
-            return _Attempt.LOST
+            return attempt
         return Ending(close.code, close.reason)

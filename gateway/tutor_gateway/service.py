@@ -14,7 +14,7 @@ from .frames import CLOSE_SESSION_ENDED, CLOSE_SESSION_EXPIRED
 from .metrics import GatewayMetrics
 from .policy import expired_sessions
 from .relay import Ending
-from .sessions import CapacityError, EndReason, MemorySessionStore, Session, SessionStore
+from .sessions import CapacityError, EndReason, Session, SessionStore
 from .tokens import hash_token, mint_token
 
 log = logging.getLogger("tutor_gateway")
@@ -66,17 +66,21 @@ class Gateway:
 class LocalHousekeeping:
     """Local mode's timers: expire idle sessions, stop engines with no sessions."""
 
-    store: MemorySessionStore
+    store: SessionStore
     engines: LocalEngines
     settings: GatewaySettings
 
     async def sweep(self, now: float | None = None) -> None:
-        """One pass: expire sessions past SESSION_TIMEOUT_SECONDS, then stop idle engines."""
+        """One pass: expire sessions past SESSION_TIMEOUT_SECONDS (their engines told at once,
+        each within a bound), then stop idle engines."""
         sessions = await self.store.list()
         now = time.time() if now is None else now
         activity = {s.session_id: s.last_activity for s in sessions}
-        for session_id in expired_sessions(activity, now, self.settings.session_timeout_seconds):
-            await self.store.delete(session_id, reason="expired")
+        expired = expired_sessions(activity, now, self.settings.session_timeout_seconds)
+        ending = [self.store.delete(sid, reason="expired") for sid in expired]
+        for result in await asyncio.gather(*ending, return_exceptions=True):
+            if isinstance(result, BaseException):
+                raise result  # once every other one has finished
         busy = {s.tutor_id for s in await self.store.list()}
         await self.engines.stop_idle(busy)
 

@@ -128,6 +128,7 @@ def gateway_process(tmp_path: Path) -> Iterator[GatewayStarter]:
             "ENGINE_TTS_BACKEND": "mock",
             "ENGINE_LLM_BACKEND": "mock",
             "LOG_LEVEL": "info",
+            "STATE_DIR": str(tmp_path / f"state-{len(started)}"),
         }
         server = _start(
             [sys.executable, "-m", "tutor_gateway"],

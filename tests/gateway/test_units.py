@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 
 import pytest
 from tutor_gateway.config import GatewaySettings
 from tutor_gateway.logs import RedactTokens, redact
 from tutor_gateway.policy import expired_sessions, has_capacity, idle_engines
-from tutor_gateway.sessions import CapacityError, MemorySessionStore
+from tutor_gateway.sessions import CapacityError, SqliteSessionStore
 from tutor_gateway.tokens import hash_token, mint_token, token_matches
 
 
@@ -85,10 +86,12 @@ def test_settings_reject_nonsense() -> None:
         GatewaySettings(_env_file=None, max_sessions=0)
 
 
-def test_store_enforces_capacity_and_remembers_why_sessions_ended() -> None:
+def test_store_enforces_capacity_and_remembers_why_sessions_ended(tmp_path) -> None:
     async def scenario() -> None:
-        clock = iter(range(100)).__next__
-        store = MemorySessionStore(max_sessions=2, clock=lambda: float(clock()))
+        clock = itertools.count().__next__
+        store = await SqliteSessionStore.open(
+            tmp_path / "sessions.db", max_sessions=2, clock=lambda: float(clock())
+        )
         removed = []
 
         async def listener(session, reason) -> None:
@@ -108,5 +111,6 @@ def test_store_enforces_capacity_and_remembers_why_sessions_ended() -> None:
         assert store.ended_reason(first.session_id) == "expired"
         assert store.ended_reason("unknown") is None
         assert await store.count() == 0
+        await store.close()
 
     asyncio.run(scenario())

@@ -74,7 +74,12 @@ async def conversation(
         activity_interval_seconds=min(1.0, settings.session_timeout_seconds / 8),
     )
     relay = Relay(
-        websocket, session, gateway.router, limits, lambda: gateway.store.touch(session_id)
+        websocket,
+        session,
+        gateway.router,
+        limits,
+        lambda: gateway.store.touch(session_id),
+        metrics=gateway.metrics,
     )
     for displaced in gateway.connections.add(session_id, relay):
         gateway.metrics.ws_rejected.labels("replaced").inc()

@@ -16,7 +16,7 @@ from lightkube.config.client_adapter import ConnectionParams
 from ..config import GatewaySettings
 from ..service import Gateway
 from .reflector import Reflector, WatchSettings
-from .resources import TutorSession
+from .resources import TutorEngine, TutorSession
 from .router import KubeEngineRouter
 from .store import KubeSessionStore
 
@@ -60,7 +60,8 @@ def watch_settings(settings: GatewaySettings) -> WatchSettings:
 
 @contextlib.asynccontextmanager
 async def cluster_mode(settings: GatewaySettings) -> AsyncIterator[Gateway]:
-    """Sessions are TutorSession resources; engines are the pods the operator pins them to."""
+    """Sessions are TutorSession resources; engines are the pods the operator pins them to,
+    or other ready pods of their TutorEngine once the pinned one failed them."""
     if not settings.engine_api_key:
         raise ValueError("ENGINE_API_KEY is required in kubernetes mode (the engines' secret)")
     config = kube_config(settings)
@@ -70,6 +71,7 @@ async def cluster_mode(settings: GatewaySettings) -> AsyncIterator[Gateway]:
     watch_http = AdapterClient(client.config, ConnectionParams(timeout=timeout))
     namespace = settings.kube_namespace or client.namespace
     sessions = Reflector(watch_http, TutorSession, namespace, watch_settings(settings))
+    engines = Reflector(watch_http, TutorEngine, namespace, watch_settings(settings))
     store = KubeSessionStore(
         client,
         sessions,
@@ -79,16 +81,19 @@ async def cluster_mode(settings: GatewaySettings) -> AsyncIterator[Gateway]:
         settings.activity_patch_interval_seconds,
     )
     http = httpx.AsyncClient(timeout=5.0)
-    gateway = Gateway(settings, store, KubeEngineRouter(sessions, settings.engine_api_key, http))
-    watcher = asyncio.create_task(sessions.run())
+    router = KubeEngineRouter(sessions, engines, settings.engine_api_key, http)
+    gateway = Gateway(settings, store, router)
+    # Sessions must be listed before serving; engines only widen the choice after a failure.
+    watchers = [asyncio.create_task(sessions.run()), asyncio.create_task(engines.run())]
     try:
         await asyncio.wait_for(sessions.synced.wait(), settings.engine_start_timeout_seconds)
         log.info("watching TutorSessions in namespace %s", namespace)
         yield gateway
     finally:
-        watcher.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await watcher
+        for watcher in watchers:
+            watcher.cancel()
+        await asyncio.gather(*watchers, return_exceptions=True)
+        await router.close()
         await http.aclose()
         await watch_http.aclose()
         await client.close()

@@ -1,4 +1,5 @@
-"""TutorSession resources as the gateway sees them: building, reading (pure functions)."""
+"""TutorSession and TutorEngine resources as the gateway sees them: building, reading (pure
+functions)."""
 
 from __future__ import annotations
 
@@ -8,12 +9,15 @@ from typing import Any
 from lightkube.generic_resource import create_namespaced_resource
 from tutor_contract.crd import (
     ACTIVE,
+    ENGINE_KIND,
+    ENGINE_PLURAL,
     GATEWAY_MANAGER,
     GROUP,
     LABEL_MANAGED_BY,
     LABEL_TUTOR_ID,
     PENDING,
     READY,
+    READY_ENDPOINTS,
     SESSION_KIND,
     SESSION_PLURAL,
     VERSION,
@@ -23,6 +27,7 @@ from tutor_contract.crd import (
 from ..sessions import Session
 
 TutorSession = create_namespaced_resource(GROUP, VERSION, SESSION_KIND, SESSION_PLURAL)
+TutorEngine = create_namespaced_resource(GROUP, VERSION, ENGINE_KIND, ENGINE_PLURAL)
 
 Obj = dict[str, Any]
 
@@ -107,3 +112,14 @@ def activity_patch(moment: float) -> Obj:
     """
     stamp = dt.datetime.fromtimestamp(moment, dt.UTC).isoformat(timespec="microseconds")
     return {"status": {"lastActivity": stamp.replace("+00:00", "Z")}}
+
+
+def engine_name(tutor_id: int) -> str:
+    """The name of a tutor's TutorEngine: ``tutor-<id>`` (the CRD's validation rule)."""
+    return f"tutor-{tutor_id}"
+
+
+def ready_endpoints(engine: Obj | None) -> list[str]:
+    """The base URLs of a TutorEngine's ready pods (``status.readyEndpoints``)."""
+    listed = ((engine or {}).get("status") or {}).get(READY_ENDPOINTS) or []
+    return [url for url in listed if isinstance(url, str) and url]
