@@ -9,103 +9,27 @@ Sizes are scaled down from the review's (MiBs, not GiBs) but keep the same shape
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import socket
 import statistics
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
-import psutil
 import pytest
 from websockets.sync.client import ClientConnection, connect
 
-
-def free_port() -> int:
-    """A port that was free on 127.0.0.1 a moment ago."""
-    with socket.create_server(("127.0.0.1", 0)) as sock:
-        return sock.getsockname()[1]
-
-
-def rss_mb(pid: int) -> float:
-    """Resident memory of a process in MiB."""
-    return psutil.Process(pid).memory_info().rss / 2**20
-
-
-@dataclass
-class ServerProcess:
-    """A server started as its own process: its address, pid and log file."""
-
-    process: subprocess.Popen[bytes]
-    port: int
-    log_path: Path
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    @property
-    def http(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def ws(self) -> str:
-        return f"ws://127.0.0.1:{self.port}"
-
-    def rss_mb(self) -> float:
-        return rss_mb(self.pid)
-
-    def children(self) -> list[int]:
-        """Pids of the processes this one started (a gateway's engines)."""
-        return [child.pid for child in psutil.Process(self.pid).children()]
-
-    def alive(self) -> bool:
-        return self.process.poll() is None
-
-    def log(self) -> str:
-        """Everything the process wrote to stdout and stderr so far."""
-        return self.log_path.read_text(errors="replace")
-
-
-def _start(
-    argv: list[str], env: dict[str, str], port: int, log_path: Path, ready_path: str
-) -> ServerProcess:
-    log_file = log_path.open("wb")
-    process = subprocess.Popen(
-        argv,
-        env={**os.environ, **env},
-        stdin=subprocess.DEVNULL,
-        stdout=log_file,
-        stderr=subprocess.STDOUT,
-    )
-    log_file.close()
-    server = ServerProcess(process, port, log_path)
-    deadline = time.monotonic() + 60
-    while True:
-        assert server.alive(), f"server exited early:\n{server.log()[-3000:]}"
-        assert time.monotonic() < deadline, f"server not ready:\n{server.log()[-3000:]}"
-        with contextlib.suppress(httpx.TransportError):
-            if httpx.get(f"{server.http}{ready_path}", timeout=2).status_code == 200:
-                return server
-        time.sleep(0.05)
-
-
-def _stop(server: ServerProcess) -> None:
-    if server.alive():
-        server.process.terminate()
-        try:
-            server.process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.process.kill()
-            server.process.wait()
-
+from tests.support.processes import (
+    ServerProcess,
+    engine_argv,
+    free_port,
+    gateway_argv,
+    gateway_env,
+    start_server,
+    stop_server,
+)
 
 GatewayStarter = Callable[..., ServerProcess]
 
@@ -120,19 +44,9 @@ def gateway_process(tmp_path: Path) -> Iterator[GatewayStarter]:
 
     def start(**env: Any) -> ServerProcess:
         port = free_port()
-        base = {
-            "MANAGEMENT_API_HOST": "127.0.0.1",
-            "MANAGEMENT_API_PORT": str(port),
-            "WEBSOCKET_URL": f"ws://127.0.0.1:{port}/ws",
-            "ENGINE_ASR_BACKEND": "mock",
-            "ENGINE_TTS_BACKEND": "mock",
-            "ENGINE_LLM_BACKEND": "mock",
-            "LOG_LEVEL": "info",
-            "STATE_DIR": str(tmp_path / f"state-{len(started)}"),
-        }
-        server = _start(
-            [sys.executable, "-m", "tutor_gateway"],
-            {**base, **{k: str(v) for k, v in env.items()}},
+        server = start_server(
+            gateway_argv(),
+            gateway_env(port, tmp_path / f"state-{len(started)}", **env),
             port,
             tmp_path / f"gateway-{len(started)}.log",
             "/health",
@@ -142,7 +56,7 @@ def gateway_process(tmp_path: Path) -> Iterator[GatewayStarter]:
 
     yield start
     for server in started:
-        _stop(server)
+        stop_server(server)
 
 
 @pytest.fixture
@@ -158,8 +72,8 @@ def engine_process(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
             "ENGINE_LLM_BACKEND": "mock",
             "ENGINE_API_KEY": "",
         }
-        server = _start(
-            [sys.executable, "-m", "tutor_engine", "--host", "127.0.0.1", "--port", str(port)],
+        server = start_server(
+            engine_argv(port),
             {**base, **{k: str(v) for k, v in env.items()}},
             port,
             tmp_path / f"engine-{len(started)}.log",
@@ -170,7 +84,7 @@ def engine_process(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
 
     yield start
     for server in started:
-        _stop(server)
+        stop_server(server)
 
 
 def create_session(server: ServerProcess, tutor_id: int = 1, student_id: int = 1) -> dict[str, Any]:

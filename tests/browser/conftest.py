@@ -17,21 +17,27 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
-import sys
 import threading
 import time
 import wave
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import httpx
 import pytest
+
+from tests.support.processes import (
+    ServerProcess,
+    free_port,
+    gateway_argv,
+    gateway_env,
+    launch_server,
+    stop_server,
+    wait_ready,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = Path(os.environ.get("TEST_ARTIFACTS_DIR", ROOT / "test-artifacts")) / "browser"
@@ -74,29 +80,8 @@ def _browser_and_driver() -> tuple[str, str]:
     return browser, driver
 
 
-def free_port() -> int:
-    with socket.create_server(("127.0.0.1", 0)) as sock:
-        return sock.getsockname()[1]
-
-
-@dataclass
-class GatewayProcess:
-    """``python -m tutor_gateway`` on 127.0.0.1: its address and log."""
-
-    process: subprocess.Popen[bytes]
-    port: int
-    log_path: Path
-
-    @property
-    def http(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-
 @pytest.fixture(scope="session")
-def speech_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+def speech_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """The embedded default as ``make run`` serves it: real ASR and TTS (``auto``), mock LLM.
 
     The mock LLM writes a word every 20 ms, so a reply takes a moment as a real one does and
@@ -106,49 +91,25 @@ def speech_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway
         pytest.importorskip(module, reason="the speech extra is part of make test's install")
     tmp = tmp_path_factory.mktemp("speech-gateway")
     port = free_port()
-    env = {
-        **os.environ,
-        "MANAGEMENT_API_HOST": "127.0.0.1",
-        "MANAGEMENT_API_PORT": str(port),
-        "WEBSOCKET_URL": f"ws://127.0.0.1:{port}/ws",
-        "STATE_DIR": str(tmp / "state"),
+    env = gateway_env(
+        port,
+        tmp / "state",
         # The Makefile's RUN_ENV.
-        "ENGINE_ASR_BACKEND": "auto",
-        "ENGINE_TTS_BACKEND": "auto",
-        "ENGINE_ASR_BEAM_SIZE": "1",
-        "ENGINE_LLM_BACKEND": "mock",
-        "ENGINE_LLM_MOCK_TOKEN_SECONDS": "0.02",
-    }
-    log_path = tmp / "gateway.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "tutor_gateway"],
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    gateway = GatewayProcess(process, port, log_path)
+        ENGINE_ASR_BACKEND="auto",
+        ENGINE_TTS_BACKEND="auto",
+        ENGINE_ASR_BEAM_SIZE="1",
+        ENGINE_LLM_MOCK_TOKEN_SECONDS="0.02",
+    )
+    gateway = launch_server(gateway_argv(), env, port, tmp / "gateway.log")
     try:
-        wait_until(lambda: _answers(f"{gateway.http}/health"), 60, "gateway /health", gateway)
+        wait_ready(gateway, "/health")
         yield gateway
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-def _answers(url: str) -> bool:
-    with contextlib.suppress(httpx.TransportError):
-        return httpx.get(url, timeout=2).status_code == 200
-    return False
+        stop_server(gateway, timeout=30)
 
 
 def wait_until(
-    condition: Callable[[], Any], timeout: float, what: str, gateway: GatewayProcess | None = None
+    condition: Callable[[], Any], timeout: float, what: str, gateway: ServerProcess | None = None
 ) -> Any:
     """Poll ``condition`` until it returns something truthy; fail after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout

@@ -14,7 +14,9 @@ from typing import Any
 import pytest
 from tutor_gateway import frames
 
-from .conftest import GatewayProcess, ScriptedServer, free_port, open_page, run_js, wait_until
+from tests.support.processes import ServerProcess
+
+from .conftest import ScriptedServer, free_port, open_page, run_js, wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -71,7 +73,7 @@ def mock_page(page: Any, gateway_factory) -> tuple[Any, Any]:
 # Real speech models (the embedded default).
 
 
-def test_connect_send_text_and_typed_events(page: Any, speech_gateway: GatewayProcess) -> None:
+def test_connect_send_text_and_typed_events(page: Any, speech_gateway: ServerProcess) -> None:
     open_page(page, f"{speech_gateway.http}/demo")
     result = run_js(
         page,
@@ -108,7 +110,7 @@ def test_connect_send_text_and_typed_events(page: Any, speech_gateway: GatewayPr
 
 
 def test_every_server_message_is_a_typed_event(
-    page: Any, speech_gateway: GatewayProcess, question_b64: str
+    page: Any, speech_gateway: ServerProcess, question_b64: str
 ) -> None:
     open_page(page, f"{speech_gateway.http}/demo")
     result = run_js(

@@ -12,7 +12,9 @@ pytest.importorskip("selenium", reason="selenium is in the test extra: make test
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 
-from .conftest import GatewayProcess, open_page, save_artifacts, wait_until
+from tests.support.processes import ServerProcess
+
+from .conftest import open_page, save_artifacts, wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -68,7 +70,7 @@ def ordered(sequence: list[str], *wanted: str) -> bool:
 
 
 def test_spoken_and_typed_conversation_with_barge_in(
-    page: Any, speech_gateway: GatewayProcess
+    page: Any, speech_gateway: ServerProcess
 ) -> None:
     gateway = speech_gateway
     open_page(page, f"{gateway.http}/demo")

@@ -4,16 +4,9 @@ the socket closes with 1012, and the process exits 0."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import os
 import signal
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,70 +16,40 @@ import websockets
 from tutor_contract.relay import RELAY_HEADER, parse_receipt
 from tutor_engine.history.sqlite import SqliteStore
 
+from tests.support.processes import (
+    ServerProcess,
+    engine_argv,
+    free_port,
+    launch_server,
+    wait_ready,
+)
+
 RELAY = {RELAY_HEADER: "1"}
 
 
-@dataclass
-class EngineProcess:
-    process: subprocess.Popen[bytes]
-    port: int
-    log_path: Path
-
-    @property
-    def http(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def ws(self) -> str:
-        return f"ws://127.0.0.1:{self.port}"
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-
-def _free_port() -> int:
-    with socket.create_server(("127.0.0.1", 0)) as sock:
-        return sock.getsockname()[1]
-
-
 @pytest.fixture
-def engine_process(tmp_path: Path) -> Iterator[Callable[..., EngineProcess]]:
+def engine_process(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
     """Start ``python -m tutor_engine`` (mock backends) with extra ENGINE_* variables."""
-    started: list[EngineProcess] = []
+    started: list[ServerProcess] = []
 
-    def start(**env: Any) -> EngineProcess:
-        port = _free_port()
-        log_path = tmp_path / f"engine-{len(started)}.log"
+    def start(**env: Any) -> ServerProcess:
+        port = free_port()
         variables = {
-            **os.environ,
             "ENGINE_LLM_BACKEND": "mock",
             "ENGINE_ASR_BACKEND": "mock",
             "ENGINE_TTS_BACKEND": "mock",
             "ENGINE_API_KEY": "",
             **{f"ENGINE_{k.upper()}": str(v) for k, v in env.items()},
         }
-        with log_path.open("wb") as log:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "tutor_engine", "--host", "127.0.0.1", "--port", str(port)],
-                env=variables,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        engine = EngineProcess(process, port, log_path)
+        log_path = tmp_path / f"engine-{len(started)}.log"
+        engine = launch_server(engine_argv(port), variables, port, log_path)
         started.append(engine)
-        deadline = time.monotonic() + 60
-        while True:
-            assert process.poll() is None, engine.log()
-            assert time.monotonic() < deadline, engine.log()
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(f"{engine.http}/readyz", timeout=2).status_code == 200:
-                    return engine
-            time.sleep(0.05)
+        wait_ready(engine, "/readyz")
+        return engine
 
     yield start
-    for engine in started:
-        if engine.process.poll() is None:
+    for engine in started:  # the tests signal it themselves: nothing graceful is left to do
+        if engine.alive():
             engine.process.kill()
             engine.process.wait()
 
@@ -98,7 +61,7 @@ def label(frame: str | bytes) -> str:
     return json.loads(frame)["type"]
 
 
-async def until_draining(engine: EngineProcess) -> None:
+async def until_draining(engine: ServerProcess) -> None:
     """Wait for /readyz to say 503 "draining" (the signal is handled asynchronously)."""
     async with httpx.AsyncClient(base_url=engine.http) as http, asyncio.timeout(30):
         while True:
@@ -109,7 +72,7 @@ async def until_draining(engine: EngineProcess) -> None:
             await asyncio.sleep(0.02)
 
 
-async def exit_code(engine: EngineProcess, within: float) -> int:
+async def exit_code(engine: ServerProcess, within: float) -> int:
     return await asyncio.to_thread(engine.process.wait, within)
 
 
@@ -124,7 +87,7 @@ async def closed_with(ws: Any) -> list[str]:
 
 
 async def test_sigterm_lets_the_reply_finish_refuses_new_sessions_and_exits_0(
-    engine_process: Callable[..., EngineProcess], tmp_path: Path
+    engine_process: Callable[..., ServerProcess], tmp_path: Path
 ) -> None:
     db = tmp_path / "history.db"
     # The reply (about 100 words at 50 ms) outlasts the checks made while it is in flight.
@@ -150,7 +113,7 @@ async def test_sigterm_lets_the_reply_finish_refuses_new_sessions_and_exits_0(
 
 
 async def test_a_turn_past_the_drain_deadline_is_cut_and_queued_frames_never_start(
-    engine_process: Callable[..., EngineProcess], tmp_path: Path
+    engine_process: Callable[..., ServerProcess], tmp_path: Path
 ) -> None:
     db = tmp_path / "history.db"
     # Replies take about 6 s, the drain 2 s.

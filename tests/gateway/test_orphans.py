@@ -17,7 +17,6 @@ import sys
 import textwrap
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,12 +33,15 @@ from tutor_gateway.engine_registry import (
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
+from tests.support.processes import (
+    ServerProcess,
+    free_port,
+    gateway_argv,
+    gateway_env,
+    start_server,
+)
+
 GONE_WITHIN = 15.0  # seconds: the bound for engines to disappear after their gateway died
-
-
-def free_port() -> int:
-    with socket.create_server(("127.0.0.1", 0)) as sock:
-        return sock.getsockname()[1]
 
 
 def port_is_free(port: int) -> bool:
@@ -68,78 +70,27 @@ def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> float:
     return time.monotonic() - started
 
 
-@dataclass
-class Gateway:
-    process: subprocess.Popen[bytes]
-    port: int
-    log_path: Path
-
-    @property
-    def http(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def engines(self) -> dict[int, int]:
-        """This gateway's engine processes: pid → the port each listens on."""
-        found = {}
-        for child in psutil.Process(self.process.pid).children():
-            with contextlib.suppress(psutil.Error):
-                if "tutor_engine" in child.cmdline():
-                    listening = [
-                        c.laddr.port
-                        for c in child.net_connections("tcp")
-                        if c.status == psutil.CONN_LISTEN
-                    ]
-                    found[child.pid] = listening[0] if listening else 0
-        return found
-
-
 @pytest.fixture
 def state_dir(tmp_path: Path) -> Path:
     return tmp_path / "state"
 
 
 @pytest.fixture
-def start_gateway(tmp_path: Path, state_dir: Path) -> Iterator[Callable[..., Gateway]]:
+def start_gateway(tmp_path: Path, state_dir: Path) -> Iterator[Callable[..., ServerProcess]]:
     """Start ``python -m tutor_gateway`` (mock backends, STATE_DIR=state_dir) as a process."""
-    started: list[Gateway] = []
+    started: list[ServerProcess] = []
 
-    def start(port: int | None = None, **env: Any) -> Gateway:
+    def start(port: int | None = None, **env: Any) -> ServerProcess:
         port = port or free_port()
-        log_path = tmp_path / f"gateway-{len(started)}.log"
-        variables = {
-            **os.environ,
-            "MANAGEMENT_API_HOST": "127.0.0.1",
-            "MANAGEMENT_API_PORT": str(port),
-            "WEBSOCKET_URL": f"ws://127.0.0.1:{port}/ws",
-            "ENGINE_ASR_BACKEND": "mock",
-            "ENGINE_TTS_BACKEND": "mock",
-            "ENGINE_LLM_BACKEND": "mock",
-            "STATE_DIR": str(state_dir),
-            "LOG_LEVEL": "info",
-            **{k: str(v) for k, v in env.items()},
-        }
-        with log_path.open("wb") as log_file:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "tutor_gateway"],
-                env=variables,
-                cwd=tmp_path,
-                stdin=subprocess.DEVNULL,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-            )
-        gateway = Gateway(process, port, log_path)
+        gateway = start_server(
+            gateway_argv(),
+            gateway_env(port, state_dir, **env),
+            port,
+            tmp_path / f"gateway-{len(started)}.log",
+            "/health",
+            cwd=tmp_path,
+        )
         started.append(gateway)
-
-        def ready() -> bool:
-            assert process.poll() is None, f"gateway exited:\n{gateway.log()[-3000:]}"
-            with contextlib.suppress(httpx.TransportError):
-                return httpx.get(f"{gateway.http}/health", timeout=2).status_code == 200
-            return False
-
-        wait_for(ready, 60, "gateway ready")
         return gateway
 
     yield start
@@ -160,7 +111,7 @@ def start_gateway(tmp_path: Path, state_dir: Path) -> Iterator[Callable[..., Gat
     EngineRegistry(state_dir).stop_stale(grace=1)
 
 
-def create_session(gateway: Gateway, tutor_id: int) -> dict[str, Any]:
+def create_session(gateway: ServerProcess, tutor_id: int) -> dict[str, Any]:
     response = httpx.post(
         f"{gateway.http}/v1/sessions", json={"tutor_id": tutor_id, "student_id": 1}, timeout=30
     )
@@ -168,7 +119,7 @@ def create_session(gateway: Gateway, tutor_id: int) -> dict[str, Any]:
     return response.json()
 
 
-def open_ws(gateway: Gateway, session: dict[str, Any], query: str = "") -> ClientConnection:
+def open_ws(gateway: ServerProcess, session: dict[str, Any], query: str = "") -> ClientConnection:
     url = f"ws://127.0.0.1:{gateway.port}/ws/ws/{session['session_id']}"
     return connect(f"{url}?token={session['engine_token']}{query}", open_timeout=30)
 
@@ -186,7 +137,7 @@ def records(state_dir: Path) -> dict[int, EngineRecord]:
     return found
 
 
-def kill_and_wait_for_engines(gateway: Gateway, engines: dict[int, int]) -> float:
+def kill_and_wait_for_engines(gateway: ServerProcess, engines: dict[int, int]) -> float:
     """SIGKILL the gateway; seconds until all its engines are gone and their ports free."""
     gateway.process.kill()
     killed = time.monotonic()
@@ -197,14 +148,14 @@ def kill_and_wait_for_engines(gateway: Gateway, engines: dict[int, int]) -> floa
     return took
 
 
-def serves_a_conversation(gateway: Gateway, tutor_id: int) -> None:
+def serves_a_conversation(gateway: ServerProcess, tutor_id: int) -> None:
     with open_ws(gateway, create_session(gateway, tutor_id)) as ws:
         reply = say(ws, "are you there")
     assert reply["type"] == "text" and f"Tutor {tutor_id} heard" in reply["content"]
 
 
 def test_engines_die_with_a_sigkilled_gateway_and_a_new_gateway_serves(
-    start_gateway: Callable[..., Gateway], state_dir: Path
+    start_gateway: Callable[..., ServerProcess], state_dir: Path
 ) -> None:
     gateway = start_gateway()
     first, second = create_session(gateway, 1), create_session(gateway, 2)
@@ -232,7 +183,7 @@ def test_engines_die_with_a_sigkilled_gateway_and_a_new_gateway_serves(
 
 
 def test_an_engine_mid_reply_dies_with_its_gateway(
-    start_gateway: Callable[..., Gateway], state_dir: Path
+    start_gateway: Callable[..., ServerProcess], state_dir: Path
 ) -> None:
     gateway = start_gateway(ENGINE_LLM_MOCK_TOKEN_SECONDS=0.5)
     busy, idle = create_session(gateway, 1), create_session(gateway, 2)
@@ -253,7 +204,7 @@ def test_an_engine_mid_reply_dies_with_its_gateway(
 
 
 def test_without_the_parent_death_signal_the_pipe_ends_the_engine(
-    start_gateway: Callable[..., Gateway],
+    start_gateway: Callable[..., ServerProcess],
 ) -> None:
     """Through a wrapper that forks, the engine is no direct child: only the pipe can fire."""
     wrapper = f"sh -c '{sys.executable} -m tutor_engine \"$@\"; exit $?' sh"
@@ -270,7 +221,7 @@ def test_without_the_parent_death_signal_the_pipe_ends_the_engine(
 
 
 def test_a_new_gateway_stops_stale_engines_and_leaves_other_processes_alone(
-    start_gateway: Callable[..., Gateway], state_dir: Path, tmp_path: Path
+    start_gateway: Callable[..., ServerProcess], state_dir: Path, tmp_path: Path
 ) -> None:
     # A gateway that is dead, its pid and start time on record.
     dead = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])

@@ -15,11 +15,8 @@ import logging
 import os
 import socket
 import sqlite3
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +38,15 @@ from tutor_gateway.sessions import (
 from tutor_gateway.tokens import hash_token
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
+
+from tests.support.processes import (
+    ServerProcess,
+    free_port,
+    gateway_argv,
+    gateway_env,
+    launch_server,
+    wait_ready,
+)
 
 # --- Pure parts and the store on its own -------------------------------------------------
 
@@ -282,11 +288,6 @@ def test_telling_an_engine_that_does_not_answer_is_bounded(
 # --- Real gateway processes restarted on the same STATE_DIR ------------------------------
 
 
-def free_port() -> int:
-    with socket.create_server(("127.0.0.1", 0)) as sock:
-        return sock.getsockname()[1]
-
-
 def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -294,33 +295,17 @@ def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
         time.sleep(0.05)
 
 
-@dataclass
-class GatewayProcess:
-    process: subprocess.Popen[bytes]
-    port: int
-    log_path: Path
+def stop_cleanly(gateway: ServerProcess) -> None:
+    """SIGTERM, and wait for the clean exit (uvicorn re-raises the signal once done)."""
+    gateway.process.terminate()
+    gateway.process.wait(timeout=30)
+    assert "Application shutdown complete" in gateway.log(), gateway.log()[-3000:]
 
-    @property
-    def http(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
 
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self) -> None:
-        """SIGTERM, and wait for the clean exit (uvicorn re-raises the signal once done)."""
-        self.process.terminate()
-        self.process.wait(timeout=30)
-        assert "Application shutdown complete" in self.log(), self.log()[-3000:]
-
-    def engine_environ(self) -> dict[str, str]:
-        """The environment of this gateway's (one) engine process."""
-        (engine,) = [
-            child
-            for child in psutil.Process(self.process.pid).children()
-            if "tutor_engine" in child.cmdline()
-        ]
-        return engine.environ()
+def engine_environ(gateway: ServerProcess) -> dict[str, str]:
+    """The environment of this gateway's (one) engine process."""
+    (pid,) = gateway.engines()
+    return psutil.Process(pid).environ()
 
 
 class Gateways:
@@ -328,48 +313,25 @@ class Gateways:
 
     def __init__(self, tmp_path: Path, state_dir: Path) -> None:
         self.tmp_path, self.state_dir = tmp_path, state_dir
-        self.started: list[GatewayProcess] = []
+        self.started: list[ServerProcess] = []
 
-    def launch(self, **env: Any) -> GatewayProcess:
+    def launch(self, **env: Any) -> ServerProcess:
         """Start one, without waiting for it."""
         port = free_port()
-        log_path = self.tmp_path / f"gateway-{len(self.started)}.log"
-        variables = {
-            **os.environ,
-            "MANAGEMENT_API_HOST": "127.0.0.1",
-            "MANAGEMENT_API_PORT": str(port),
-            "WEBSOCKET_URL": f"ws://127.0.0.1:{port}/ws",
-            "ENGINE_ASR_BACKEND": "mock",
-            "ENGINE_TTS_BACKEND": "mock",
-            "ENGINE_LLM_BACKEND": "mock",
-            "STATE_DIR": str(self.state_dir),
-            "LOG_LEVEL": "info",
-            **{k: str(v) for k, v in env.items()},
-        }
-        with log_path.open("wb") as log_file:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "tutor_gateway"],
-                env=variables,
-                cwd=self.tmp_path,
-                stdin=subprocess.DEVNULL,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-            )
-        gateway = GatewayProcess(process, port, log_path)
+        gateway = launch_server(
+            gateway_argv(),
+            gateway_env(port, self.state_dir, **env),
+            port,
+            self.tmp_path / f"gateway-{len(self.started)}.log",
+            cwd=self.tmp_path,
+        )
         self.started.append(gateway)
         return gateway
 
-    def start(self, **env: Any) -> GatewayProcess:
+    def start(self, **env: Any) -> ServerProcess:
         """Start one and wait until it serves."""
         gateway = self.launch(**env)
-
-        def ready() -> bool:
-            assert gateway.process.poll() is None, f"gateway exited:\n{gateway.log()[-3000:]}"
-            with contextlib.suppress(httpx.TransportError):
-                return httpx.get(f"{gateway.http}/health", timeout=2).status_code == 200
-            return False
-
-        wait_for(ready, 60, "gateway ready")
+        wait_ready(gateway, "/health")
         return gateway
 
 
@@ -388,7 +350,7 @@ def gateways(tmp_path: Path, state_dir: Path) -> Iterator[Gateways]:
             gateway.process.wait()
 
 
-def create_session(gateway: GatewayProcess, tutor_id: int = 1) -> dict[str, Any]:
+def create_session(gateway: ServerProcess, tutor_id: int = 1) -> dict[str, Any]:
     response = httpx.post(
         f"{gateway.http}/v1/sessions", json={"tutor_id": tutor_id, "student_id": 7}, timeout=30
     )
@@ -396,7 +358,7 @@ def create_session(gateway: GatewayProcess, tutor_id: int = 1) -> dict[str, Any]
     return response.json()
 
 
-def open_ws(gateway: GatewayProcess, session: dict[str, Any]) -> ClientConnection:
+def open_ws(gateway: ServerProcess, session: dict[str, Any]) -> ClientConnection:
     url = f"ws://127.0.0.1:{gateway.port}/ws/ws/{session['session_id']}"
     return connect(f"{url}?token={session['engine_token']}", open_timeout=30)
 
@@ -406,7 +368,7 @@ def say(ws: ClientConnection, text: str) -> dict[str, Any]:
     return json.loads(ws.recv(timeout=60))
 
 
-def close_code(gateway: GatewayProcess, session: dict[str, Any]) -> int:
+def close_code(gateway: ServerProcess, session: dict[str, Any]) -> int:
     """The code the gateway closes this session's WebSocket with, before any conversation."""
     with open_ws(gateway, session) as ws, pytest.raises(ConnectionClosed) as info:
         while True:
@@ -415,7 +377,7 @@ def close_code(gateway: GatewayProcess, session: dict[str, Any]) -> int:
     return info.value.rcvd.code
 
 
-def get(gateway: GatewayProcess, session: dict[str, Any]) -> httpx.Response:
+def get(gateway: ServerProcess, session: dict[str, Any]) -> httpx.Response:
     return httpx.get(f"{gateway.http}/v1/sessions/{session['session_id']}", timeout=10)
 
 
@@ -431,11 +393,11 @@ def test_a_session_survives_a_restart_until_it_is_deleted(
     session = create_session(gateway, tutor_id=3)
     with open_ws(gateway, session) as ws:
         assert "This is turn 1," in say(ws, "first turn")["content"]
-        assert gateway.engine_environ()["ENGINE_HISTORY_URL"] == (
+        assert engine_environ(gateway)["ENGINE_HISTORY_URL"] == (
             f"sqlite:///{state_dir.resolve()}/history.db"
         )
-        assert gateway.engine_environ()["ENGINE_SESSION_TTL_SECONDS"] == "660.0"
-    gateway.stop()
+        assert engine_environ(gateway)["ENGINE_SESSION_TTL_SECONDS"] == "660.0"
+    stop_cleanly(gateway)
     token = session["engine_token"].encode()
     assert (state_dir / "sessions.db").is_file()
     assert token not in state_bytes(state_dir), "the token is never stored"
@@ -458,7 +420,7 @@ def test_a_session_survives_a_restart_until_it_is_deleted(
     assert "This is turn 2," in reply["content"], "the conversation survived too (history.db)"
     deleted = httpx.delete(f"{again.http}/v1/sessions/{session['session_id']}", timeout=10)
     assert deleted.status_code == 204
-    again.stop()
+    stop_cleanly(again)
     assert token not in state_bytes(state_dir)
 
     third = gateways.start(SESSION_TIMEOUT_SECONDS=600)
@@ -487,7 +449,7 @@ def test_idle_time_while_no_gateway_runs_counts_toward_expiry(gateways: Gateways
     session = create_session(gateway)
     with open_ws(gateway, session) as ws:
         say(ws, "hello")
-    gateway.stop()
+    stop_cleanly(gateway)
     time.sleep(timeout + 0.2)  # idle past its timeout, with no gateway to expire it
 
     again = gateways.start(SESSION_TIMEOUT_SECONDS=timeout, REAPER_INTERVAL_SECONDS=0.2)
@@ -500,7 +462,7 @@ def test_a_restored_session_expires_after_its_timeout_of_inactivity(
 ) -> None:
     gateway = gateways.start(SESSION_TIMEOUT_SECONDS=30)
     session = create_session(gateway)
-    gateway.stop()
+    stop_cleanly(gateway)
 
     again = gateways.start(SESSION_TIMEOUT_SECONDS=4, REAPER_INTERVAL_SECONDS=0.2)
     wait_for(lambda: get(again, session).status_code == 404, 60, "restored session expired")
