@@ -187,6 +187,9 @@ class Relay:
             failure = bridge.exception()
             if failure is None:
                 await self._close(bridge.result())
+            elif isinstance(failure, WebSocketDisconnect):
+                # A frame for the client found it gone before its reader saw the disconnect.
+                log.info("session %s: client left while a frame was sent to it", self._sid)
             elif not isinstance(failure, ClientTooSlow):
                 log.error("session %s: relay failed", self._sid, exc_info=failure)
                 await self._close(Ending(CLOSE_INTERNAL_ERROR, "internal error", INTERNAL))

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -14,6 +15,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 import uvicorn
 from fastapi import FastAPI, WebSocket
+from starlette.websockets import WebSocketDisconnect, WebSocketState
 from tutor_contract.crd import ACTIVE, ENGINE_KEY_HEADER, PENDING, READY_ENDPOINTS
 from tutor_contract.relay import RELAY_HEADER, Receipt, receipt_frame
 from tutor_gateway.config import GatewaySettings
@@ -521,3 +523,45 @@ async def test_an_engine_that_drops_every_connection_still_ends_in_4503() -> Non
                     assert (await recv(client))["type"] == "error"
         assert closed.value.rcvd is not None and closed.value.rcvd.code == 4503
         assert len(dropper.requests) > 1, "it was tried again, within the one budget"
+
+
+class GoneClient:
+    """A client socket whose peer has gone: its one frame was read, sending to it fails, and
+    its reader has not yet seen the disconnect (the race a loaded gateway hits)."""
+
+    client_state = WebSocketState.CONNECTED
+
+    def __init__(self, frame: str) -> None:
+        self.query_params: dict[str, str] = {}
+        self.scope: dict[str, Any] = {}
+        self.frames = [{"type": "websocket.receive", "text": frame}]
+        self.sent: list[Any] = []
+
+    async def receive(self) -> dict[str, Any]:
+        if self.frames:
+            return self.frames.pop(0)
+        await asyncio.Event().wait()  # the disconnect is never seen
+        raise AssertionError
+
+    async def send_text(self, data: str) -> None:
+        raise WebSocketDisconnect(1006)
+
+    send_bytes = send_json = send_text
+
+    async def close(self, code: int, reason: str) -> None:
+        self.sent.append(("close", code))
+
+
+async def test_a_client_gone_while_its_reply_is_sent_ends_the_relay_quietly(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="tutor_gateway.relay")
+    engine = FakeEngine()
+    limits = RelayLimits(2**20, 2**20, 30, 10, 30, 1)
+    client = GoneClient(text("one"))
+    async with engine.running():
+        relay = Relay(client, SESSION, ListRouter(engine), limits, _nothing)  # type: ignore[arg-type]
+        async with asyncio.timeout(30):
+            await relay.run()
+    assert not [r for r in caplog.records if r.levelname == "ERROR"], caplog.text
+    assert "client left" in caplog.text and client.sent == []
