@@ -126,6 +126,11 @@ def main(argv: list[str] | None = None) -> None:
             "KUBE_NAMESPACE": NAMESPACE,
             "ENGINE_API_KEY": ENGINE_KEY,
             "MAX_SESSIONS": str(args.sessions * 2 + 100),
+            # Sessions as fast as they come, student 1 on every round trip: not the abuse limits.
+            "MAX_SESSIONS_PER_STUDENT": str(args.sessions * 2 + 100),
+            "MAX_REQUESTS_PER_MINUTE": "1000000",
+            "MAX_MESSAGES_PER_SECOND": "1000000",
+            "MAX_MESSAGES_BURST": "1000000",
             "MANAGEMENT_API_HOST": "127.0.0.1",
             "MANAGEMENT_API_PORT": str(port),
             "WEBSOCKET_URL": f"ws://127.0.0.1:{port}/ws",

@@ -85,6 +85,9 @@ def main(argv: list[str] | None = None) -> None:
             "MANAGEMENT_API_PORT": str(port),
             "WEBSOCKET_URL": f"ws://127.0.0.1:{port}/ws",
             "STATE_DIR": state,
+            # Round trips as fast as the engine answers: not the message-rate limit.
+            "MAX_MESSAGES_PER_SECOND": "1000000",
+            "MAX_MESSAGES_BURST": "1000000",
             "ENGINE_ASR_BACKEND": "mock",
             "ENGINE_TTS_BACKEND": "mock",
             "ENGINE_LLM_BACKEND": "mock",

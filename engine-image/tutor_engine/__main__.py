@@ -11,6 +11,7 @@ import logging
 import sys
 
 import uvicorn
+from tutor_contract.version import version_line
 
 from .app import create_app
 from .config import EngineSettings
@@ -26,6 +27,7 @@ def main(argv: list[str] | None = None) -> None:
     configured)."""
     settings = EngineSettings()
     parser = argparse.ArgumentParser(prog="tutor-engine", description=__doc__)
+    parser.add_argument("--version", action="version", version=version_line(parser.prog))
     parser.add_argument("--host", default=settings.host)
     parser.add_argument("--port", type=int, default=settings.port)
     parser.add_argument("--fd", type=int, help="serve on this already-bound socket (local mode)")

@@ -113,12 +113,28 @@ class EngineState:
         self.loaded[backend.name] = True
         log.info("loaded %s in %.2fs", backend.name, time.perf_counter() - started)
 
+    def load_problem(self) -> str | None:
+        """What a model still loading is waiting on, in its backend's words (e.g. ``LLM server
+        http://vllm:8000 unreachable: connection refused``), or the load failure; ``None``
+        while loading simply takes its time."""
+        if self.load_error:
+            return self.load_error
+        problems = [
+            problem
+            for backend in self.backends.all()
+            if not self.loaded.get(backend.name) and (problem := getattr(backend, "problem", None))
+        ]
+        return "; ".join(problems) or None
+
     def not_ready_reason(self) -> str | None:
         """Why new sessions are refused (``None``: they are taken)."""
         if self.draining:
             return "draining"
         if not self.ready:
-            return self.load_error or "models are still loading"
+            if self.load_error:
+                return self.load_error
+            problem = self.load_problem()
+            return f"models are still loading: {problem}" if problem else "models are still loading"
         return None
 
     async def drain(self) -> None:
@@ -205,6 +221,7 @@ def create_app(
             "backends": dict(state.loaded),
             "error": state.load_error,
             "reason": reason,
+            "problem": None if reason is None else state.load_problem(),
             "history": state.history.state(),
         }
         return JSONResponse(body, status_code=200 if reason is None else 503)

@@ -51,12 +51,21 @@ class EngineSettings(BaseSettings):
     llm_mock_token_seconds: float = Field(
         0.0, ge=0, le=5, description="Mock LLM: pause per word, to imitate generation speed."
     )
+    llm_mock_load_seconds: float = Field(
+        0.0,
+        ge=0,
+        le=3600,
+        description="Mock LLM: how long loading takes, to imitate a cold model (tests, demos).",
+    )
     llm_context_tokens: int = Field(
         4096, ge=256, description="The model's context window; history is trimmed to fit."
     )
     llm_timeout_seconds: float = Field(60.0, gt=0, description="Per request to the LLM server.")
     llm_wait_seconds: float = Field(
-        900.0, ge=0, description="How long load() waits for the LLM server to come up."
+        900.0,
+        ge=0,
+        description="How long load() waits for the LLM server to come up (its model-load "
+        "budget); the operator and the local gateway set it from their own budget.",
     )
 
     asr_backend: Literal["mock", "faster-whisper", "auto"] = Field(

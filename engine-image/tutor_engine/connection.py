@@ -249,7 +249,8 @@ class Connection:
     async def _barge_in(self, message: Message, seq: int) -> None:
         """Streaming connection: options apply now; a new message replaces everything before."""
         if isinstance(message, OptionsIn):
-            self.conv.stream = message.stream
+            if message.stream is not None:
+                self.conv.stream = message.stream
             await self.send(options_message(self.conv.stream))
             await self._receipt(seq, started=False)
             return
@@ -329,7 +330,8 @@ class Connection:
     async def _answer(self, item: _Item) -> bool:
         """Apply options or run the message's turn; False if the client turned out to be gone."""
         if isinstance(item.message, OptionsIn):
-            self.conv.stream = item.message.stream
+            if item.message.stream is not None:
+                self.conv.stream = item.message.stream
             await self.send(options_message(self.conv.stream))
             return True
         await self._receipt(item.seq, started=True)

@@ -9,7 +9,10 @@ Extensions old clients never see (documented in the README):
   are recognised from the bytes);
 - ``{"type": "options", "stream": true}`` opts a connection into incremental events:
   ``text_delta``, ``audio_chunk`` (one per sentence), a final ``text`` with ``"final": true``,
-  and ``interrupted`` when a new message cancels a reply in flight (barge-in).
+  and ``interrupted`` when a new message cancels a reply in flight (barge-in);
+- ``options`` may also carry ``"events": true|false``: the gateway's opt-in to ``status``
+  messages while the client waits for an engine. The engine accepts and ignores it; an options
+  message that names ``events`` but not ``stream`` leaves the streaming mode as it was.
 """
 
 from __future__ import annotations
@@ -48,7 +51,8 @@ class AudioIn:
 class OptionsIn:
     """A client's choice of protocol extensions for the rest of the connection."""
 
-    stream: bool
+    stream: bool | None  # None: unchanged (the message only named the gateway's ``events``)
+    events: bool | None = None  # the gateway's opt-in; nothing for the engine to do
 
 
 PCM16_RATE = 16_000
@@ -188,10 +192,13 @@ def parse_client_frame(
             raise ProtocolError("Audio message is empty")
         return AudioIn(data=_audio_file(audio, payload.get("format")))
     if kind == "options":
-        stream = payload.get("stream", False)
-        if not isinstance(stream, bool):
+        events = payload.get("events")
+        if events is not None and not isinstance(events, bool):
+            raise ProtocolError("Options 'events' must be true or false")
+        stream = payload.get("stream", None if "events" in payload else False)
+        if stream is not None and not isinstance(stream, bool):
             raise ProtocolError("Options 'stream' must be true or false")
-        return OptionsIn(stream=stream)
+        return OptionsIn(stream=stream, events=events)
     if kind is None:
         raise ProtocolError("Message has no 'type' (expected 'text' or 'audio')")
     raise ProtocolError(f"Unknown message type: {_describe(kind)} (expected 'text' or 'audio')")

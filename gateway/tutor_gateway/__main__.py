@@ -1,17 +1,20 @@
-"""Run the gateway: ``python -m tutor_gateway`` (settings from the environment and ``.env``)."""
+"""Run the gateway: ``python -m tutor_gateway`` (settings from the environment and ``.env``;
+``--help`` lists them, ``--version``)."""
 
 from __future__ import annotations
 
 import uvicorn
 
+from . import cli
 from .app import create_app
 from .config import GatewaySettings
 from .logs import configure
 from .server import uvicorn_options
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     """Serve the REST API and WebSocket on MANAGEMENT_API_HOST:MANAGEMENT_API_PORT."""
+    cli.parse(argv)  # --help, --version: print and exit before anything starts
     settings = GatewaySettings()
     configure(settings.log_level, "gateway")
     uvicorn.run(

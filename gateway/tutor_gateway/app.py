@@ -12,10 +12,12 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from .api import demo, errors, health, sessions, ws
+from . import auth
+from .api import demo, docs, errors, health, responses, sessions, ws
 from .config import GatewaySettings
 from .engine_registry import EngineRegistry
 from .engines import LocalEngines
+from .ratelimit import RequestRateLimit
 from .service import Gateway, LocalHousekeeping
 from .sessions import SqliteSessionStore, StoreUnavailable
 
@@ -41,6 +43,7 @@ async def _local_mode(settings: GatewaySettings) -> AsyncIterator[Gateway]:
             idle_timeout=settings.engine_idle_timeout_seconds,
             command=settings.engine_command,
             liveness_timeout=settings.engine_liveness_timeout_seconds,
+            max_concurrent_starts=settings.max_concurrent_cold_starts,
             registry=registry,
             engine_env=settings.local_engine_env(),
         )
@@ -84,8 +87,12 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
 
     app = FastAPI(
         title="tutor-serving gateway",
-        description="The GPU Server's session API and conversation WebSocket.",
-        version="0.1.0",
+        description=docs.DESCRIPTION,
+        version=docs.VERSION,
+        openapi_tags=docs.TAGS,
+        generate_unique_id_function=docs.operation_id,
+        docs_url=None,  # /docs and /redoc come from api.docs, with assets served here (no CDN)
+        redoc_url=None,
         lifespan=lifespan,
     )
     app.state.settings = settings
@@ -97,12 +104,18 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
 
     app.add_exception_handler(RequestValidationError, errors.validation_error)  # type: ignore[arg-type]
     app.add_middleware(errors.BodyLimit, limit=settings.max_request_body_bytes)
+    app.add_middleware(RequestRateLimit, per_minute=settings.max_requests_per_minute)
+    auth.install(app, settings)  # outermost: keys and Origin before any body is read
 
     for prefix in ("/v1", "/mgmt/v1"):
-        versioned = APIRouter(prefix=prefix)
+        versioned = APIRouter(
+            prefix=prefix, dependencies=[auth.ManagementKey], responses=responses.MANAGEMENT
+        )
         versioned.include_router(sessions.router)
-        app.include_router(versioned)
+        # One documented operation each: /mgmt/v1 is an alias (the OpenAPI description says so).
+        app.include_router(versioned, include_in_schema=prefix == "/v1")
     app.include_router(health.router)
     app.include_router(ws.router)
     app.include_router(demo.router(settings.demo_enabled))
+    docs.install(app)
     return app

@@ -9,11 +9,13 @@ from __future__ import annotations
 import argparse
 import base64
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
 import httpx
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 from websockets.sync.client import connect
 
 # Messages that end one turn for a seed client: a text reply to text, audio to audio, or an error.
@@ -30,7 +32,9 @@ def summarize(message: dict[str, Any]) -> dict[str, Any]:
 def converse(args: argparse.Namespace) -> int:
     """Run one session with the given messages; return a process exit code."""
     base = args.base_url.rstrip("/")
-    with httpx.Client(timeout=30) as http:
+    key = args.api_key or os.environ.get("MANAGEMENT_API_KEY", "")
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    with httpx.Client(timeout=30, headers=headers) as http:
         created = http.post(
             f"{base}/v1/sessions",
             json={"tutor_id": args.tutor_id, "student_id": args.student_id, "kb_id": args.kb_id},
@@ -75,6 +79,11 @@ def main(argv: list[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--base-url", default="http://localhost:9000", help="gateway address")
+    parser.add_argument(
+        "--api-key",
+        default=None,
+        help="management API key sent as Authorization: Bearer (default: $MANAGEMENT_API_KEY)",
+    )
     parser.add_argument("--tutor-id", type=int, default=1)
     parser.add_argument("--student-id", type=int, default=1)
     parser.add_argument("--kb-id", default=None)
@@ -88,7 +97,27 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.text and not args.audio:
         parser.error("give at least one --text or --audio")
-    return converse(args)
+    try:
+        return converse(args)
+    except (httpx.TransportError, OSError, InvalidHandshake, InvalidURI, ConnectionClosed) as exc:
+        print(f"error: {unreachable(exc, args.base_url)}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+
+
+EXIT_UNREACHABLE = 3  # the gateway (or its WebSocket) could not be reached or went away
+
+
+def unreachable(exc: BaseException, base_url: str) -> str:
+    """One line saying what could not be reached, and why (never a traceback)."""
+    reason = " ".join((str(exc) or type(exc).__name__).split())
+    if isinstance(exc, httpx.TransportError):
+        what = f"cannot reach the gateway at {base_url} ({reason})"
+        return f"{what}: is it running? (make run, or --base-url)"
+    if isinstance(exc, ConnectionClosed):
+        return f"the gateway closed the conversation ({reason})"
+    if isinstance(exc, TimeoutError):
+        return f"no answer in time from the gateway's WebSocket ({reason}); see --timeout"
+    return f"cannot open the conversation WebSocket ({reason})"
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -37,7 +37,12 @@ class GatewaySettings(BaseSettings):
         description="Secret sent to engines as X-Engine-Key; local mode makes one if empty.",
     )
     engine_start_timeout_seconds: float = Field(
-        120, gt=0, description="How long a connection waits for its tutor's engine to be ready."
+        120,
+        gt=0,
+        description="How long a connection waits for its tutor's engine to be ready (start, "
+        "model load; after a lost engine, for the next). Local mode derives the engines' LLM "
+        "wait (ENGINE_LLM_WAIT_SECONDS) from it, a little shorter (README, 'Cold start and "
+        "its budgets').",
     )
     engine_idle_timeout_seconds: float = Field(
         300, ge=0, description="Stop a tutor's engine after this long with no sessions."
@@ -140,6 +145,49 @@ class GatewaySettings(BaseSettings):
         30, gt=0, description="Cluster mode: longest back-off between two list attempts."
     )
 
+    # Admission and rate limits (tutor_gateway.admission, .ratelimit; README, "Limits and abuse").
+    max_sessions_per_student: int = Field(
+        3, ge=1, description="Most sessions alive at once for one student_id (429 past it)."
+    )
+    max_sessions_per_tutor: int | None = Field(
+        None,
+        ge=1,
+        description="Most sessions alive at once for one tutor_id (429 past it); default "
+        "MAX_SESSIONS.",
+    )
+    max_concurrent_cold_starts: int = Field(
+        2,
+        ge=1,
+        description="Most tutor engines starting at once. Local mode: further starts wait "
+        "their turn (within ENGINE_START_TIMEOUT_SECONDS); cluster mode: a new session of a "
+        "tutor with no ready engine is refused (429) while this many are starting.",
+    )
+    max_messages_per_second: float = Field(
+        10,
+        gt=0,
+        description="Client WebSocket messages per second per session (all its connections), "
+        "on average; a message over it is not forwarded and gets an error.",
+    )
+    max_messages_burst: int = Field(
+        20,
+        ge=1,
+        description="Client WebSocket messages a session may send at once before "
+        "MAX_MESSAGES_PER_SECOND applies.",
+    )
+    max_requests_per_minute: int = Field(
+        600,
+        ge=1,
+        description="Management API (/v1, /mgmt/v1) requests per minute per API key "
+        "(Authorization header), or per client address without one (429 past it); up to this "
+        "many at once.",
+    )
+    admission_retry_after_seconds: int = Field(
+        30,
+        ge=1,
+        description="Retry-After sent with a refusal whose end cannot be foreseen (session "
+        "counts, MAX_SESSIONS included, and cold starts).",
+    )
+
     # HTTP and WebSocket transport limits (tutor_gateway.server; README, "Limits and abuse").
     max_request_body_bytes: int = Field(
         64 * 1024,
@@ -170,6 +218,28 @@ class GatewaySettings(BaseSettings):
         True, description="Offer permessage-deflate compression to WebSocket clients."
     )
 
+    # Access (tutor_gateway.auth; README, "Authentication").
+    management_api_keys: SecretStr = Field(
+        SecretStr(""),
+        description="Management API keys, comma-separated: when any key is configured (here or "
+        "in MANAGEMENT_API_KEYS_FILE), every /v1 and /mgmt/v1 call needs "
+        "Authorization: Bearer <key> (401 otherwise). Empty: open, as in the seed.",
+    )
+    management_api_keys_file: str = Field(
+        "",
+        description="A file of management API keys, one a line (# comments); re-read within a "
+        "second of a change, so keys rotate without a restart. Must exist at startup.",
+    )
+    metrics_require_key: bool = Field(
+        False, description="GET /metrics needs a management API key too (when keys are set)."
+    )
+    allowed_origins: str = Field(
+        "",
+        description="Browser origins (comma-separated scheme://host[:port]) allowed to open the "
+        "student WebSocket and to call REST cross-origin (CORS); a handshake from another "
+        "Origin is refused with 403, one without Origin is allowed. Empty: any origin.",
+    )
+
     demo_enabled: bool = Field(
         True, description="Serve the talk-to-a-tutor page GET /demo (the chart turns it off)."
     )
@@ -188,6 +258,12 @@ class GatewaySettings(BaseSettings):
             self.ws_max_frame_bytes = 2 * self.max_message_bytes
         if self.ws_max_frame_bytes < self.max_message_bytes:
             raise ValueError("WS_MAX_FRAME_BYTES must be at least MAX_MESSAGE_BYTES")
+        return self
+
+    @model_validator(mode="after")
+    def _admission_limits(self) -> GatewaySettings:
+        if self.max_sessions_per_tutor is None:
+            self.max_sessions_per_tutor = self.max_sessions
         return self
 
     @model_validator(mode="after")
@@ -221,6 +297,7 @@ class GatewaySettings(BaseSettings):
             "ENGINE_HISTORY_URL": url,
             "ENGINE_SESSION_TTL_SECONDS": str(ttl),
             "ENGINE_DRAIN_SECONDS": str(ENGINE_DRAIN_SECONDS),
+            "ENGINE_LLM_WAIT_SECONDS": str(engine_llm_wait(self.engine_start_timeout_seconds)),
         }
 
 
@@ -229,6 +306,13 @@ ENGINE_TTL_MARGIN_SECONDS = 60.0
 # gateway gives it after SIGTERM before it is killed.
 ENGINE_STOP_SECONDS = 5.0
 ENGINE_DRAIN_SECONDS = ENGINE_STOP_SECONDS - 1.0
+
+
+def engine_llm_wait(start_timeout: float) -> float:
+    """Local mode: how long an engine waits for its LLM server (ENGINE_LLM_WAIT_SECONDS): a
+    little less than the gateway waits for the engine (a tenth, at most 10 s, less), so the
+    engine gives up first and the client's 4503 carries its error naming the LLM server."""
+    return round(max(0.0, start_timeout - min(10.0, start_timeout / 10)), 1)
 
 
 def engine_session_ttl(session_timeout: float) -> float:

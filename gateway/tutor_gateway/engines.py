@@ -15,12 +15,21 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import httpx
-from tutor_contract.crd import ENGINE_KEY_HEADER
+from tutor_contract.crd import (
+    ACTIVE,
+    CRASHING,
+    ENGINE_KEY_HEADER,
+    LOADING,
+    MODEL_LOAD_FAILED,
+    PENDING,
+    STARTING,
+)
 
 from .config import ENGINE_STOP_SECONDS
 from .engine_registry import EngineRegistry, parent_link
 from .policy import engine_is_dead, idle_engines
 from .sessions import Session
+from .startup import LOCAL_READY, EngineState, not_started
 
 log = logging.getLogger("tutor_gateway.engines")
 
@@ -102,6 +111,7 @@ class LocalEngines:
         liveness_timeout: float = 30.0,
         registry: EngineRegistry | None = None,
         engine_env: Mapping[str, str] | None = None,
+        max_concurrent_starts: int | None = None,
     ) -> None:
         self.api_key = api_key
         self.start_timeout = start_timeout
@@ -115,6 +125,10 @@ class LocalEngines:
         self._http = httpx.AsyncClient(timeout=5.0)
         self.registry = registry or EngineRegistry(None)  # records engines in STATE_DIR
         self.engine_env = dict(engine_env or {})  # defaults; the gateway's environment wins
+        # MAX_CONCURRENT_COLD_STARTS: starts past it wait their turn, first come first served.
+        self.max_concurrent_starts = max_concurrent_starts
+        self._start_slots = asyncio.BoundedSemaphore(max_concurrent_starts or 1_000_000)
+        self._states: dict[int, EngineState] = {}  # what a start saw last, by tutor (startup.py)
 
     @property
     def running(self) -> dict[int, LocalEngine]:
@@ -124,6 +138,26 @@ class LocalEngines:
     async def endpoint(self, session: Session) -> EngineEndpoint:
         engine = await self.ensure(session.tutor_id)
         return EngineEndpoint(engine.base_url, self.api_key)
+
+    def engine_state(self, session: Session) -> EngineState:
+        """The session's engine as its start saw it: starting (no answer yet), loading (``/readyz``
+        503 and its reason), ready, or why the last start failed; ``NotStarted`` without one."""
+        tutor_id = session.tutor_id
+        engine = self._engines.get(tutor_id)
+        state = self._states.get(tutor_id)
+        if engine is not None and engine.alive and state is not None and state.ready:
+            return state
+        if tutor_id in self._starting:
+            return state or EngineState(PENDING, STARTING, "starting the engine process")
+        if state is not None and not state.ready:
+            return state  # the last start failed; the next connection tries again
+        return not_started()
+
+    def _note(self, tutor_id: int, phase: str, reason: str, message: str) -> None:
+        """Record a start's progress; ``since`` moves only when the phase does."""
+        old = self._states.get(tutor_id)
+        since = old.since if old is not None and old.phase == phase else time.time()
+        self._states[tutor_id] = EngineState(phase, reason, message, since)
 
     async def ensure(self, tutor_id: int) -> LocalEngine:
         """The tutor's ready engine, started (and waited for) if it is not running."""
@@ -221,11 +255,24 @@ class LocalEngines:
         return True
 
     async def _start(self, tutor_id: int) -> LocalEngine:
+        """Start the tutor's engine once a start slot is free (MAX_CONCURRENT_COLD_STARTS)."""
+        if self._start_slots.locked():
+            log.info(
+                "engine start for tutor %s waits: %d starts under way (MAX_CONCURRENT_COLD_STARTS)",
+                tutor_id,
+                self.max_concurrent_starts,
+            )
+            self._note(tutor_id, PENDING, STARTING, "waiting for a free start slot")
+        async with self._start_slots:
+            return await self._spawn(tutor_id)
+
+    async def _spawn(self, tutor_id: int) -> LocalEngine:
         listener = socket.create_server(("127.0.0.1", 0))
         port = listener.getsockname()[1]
         env = {
             **self.engine_env,
-            **os.environ,
+            # Not the management API keys: an engine has no use for them.
+            **{k: v for k, v in os.environ.items() if not k.startswith("MANAGEMENT_API_KEY")},
             "ENGINE_TUTOR_ID": str(tutor_id),
             "ENGINE_API_KEY": self.api_key,
         }
@@ -246,12 +293,22 @@ class LocalEngines:
             listener.close()
         self.registry.add(process.pid, tutor_id, port, argv)
         engine = LocalEngine(tutor_id, port, process)
+        self._states.pop(tutor_id, None)
+        self._note(tutor_id, PENDING, STARTING, f"engine process {process.pid} started")
         log.info("started engine for tutor %s (pid %s, port %s)", tutor_id, process.pid, port)
         try:
             await asyncio.wait_for(self._wait_ready(engine), self.start_timeout)
         except (TimeoutError, EngineUnavailable) as exc:
             await self._stop(engine)
-            reason = str(exc) or f"not ready within {self.start_timeout:.0f}s"
+            last = self._states.get(tutor_id)
+            reason = str(exc) or f"not ready within {self.start_timeout:.0f}s" + (
+                f": {last.message}" if last is not None and last.reason == LOADING else ""
+            )
+            if isinstance(exc, EngineUnavailable):
+                failed = CRASHING if "process exited" in reason else MODEL_LOAD_FAILED
+            else:
+                failed = last.reason if last is not None else STARTING
+            self._note(tutor_id, PENDING, failed, reason)
             raise EngineUnavailable(
                 f"Engine for tutor {tutor_id} failed to start: {reason}"
             ) from exc
@@ -270,10 +327,13 @@ class LocalEngines:
                 response = await self._http.get(f"{engine.base_url}/readyz")
                 if response.status_code == 200:
                     log.info("engine for tutor %s is ready", engine.tutor_id)
+                    self._note(engine.tutor_id, ACTIVE, LOCAL_READY, "engine ready")
                     return
-                error = response.json().get("error")
-                if error:
-                    raise EngineUnavailable(error)
+                body = response.json()
+                if body.get("error"):
+                    raise EngineUnavailable(body["error"])
+                reason = body.get("reason") or "models are still loading"
+                self._note(engine.tutor_id, PENDING, LOADING, reason)
             except httpx.TransportError:
                 pass
             await asyncio.sleep(delay)

@@ -1,4 +1,6 @@
-"""Logging setup that never writes a session token: ``token=`` query values are redacted."""
+"""Logging setup that never writes a secret: ``token=`` query values, ``token.<token>``
+WebSocket subprotocols and ``Authorization`` / ``Bearer`` credentials are redacted (uvicorn
+logs WebSocket URLs; at debug level websockets logs every handshake header)."""
 
 from __future__ import annotations
 
@@ -6,11 +8,21 @@ import logging
 import re
 
 _TOKEN = re.compile(r"(token=)[^&\s\"']+", re.IGNORECASE)
+_SECRETS = (
+    _TOKEN,
+    re.compile(r"(?<![\w.])(token\.)[\w-]+", re.IGNORECASE),  # Sec-WebSocket-Protocol
+    re.compile(r"((?:authorization|x-engine-key):\s*)[^\r\n]+", re.IGNORECASE),  # header lines
+    re.compile(r"(bearer\s+)[^\s\"',]+", re.IGNORECASE),
+)
 
 
 def redact(text: str) -> str:
-    """``text`` with every ``token=<value>`` replaced by ``token=[REDACTED]``."""
-    return _TOKEN.sub(r"\1[REDACTED]", text)
+    """``text`` with every ``token=<value>`` replaced by ``token=[REDACTED]``, and the same for
+    ``token.<value>``, ``Authorization: <value>``, ``X-Engine-Key: <value>`` and
+    ``Bearer <value>``."""
+    for pattern in _SECRETS:
+        text = pattern.sub(r"\1[REDACTED]", text)
+    return text
 
 
 class RedactTokens(logging.Filter):

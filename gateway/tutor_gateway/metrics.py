@@ -37,6 +37,13 @@ class GatewayMetrics:
             ["outcome"],
             registry=r,
         )
+        self.limited = Counter(
+            "tutor_gateway_limited_total",
+            "Requests, sessions and WebSocket messages refused by an admission or rate limit, "
+            "by limit (the setting's name in lower case, e.g. max_sessions_per_student)",
+            ["limit"],
+            registry=r,
+        )
         self.ws_rejected = Counter(
             "tutor_gateway_ws_rejected_total",
             "WebSocket connections refused, by reason",

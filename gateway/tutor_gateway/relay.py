@@ -12,7 +12,11 @@ reply in flight ends with one ``error`` (``interrupted`` on a streaming connecti
 session goes on on the engine the router gives next (the restarted process, another pod), in
 the last streaming mode the engine reported, which first gets the frames the lost engine never
 started. Only when no engine can be had within ``engine_wait_seconds`` of the loss does the
-client get ``4503``.
+client get ``4503``, whose error names the engine's last known state.
+
+Cold start: a client that opted in (``?events=1``, or ``options`` with ``"events": true`` sent
+while it waits) gets ``status`` messages while it waits for an engine, at the start and after a
+loss, and ``ready`` once its frames are relayed (``startup.StatusFeed``).
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from .frames import (
 from .inbox import FrameInbox, Loss
 from .metrics import GatewayMetrics
 from .sessions import Session
+from .startup import StatusFeed, engine_state_of, unavailable_detail, wants_events
 
 log = logging.getLogger("tutor_gateway.relay")
 
@@ -141,8 +146,10 @@ class Relay:
         limits: RelayLimits,
         on_activity: Callable[[], Awaitable[None]],
         metrics: GatewayMetrics | None = None,
+        admit_message: Callable[[], Awaitable[str | None]] | None = None,
     ) -> None:
         self.client = client
+        self._admit_message = admit_message  # MAX_MESSAGES_PER_SECOND: why not, or None
         self.session = session
         self.router = router
         self.limits = limits
@@ -154,6 +161,11 @@ class Relay:
         self._send_lock = asyncio.Lock()
         self._active = False  # a frame passed since the last activity record
         self._awaiting_reply = False  # the client sent something the engine has not answered
+        self._feed = StatusFeed(
+            self._send,
+            lambda: engine_state_of(router, session),
+            enabled=wants_events(client.query_params.get("events")),
+        )
 
     @property
     def _sid(self) -> str:
@@ -170,6 +182,7 @@ class Relay:
             asyncio.create_task(self._read_client()),
             asyncio.create_task(self._bridge()),
             asyncio.create_task(self._record_activity()),
+            asyncio.create_task(self._feed.run()),
         ]
         bridge = tasks[1]
         try:
@@ -235,11 +248,18 @@ class Relay:
             message = await self.client.receive()
             if message["type"] == "websocket.disconnect":
                 return
-            data, problem = admit_frame(message.get("text"), message.get("bytes"), max_bytes)
+            limited = None if self._admit_message is None else await self._admit_message()
+            data, problem = (
+                (b"", limited)
+                if limited
+                else admit_frame(message.get("text"), message.get("bytes"), max_bytes)
+            )
             if problem is not None:
                 log.info("session %s: frame refused: %s", self._sid, problem)
                 await self._send(error_frame(problem))
                 continue
+            if message.get("text") is not None:
+                self._feed.peek(message["text"])  # the options opt-in, only while waiting
             self._active = self._awaiting_reply = True
             await self._inbox.put(data, message.get("text") is not None)
 
@@ -262,6 +282,7 @@ class Relay:
         budget = self.limits.engine_wait_seconds
         deadline = loop.time() + budget
         delay = 0.1
+        self._feed.wait_began()
         while True:
             try:
                 async with asyncio.timeout_at(deadline):
@@ -287,6 +308,7 @@ class Relay:
         """The engine went away while relaying: end the reply in flight, keep the rest."""
         loss = await self._inbox.lost()
         self._failover = _Failover(lost_at, loss)
+        self._feed.wait_began()
         notice = loss_notice(loss)
         if notice is not None:
             self._awaiting_reply = self._inbox.queued_bytes > 0  # the cut reply is answered
@@ -323,6 +345,7 @@ class Relay:
                 asyncio.get_running_loop().time() - failover.lost_at,
                 detail,
             )
+        detail = unavailable_detail(detail, self._feed.current())
         return Ending(
             CLOSE_ENGINE_UNAVAILABLE, "engine unavailable", f"Tutor engine unavailable: {detail}"
         )
@@ -349,6 +372,7 @@ class Relay:
             ) as upstream:
                 attempt.opened_at = asyncio.get_running_loop().time()
                 self._resumed(endpoint)
+                await self._feed.connected()  # ``ready``, before any frame of the engine's
                 return await self._pump(upstream, attempt)
         except (OSError, InvalidHandshake, TimeoutError) as exc:
             if attempt.opened_at is not None:

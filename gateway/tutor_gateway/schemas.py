@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_core import PydanticCustomError
+from tutor_contract.crd import LOADING, PENDING
 from tutor_contract.knowledge import KB_ID_RULE, is_valid_kb_id
 
 from .sessions import Session
@@ -45,8 +47,18 @@ class CreateSessionRequest(BaseModel):
         return kb_id
 
 
+CREATE_SESSION_EXAMPLE = {
+    "session_id": "550e8400-e29b-41d4-a716-446655440000",
+    "engine_url": "ws://localhost:9000/ws/ws/550e8400-e29b-41d4-a716-446655440000",
+    "engine_token": "kq3Xv8mN2pL5rT9wY4zB6cD1fG7hJ0sA5eR8tU2iO4w",
+    "status": "active",
+}
+
+
 class CreateSessionResponse(BaseModel):
     """Where and how the browser connects."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [CREATE_SESSION_EXAMPLE]})
 
     session_id: str
     engine_url: str
@@ -54,8 +66,55 @@ class CreateSessionResponse(BaseModel):
     status: str
 
 
+class _EngineStateLike(Protocol):
+    def as_json(self) -> dict[str, Any]: ...
+
+
+ENGINE_EXAMPLE = {
+    "phase": PENDING,
+    "reason": LOADING,
+    "message": "pod tutor-1-7d9c5b-x2x4k: engine is loading its models",
+    "since": "2024-12-22T12:00:03Z",
+}
+
+
+class EngineInfo(BaseModel):
+    """The session's engine: a cold start under way, ready, or why not (not in the seed)."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [ENGINE_EXAMPLE]})
+
+    phase: str = Field(
+        description="Pending (no engine serves the session yet), Active (one does) or Failed "
+        "(its engine's spec is invalid): the TutorSession phases, in both modes."
+    )
+    reason: str = Field(
+        description="Why: the operator's Ready-condition reason (ScalingUp, Scheduling, "
+        "Pulling, ImagePullBackOff, Loading, ModelLoadFailed, Crashing, AtCapacity, Assigned, "
+        "...) or, locally, NotStarted, Starting, Loading, ModelLoadFailed, Crashing, Ready."
+    )
+    message: str = Field(description="The reason in words (a pod's state, the engine's error).")
+    since: str | None = Field(
+        description="RFC 3339 (UTC): when the engine entered this phase (in a cluster, the "
+        "Ready condition's lastTransitionTime); null if not known."
+    )
+
+
+SESSION_EXAMPLE = {
+    "session_id": "550e8400-e29b-41d4-a716-446655440000",
+    "tutor_id": 1,
+    "student_id": 1,
+    "kb_id": "test-kb",  # not None: the OpenAPI document drops null values, examples' too
+    "status": "active",
+    "created_at": "2024-12-22T12:00:00",
+    "last_activity": "2024-12-22T12:05:00",
+    "engine": ENGINE_EXAMPLE,
+}
+
+
 class SessionInfo(BaseModel):
     """A session's public state (never its token)."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [SESSION_EXAMPLE]})
 
     session_id: str
     tutor_id: int
@@ -64,9 +123,12 @@ class SessionInfo(BaseModel):
     status: str
     created_at: str
     last_activity: str
+    engine: EngineInfo | None = Field(
+        None, description="Its engine's state (an addition: the seed's fields are unchanged)."
+    )
 
     @classmethod
-    def of(cls, session: Session) -> SessionInfo:
+    def of(cls, session: Session, engine: _EngineStateLike | None = None) -> SessionInfo:
         return cls(
             session_id=session.session_id,
             tutor_id=session.tutor_id,
@@ -75,18 +137,34 @@ class SessionInfo(BaseModel):
             status=session.status,
             created_at=iso(session.created_at),
             last_activity=iso(session.last_activity),
+            engine=None if engine is None else EngineInfo(**engine.as_json()),
         )
+
+
+SESSION_LIST_EXAMPLE = {"total": 1, "sessions": [SESSION_EXAMPLE]}
 
 
 class SessionList(BaseModel):
     """``GET /v1/sessions`` (for debugging): every live session."""
 
+    model_config = ConfigDict(json_schema_extra={"examples": [SESSION_LIST_EXAMPLE]})
+
     total: int
     sessions: list[SessionInfo]
 
 
+HEALTH_EXAMPLE = {
+    "status": "healthy",
+    "service": "GPU Server Management API",
+    "active_sessions": 0,
+    "max_sessions": 10,
+}
+
+
 class Health(BaseModel):
     """``GET /health``."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [HEALTH_EXAMPLE]})
 
     status: str
     service: str

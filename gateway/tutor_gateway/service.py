@@ -5,14 +5,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from .admission import LimitExceeded, Refusal, SessionLimits, session_refusal
 from .config import GatewaySettings
 from .connections import Connections
 from .engines import EngineRouter, LocalEngines
 from .frames import CLOSE_SESSION_ENDED, CLOSE_SESSION_EXPIRED
 from .metrics import GatewayMetrics
 from .policy import expired_sessions
+from .ratelimit import KeyedLimiter, message_rate_problem
 from .relay import Ending
 from .sessions import CapacityError, EndReason, Session, SessionStore
 from .tokens import hash_token, mint_token
@@ -24,7 +27,10 @@ ENDINGS: dict[EndReason, Ending] = {
     "deleted": Ending(CLOSE_SESSION_ENDED, "session ended", "Session ended"),
 }
 
-__all__ = ["CapacityError", "Gateway"]
+__all__ = ["CapacityError", "Gateway", "LimitExceeded"]
+
+# Cluster mode: may a new session of this tutor cause a cold start, beside these live ones?
+ColdStartCheck = Callable[[int, list[Session]], Refusal | None]
 
 
 @dataclass
@@ -35,25 +41,65 @@ class Gateway:
     store: SessionStore
     router: EngineRouter
     metrics: GatewayMetrics = field(default_factory=GatewayMetrics)
+    cold_starts: ColdStartCheck | None = None  # cluster mode (local mode queues starts)
     connections: Connections = field(init=False)
+    message_rates: KeyedLimiter = field(init=False)  # MAX_MESSAGES_PER_SECOND, by session
 
     def __post_init__(self) -> None:
         self.connections = Connections(self.settings.max_connections_per_session)
+        self.message_rates = KeyedLimiter(
+            self.settings.max_messages_per_second, self.settings.max_messages_burst
+        )
+        self._admission = asyncio.Lock()  # count and create as one step on this gateway
         self.store.add_removal_listener(self._on_removed)
 
     async def create_session(
         self, tutor_id: int, student_id: int, kb_id: str | None
     ) -> tuple[Session, str]:
-        """Mint a token and store the session with its hash; raise CapacityError when full."""
+        """Mint a token and store the session with its hash; raise CapacityError when full,
+        LimitExceeded past another admission limit (README, "Limits and abuse")."""
         token = mint_token()
-        try:
-            session = await self.store.create(tutor_id, student_id, kb_id, hash_token(token))
-        except CapacityError:
-            self.metrics.sessions_rejected.inc()
-            raise
+        async with self._admission:
+            self._admit(await self.store.list(), tutor_id, student_id)
+            try:
+                session = await self.store.create(tutor_id, student_id, kb_id, hash_token(token))
+            except CapacityError:
+                self.metrics.sessions_rejected.inc()
+                self.metrics.limited.labels("max_sessions").inc()
+                raise
         self.metrics.sessions_created.inc()
         log.info("session %s created (tutor %s)", session.session_id[:8], tutor_id)
         return session, token
+
+    async def admit_message(self, session_id: str) -> str | None:
+        """Count one client WebSocket message of the session (all its connections); why it is
+        refused (the ``error`` text) when over MAX_MESSAGES_PER_SECOND, else None."""
+        if await self.message_rates.acquire(session_id):
+            return None
+        self.metrics.limited.labels("max_messages_per_second").inc()
+        s = self.settings
+        return message_rate_problem(s.max_messages_per_second, s.max_messages_burst)
+
+    def _admit(self, live: list[Session], tutor_id: int, student_id: int) -> None:
+        """Raise for the first limit a new session would pass (CapacityError at MAX_SESSIONS)."""
+        s = self.settings
+        limits = SessionLimits(
+            s.max_sessions,
+            s.max_sessions_per_student,
+            s.max_sessions_per_tutor or s.max_sessions,
+            s.admission_retry_after_seconds,
+        )
+        refusal = session_refusal(live, tutor_id, student_id, limits)
+        if refusal is None and self.cold_starts is not None:
+            refusal = self.cold_starts(tutor_id, live)
+        if refusal is None:
+            return
+        self.metrics.limited.labels(refusal.label).inc()
+        log.info("session refused (tutor %s, student %s): %s", tutor_id, student_id, refusal.detail)
+        if refusal.limit == "MAX_SESSIONS":
+            self.metrics.sessions_rejected.inc()
+            raise CapacityError(refusal.detail)
+        raise LimitExceeded(refusal)
 
     async def _on_removed(self, session: Session, reason: EndReason) -> None:
         self.metrics.sessions_ended.labels(reason).inc()

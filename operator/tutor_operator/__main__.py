@@ -8,6 +8,7 @@ import logging
 import pathlib
 
 import kopf
+from tutor_contract.version import version_line
 
 from .handlers import register
 from .kube import KubeApi
@@ -18,6 +19,7 @@ from .settings import OperatorSettings
 def main(argv: list[str] | None = None) -> None:
     """Reconcile TutorSessions and TutorEngines until SIGINT/SIGTERM."""
     parser = argparse.ArgumentParser(prog="tutor-operator", description=__doc__)
+    parser.add_argument("--version", action="version", version=version_line(parser.prog))
     parser.add_argument("--server", help="API server URL, no TLS checks (tests, emulators)")
     parser.add_argument(
         "--token-file", help="bearer token for --server (else env TUTOR_OPERATOR_API_TOKEN)"

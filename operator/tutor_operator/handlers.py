@@ -95,6 +95,7 @@ def register(registry: kopf.OperatorRegistry, ctx: Context) -> None:
         for task in loop:
             task.cancel()
         await asyncio.gather(*loop, return_exceptions=True)
+        await ctx.readiness.close()
         await ctx.api.close()
 
     # Indices, all keyed by (namespace, engine name), each value an ``Entry``.

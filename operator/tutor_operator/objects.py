@@ -51,6 +51,15 @@ GRACE_MARGIN_SECONDS = 5  # of an engine pod's grace period, after its drain: cl
 DRAIN_ENV = "ENGINE_DRAIN_SECONDS"
 
 
+STARTUP_PERIOD = 10  # seconds between two startup probes of the vLLM sidecar
+
+
+def startup_failures(load_seconds: int, period: int = STARTUP_PERIOD) -> int:
+    """The vLLM sidecar's startup ``failureThreshold``: probes every ``period`` seconds for
+    ``load_seconds`` (``model_load_seconds``, the engine's LLM wait too)."""
+    return max(1, math.ceil(load_seconds / period))
+
+
 def history_ttl_seconds(session_timeout: int, margin: int) -> int:
     """ENGINE_SESSION_TTL_SECONDS: a history outlives its session's idle timeout by ``margin``."""
     return session_timeout + margin
@@ -207,6 +216,7 @@ def engine_env(spec: Mapping[str, Any], settings: OperatorSettings) -> list[dict
     put("ENGINE_HOST", "0.0.0.0")
     put("ENGINE_PORT", spec["port"])
     put("ENGINE_EXIT_ON_LOAD_FAILURE", "true")
+    put("ENGINE_LLM_WAIT_SECONDS", settings.model_load_seconds)  # as long as vLLM's startup
     for (part, field), name in _MODEL_ENV.items():
         value = spec["models"].get(part, {}).get(field)
         if value not in (None, ""):
@@ -370,8 +380,10 @@ def build_llm_container(
         "args": vllm_args(spec, settings),
         "env": env,
         "resources": _resources(server["cpu"], server["memory"], spec, holder),
-        # Downloading and loading weights may take long: up to 30 minutes to first /health.
-        "startupProbe": _loopback_probe(server["port"], 10, 180),
+        # Downloading and loading weights may take long: model_load_seconds to first /health.
+        "startupProbe": _loopback_probe(
+            server["port"], STARTUP_PERIOD, startup_failures(settings.model_load_seconds)
+        ),
         "livenessProbe": _loopback_probe(server["port"], 15, 4),
         "readinessProbe": _loopback_probe(server["port"], 10, 3),
         "terminationMessagePolicy": "FallbackToLogsOnError",

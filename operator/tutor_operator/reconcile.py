@@ -54,6 +54,7 @@ from .objects import (
     engine_scaling,
     spec_error,
 )
+from .readiness import EngineReadiness
 from .settings import OperatorSettings
 
 Key = tuple[str, str]  # (namespace, name)
@@ -146,6 +147,8 @@ class Context:
     written: Written = dataclasses.field(default_factory=Written)
     listings: dict[str, Listing] = dataclasses.field(default_factory=dict)
     started: set[Key] = dataclasses.field(default_factory=set)
+    # What loading engines say on /readyz (their reason goes into the Loading messages).
+    readiness: EngineReadiness = dataclasses.field(default_factory=EngineReadiness)
 
     def lock(self, key: Key) -> asyncio.Lock:
         """Serialise reconciliations of one engine (the loop and its sessions' handlers)."""
@@ -270,7 +273,7 @@ async def _reconcile(
         generation=engine["metadata"].get("generation"),
         scaling=None if error else engine_scaling(engine, ctx.settings),
         sessions=sessions,
-        pods=indices.pods_of(key),
+        pods=ctx.readiness.views(indices.pods_of(key)),
         current_replicas=current or 0,
         status=engine.get("status") or {},
         now=dt.datetime.now(dt.UTC),

@@ -110,6 +110,15 @@ class OperatorSettings(BaseSettings):
     asr_model: str = "large-v3"
     tts_backend: Literal["mock", "piper", "coqui"] = "piper"
     tts_model: str = ""
+    model_load_seconds: int = Field(
+        1800,
+        ge=10,
+        description="Most seconds an engine pod may take to load its models: the vLLM "
+        "sidecar's startup probe allows this long to its first /health, and the engine waits "
+        "this long for its LLM server (ENGINE_LLM_WAIT_SECONDS) before it exits with the error. "
+        "The gateway's ENGINE_START_TIMEOUT_SECONDS must be at least this (README, 'Cold start "
+        "and its budgets').",
+    )
     min_replicas: int = Field(0, ge=0)
     max_replicas: int = Field(1, ge=1)
     max_sessions_per_replica: int = Field(8, ge=1)

@@ -99,6 +99,8 @@ def speech_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerP
         ENGINE_TTS_BACKEND="auto",
         ENGINE_ASR_BEAM_SIZE="1",
         ENGINE_LLM_MOCK_TOKEN_SECONDS="0.02",
+        # Every test of the tier talks as the same student on this one gateway.
+        MAX_SESSIONS_PER_STUDENT="50",
     )
     gateway = launch_server(gateway_argv(), env, port, tmp / "gateway.log")
     try:

@@ -132,7 +132,7 @@ def test_spoken_and_typed_conversation_with_barge_in(
 
 
 def test_management_key_is_sent_and_kept_only_in_memory(page: Any, gateway_factory) -> None:
-    server = gateway_factory()
+    server = gateway_factory(management_api_keys="mk-secret-123")  # required, not just sent
     open_page(page, f"{server.http}/demo")
     page.execute_script(
         """

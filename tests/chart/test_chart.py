@@ -242,7 +242,7 @@ def test_all_on_values_share_a_dra_gpu_and_an_external_llm_drops_the_sidecar(
     assert token["valueFrom"]["secretKeyRef"] == {"name": "hf-token", "key": "HF_TOKEN"}
 
 
-def test_only_the_gateway_and_prometheus_reach_engine_pods_on_their_own_port(
+def test_only_the_gateway_operator_and_prometheus_reach_engine_pods_on_their_port(
     render: Render, values: dict
 ) -> None:
     manifests = render(values)
@@ -266,6 +266,14 @@ def test_only_the_gateway_and_prometheus_reach_engine_pods_on_their_own_port(
     assert source["podSelector"] == {"matchLabels": {"app.kubernetes.io/name": "prometheus"}}
     expected_ns = values.get("networkPolicy", {}).get("metrics", {}).get("namespaceSelector", {})
     assert source["namespaceSelector"] == expected_ns
+    # The operator may read /readyz (a loading engine's reason goes into its conditions).
+    operator = find(manifests, "Deployment", "-operator")["spec"]["template"]["metadata"]
+    assert any(
+        rule["from"][0]["podSelector"]["matchLabels"].items() <= operator["labels"].items()
+        and rule["ports"] == first["ports"]
+        for rule in policy["ingress"][1:]
+        if "podSelector" in rule["from"][0] and "namespaceSelector" not in rule["from"][0]
+    )
     # No rule opens the vLLM sidecar's port (it listens on the pod's loopback anyway).
     vllm_port = int(_env(manifests, "-operator")["TUTOR_OPERATOR_VLLM_PORT"])
     assert all(p["port"] != vllm_port for rule in policy["ingress"] for p in rule["ports"])

@@ -6,6 +6,7 @@ TUTOR_E2E_RELEASE name the release (defaults: tutor-e2e, tutor-serving). Needs k
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import dataclasses
 import os
@@ -96,3 +97,11 @@ def gateway(cluster: Cluster) -> Iterator[str]:
     [service] = cluster.names("service", f"app.kubernetes.io/instance={cluster.release},{GATEWAY}")
     with port_forward(cluster, service) as url:
         yield url
+
+
+@pytest.fixture(scope="session")
+def management_key(cluster: Cluster) -> str:
+    """The management API key the chart generated, read the way NOTES.txt says."""
+    [secret] = cluster.names("secret", f"app.kubernetes.io/instance={cluster.release},{GATEWAY}")
+    encoded = cluster.kubectl("get", secret, "-o", "jsonpath={.data.api-keys}")
+    return base64.b64decode(encoded).decode().splitlines()[0]

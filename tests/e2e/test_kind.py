@@ -19,11 +19,20 @@ from .conftest import GATEWAY, Cluster, port_forward, wait_for
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
 REPLY_SECONDS = 180  # the first message waits for the tutor's engine pod to start
+AUTH: dict[str, str] = {}  # the management API's Authorization header
+
+
+@pytest.fixture(autouse=True)
+def _authorization(management_key: str) -> None:
+    AUTH["Authorization"] = f"Bearer {management_key}"
 
 
 def create_session(gateway: str, tutor_id: int) -> dict[str, Any]:
     response = httpx.post(
-        f"{gateway}/v1/sessions", json={"tutor_id": tutor_id, "student_id": 7}, timeout=30
+        f"{gateway}/v1/sessions",
+        json={"tutor_id": tutor_id, "student_id": 7},
+        headers=AUTH,
+        timeout=30,
     )
     assert response.status_code == 201, response.text
     return response.json()
@@ -61,9 +70,13 @@ def test_every_gateway_replica_serves_every_session(gateway: str, cluster: Clust
     assert len(pods) == 2
     for pod in pods:
         with port_forward(cluster, pod) as url:
-            seen = httpx.get(f"{url}/v1/sessions/{session['session_id']}", timeout=10)
+            session_url = f"{url}/v1/sessions/{session['session_id']}"
+            assert httpx.get(session_url, timeout=10).status_code == 401  # no key
+            seen = httpx.get(session_url, headers=AUTH, timeout=10)
             assert seen.status_code == 200 and seen.json()["tutor_id"] == 3
-    deleted = httpx.delete(f"{gateway}/v1/sessions/{session['session_id']}", timeout=10)
+    deleted = httpx.delete(
+        f"{gateway}/v1/sessions/{session['session_id']}", headers=AUTH, timeout=10
+    )
     assert deleted.status_code == 204
 
 
@@ -86,7 +99,9 @@ def test_text_and_audio_conversation_and_printer_columns(gateway: str, cluster: 
         engines = table(cluster, "tutorengines")
         assert engines[0] == ["NAME", "TUTOR", "READY", "SESSIONS", "PHASE", "AGE"]
         assert ["tutor-1", "1", "1", "1", "Ready"] in [row[:5] for row in engines[1:]]
-    deleted = httpx.delete(f"{gateway}/v1/sessions/{session['session_id']}", timeout=10)
+    deleted = httpx.delete(
+        f"{gateway}/v1/sessions/{session['session_id']}", headers=AUTH, timeout=10
+    )
     assert deleted.status_code == 204
 
 
@@ -96,7 +111,11 @@ def test_expired_session_and_idle_engine_are_cleaned_up(gateway: str, cluster: C
     url = f"{gateway}/v1/sessions/{session['session_id']}"
     engine = "tutorengine.tutor.vts.dev/tutor-2"
     wait_for(lambda: engine in cluster.names("tutorengines"), 60, "the engine of tutor 2")
-    wait_for(lambda: httpx.get(url, timeout=10).status_code == 404, 180, "the session to expire")
+    wait_for(
+        lambda: httpx.get(url, headers=AUTH, timeout=10).status_code == 404,
+        180,
+        "the session to expire",
+    )
     wait_for(lambda: not cluster.names("tutorengines"), 180, "idle engines to be deleted")
     wait_for(
         lambda: not cluster.names("deployment,service,pod", "app.kubernetes.io/name=tutor-engine"),

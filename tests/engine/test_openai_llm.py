@@ -73,7 +73,8 @@ async def test_an_unreachable_server_fails_loading_after_the_wait() -> None:
         llm_wait_seconds=0,
     )
     llm = OpenAICompatibleLLM(settings)
-    with pytest.raises(LLMError, match="not reachable"):
+    refused = r"LLM server http://127\.0\.0\.1:9 unreachable: connection refused"
+    with pytest.raises(LLMError, match=refused):
         await llm.load()
     await llm.close()
 

@@ -125,3 +125,13 @@ readOnlyRootFilesystem: true
 capabilities:
   drop: [ALL]
 {{- end }}
+
+{{/* The Secret with the management API keys: the generated one, or managementApi.existingSecret. */}}
+{{- define "tutor-serving.managementSecret" -}}
+{{- default (printf "%s-management-api" (include "tutor-serving.fullname" .)) .Values.gateway.managementApi.existingSecret }}
+{{- end }}
+
+{{/* Where the gateway finds the keys file (MANAGEMENT_API_KEYS_FILE), a Secret volume. */}}
+{{- define "tutor-serving.managementKeysDir" -}}
+/etc/tutor-gateway/management-api
+{{- end }}

@@ -73,7 +73,7 @@ def build_backends(settings: EngineSettings) -> Backends:
     """Instantiate (not load) the backends the settings name."""
     settings = resolve_auto(settings)
     llm = (
-        MockLLM(settings.tutor_id, settings.llm_mock_token_seconds)
+        MockLLM(settings.tutor_id, settings.llm_mock_token_seconds, settings.llm_mock_load_seconds)
         if settings.llm_backend == "mock"
         else _real("llm", settings.llm_backend, settings)
     )

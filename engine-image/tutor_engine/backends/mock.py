@@ -27,12 +27,14 @@ class MockLLM:
 
     name = "mock-llm"
 
-    def __init__(self, tutor_id: int, delay_s: float = 0.0) -> None:
+    def __init__(self, tutor_id: int, delay_s: float = 0.0, load_s: float = 0.0) -> None:
         self.tutor_id = tutor_id
         self.delay_s = delay_s
+        self.load_s = load_s  # how long "loading the model" takes
 
     async def load(self) -> None:
-        return None
+        if self.load_s:
+            await asyncio.sleep(self.load_s)
 
     async def close(self) -> None:
         return None

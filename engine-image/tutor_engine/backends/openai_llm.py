@@ -7,8 +7,10 @@ cancelled makes vLLM abort the request and free its batch slot.
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import logging
+import socket
 import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
@@ -42,6 +44,47 @@ def sse_deltas(line: str) -> tuple[str | None, bool]:
     return (choices[0].get("delta") or {}).get("content"), False
 
 
+def server_origin(base_url: str) -> str:
+    """``scheme://host[:port]`` of a base URL: what messages name (never its credentials or
+    path)."""
+    try:
+        url = httpx.URL(base_url)
+    except (httpx.InvalidURL, TypeError):
+        return "(invalid URL)"
+    host = f"[{url.host}]" if ":" in url.host else url.host
+    return f"{url.scheme}://{host}" + (f":{url.port}" if url.port else "")
+
+
+_ERRNO_WORDS = {
+    errno.ECONNREFUSED: "connection refused",
+    errno.ECONNRESET: "connection reset",
+    errno.EHOSTUNREACH: "host unreachable",
+    errno.ENETUNREACH: "network unreachable",
+    errno.ETIMEDOUT: "connection timed out",
+}
+
+
+def describe_failure(exc: BaseException) -> tuple[str, str]:
+    """(``unreachable`` or ``not ready``, why) for a failed request to the LLM server, in
+    words a person can act on: ``connection refused``, ``name not resolved``, ``answered
+    HTTP 503``, ..."""
+    if isinstance(exc, httpx.HTTPStatusError):
+        return "not ready", f"answered HTTP {exc.response.status_code}"
+    if isinstance(exc, httpx.ConnectTimeout):
+        return "unreachable", "connection timed out"
+    if isinstance(exc, httpx.TimeoutException):
+        return "not ready", "no answer in time"
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, socket.gaierror):
+            return "unreachable", "host name not resolved"
+        if isinstance(seen, OSError) and seen.errno in _ERRNO_WORDS:
+            return "unreachable", _ERRNO_WORDS[seen.errno]
+        seen = seen.__cause__ or seen.__context__
+    kind = "unreachable" if isinstance(exc, httpx.TransportError) else "not ready"
+    return kind, str(exc) or type(exc).__name__
+
+
 class OpenAICompatibleLLM:
     """Streams chat completions from ``ENGINE_LLM_BASE_URL`` (e.g. ``http://127.0.0.1:8001/v1``)."""
 
@@ -55,31 +98,38 @@ class OpenAICompatibleLLM:
             headers={"Authorization": f"Bearer {settings.llm_api_key}"},
             timeout=httpx.Timeout(settings.llm_timeout_seconds, connect=5.0),
         )
+        self.origin = server_origin(settings.llm_base_url)
+        # While load() waits: why the server is not usable yet (shown on /readyz).
+        self.problem: str | None = None
 
     async def load(self) -> None:
         """Wait for the server to list its models, pick one if unset, and warm it up."""
-        deadline = time.monotonic() + self.settings.llm_wait_seconds
+        wait = self.settings.llm_wait_seconds
+        deadline = time.monotonic() + wait
         while True:
             try:
                 response = await self._client.get("models")
                 response.raise_for_status()
                 break
             except httpx.HTTPError as exc:
+                kind, why = describe_failure(exc)
+                self.problem = f"LLM server {self.origin} {kind}: {why}"
                 if time.monotonic() >= deadline:
                     raise LLMError(
-                        f"LLM server {self.settings.llm_base_url} not reachable: {exc}"
+                        f"{self.problem} (waited {wait:.0f}s, ENGINE_LLM_WAIT_SECONDS)"
                     ) from exc
-                await asyncio.sleep(2.0)
+                await asyncio.sleep(min(2.0, max(0.1, deadline - time.monotonic())))
+        self.problem = None
         served = [m.get("id") for m in response.json().get("data", [])]
         if not self.model:
             if not served:
-                raise LLMError(f"LLM server {self.settings.llm_base_url} serves no model")
+                raise LLMError(f"LLM server {self.origin} serves no model")
             self.model = served[0]
         elif served and self.model not in served:
             raise LLMError(f"LLM server does not serve {self.model!r} (it serves {served})")
         async for _ in self._stream([ChatMessage("user", "Hi")], max_tokens=1):
             pass
-        log.info("LLM %s ready at %s", self.model, self.settings.llm_base_url)
+        log.info("LLM %s ready at %s", self.model, self.origin)
 
     async def close(self) -> None:
         await self._client.aclose()

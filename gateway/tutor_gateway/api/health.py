@@ -7,11 +7,12 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from ..schemas import Health
 from .deps import GatewayDep
+from .responses import HEALTH
 
 router = APIRouter(tags=["health"])
 
 
-@router.get("/health", response_model=Health)
+@router.get("/health", response_model=Health, responses=HEALTH)
 async def health(gateway: GatewayDep) -> Health:
     """The seed's health check."""
     return Health(

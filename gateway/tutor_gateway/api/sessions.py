@@ -11,8 +11,11 @@ from fastapi import APIRouter, HTTPException, Request, Response, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 
+from ..admission import LimitExceeded
 from ..schemas import CreateSessionRequest, CreateSessionResponse, SessionInfo, SessionList
 from ..sessions import CapacityError
+from ..startup import engine_state_of
+from . import responses
 from .deps import GatewayDep, SessionDep
 
 MAX_REPORTED = 10  # errors listed in one 422 for values JSON cannot carry
@@ -103,21 +106,24 @@ class StrictJSONRoute(APIRoute):
 
 router = APIRouter(prefix="/sessions", tags=["sessions"], route_class=StrictJSONRoute)
 
-NOT_FOUND = {404: {"description": "Session not found"}}
-
 
 @router.post(
     "",
     status_code=status.HTTP_201_CREATED,
     response_model=CreateSessionResponse,
-    responses={503: {"description": "MAX_SESSIONS sessions are already alive"}},
+    responses=responses.CREATE,
 )
 async def create_session(body: CreateSessionRequest, gateway: GatewayDep) -> CreateSessionResponse:
     """Create a session; the response carries the WebSocket URL and its one-time-shown token."""
     try:
         session, token = await gateway.create_session(body.tutor_id, body.student_id, body.kb_id)
     except CapacityError as exc:
-        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, detail=str(exc)) from exc
+        retry = {"Retry-After": str(gateway.settings.admission_retry_after_seconds)}
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(exc), retry) from exc
+    except LimitExceeded as exc:
+        refusal = exc.refusal
+        retry = {"Retry-After": str(refusal.retry_after)}
+        raise HTTPException(refusal.status, refusal.detail, retry) from exc
     return CreateSessionResponse(
         session_id=session.session_id,
         engine_url=gateway.settings.engine_url(session.session_id),
@@ -126,20 +132,22 @@ async def create_session(body: CreateSessionRequest, gateway: GatewayDep) -> Cre
     )
 
 
-@router.get("", response_model=SessionList)
+@router.get("", response_model=SessionList, responses=responses.LIST)
 async def list_sessions(gateway: GatewayDep) -> SessionList:
     """Every live session (for debugging)."""
-    sessions = [SessionInfo.of(s) for s in await gateway.store.list()]
+    sessions = [
+        SessionInfo.of(s, engine_state_of(gateway.router, s)) for s in await gateway.store.list()
+    ]
     return SessionList(total=len(sessions), sessions=sessions)
 
 
-@router.get("/{session_id}", response_model=SessionInfo, responses=NOT_FOUND)
-async def get_session(session: SessionDep) -> SessionInfo:
-    """One session's state."""
-    return SessionInfo.of(session)
+@router.get("/{session_id}", response_model=SessionInfo, responses=responses.GET)
+async def get_session(session: SessionDep, gateway: GatewayDep) -> SessionInfo:
+    """One session's state, with its engine's (``engine``: a cold start under way, or why not)."""
+    return SessionInfo.of(session, engine_state_of(gateway.router, session))
 
 
-@router.delete("/{session_id}", status_code=status.HTTP_204_NO_CONTENT, responses=NOT_FOUND)
+@router.delete("/{session_id}", status_code=status.HTTP_204_NO_CONTENT, responses=responses.DELETE)
 async def delete_session(session: SessionDep, gateway: GatewayDep) -> Response:
     """End a session: its connections are closed and its engine forgets it."""
     await gateway.store.delete(session.session_id, reason="deleted")

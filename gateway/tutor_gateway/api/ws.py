@@ -10,6 +10,7 @@ import logging
 
 from fastapi import APIRouter, Query, WebSocket, WebSocketDisconnect
 
+from ..auth import select_subprotocol, websocket_token
 from ..frames import (
     CLOSE_REPLACED,
     CLOSE_SESSION_ENDED,
@@ -52,7 +53,11 @@ async def conversation(
     token: str | None = Query(None, description="The session's engine_token."),
 ) -> None:
     """Authenticate, then relay this connection to the session's engine until it ends."""
-    await websocket.accept()
+    # The token may come as a subprotocol ``token.<token>`` beside ``tutor.v1`` (auth.py);
+    # the answer selects ``tutor.v1``, never the token.
+    offered = websocket.scope.get("subprotocols", ())
+    token = websocket_token(offered, token)
+    await websocket.accept(subprotocol=select_subprotocol(offered))
     session = await gateway.store.get(session_id)
     if session is None:
         reason = gateway.store.ended_reason(session_id)
@@ -80,6 +85,7 @@ async def conversation(
         limits,
         lambda: gateway.store.touch(session_id),
         metrics=gateway.metrics,
+        admit_message=lambda: gateway.admit_message(session_id),
     )
     for displaced in gateway.connections.add(session_id, relay):
         gateway.metrics.ws_rejected.labels("replaced").inc()

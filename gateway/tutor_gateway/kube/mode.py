@@ -15,6 +15,7 @@ from lightkube.config.client_adapter import ConnectionParams
 
 from ..config import GatewaySettings
 from ..service import Gateway
+from .admission import ClusterColdStarts
 from .reflector import Reflector, WatchSettings
 from .resources import TutorEngine, TutorSession
 from .router import KubeEngineRouter
@@ -82,7 +83,10 @@ async def cluster_mode(settings: GatewaySettings) -> AsyncIterator[Gateway]:
     )
     http = httpx.AsyncClient(timeout=5.0)
     router = KubeEngineRouter(sessions, engines, settings.engine_api_key, http)
-    gateway = Gateway(settings, store, router)
+    cold_starts = ClusterColdStarts(
+        engines, settings.max_concurrent_cold_starts, settings.admission_retry_after_seconds
+    )
+    gateway = Gateway(settings, store, router, cold_starts=cold_starts)
     # Sessions must be listed before serving; engines only widen the choice after a failure.
     watchers = [asyncio.create_task(sessions.run()), asyncio.create_task(engines.run())]
     try:

@@ -16,6 +16,7 @@ from tutor_contract.crd import ENGINE_KEY_HEADER, FAILED
 
 from ..engines import EngineEndpoint, EngineUnavailable
 from ..sessions import Session
+from ..startup import EngineState, cluster_engine_state
 from .reflector import Reflector
 from .resources import endpoint_of, engine_name, ready_endpoints, waiting_reason
 
@@ -81,6 +82,10 @@ class KubeEngineRouter:
             if obj is not None and (obj.get("status") or {}).get("phase") == FAILED:
                 raise EngineUnavailable(waiting_reason(obj))
         return EngineEndpoint(chosen, self.api_key)
+
+    def engine_state(self, session: Session) -> EngineState:
+        """The session's engine as its TutorSession says: phase and Ready condition."""
+        return cluster_engine_state(self.sessions.objects.get(session.session_id))
 
     async def _wait(self, predicate: Callable[[], bool]) -> None:
         """Until ``predicate`` holds after a change of sessions or engines, or a while passed."""
