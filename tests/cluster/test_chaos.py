@@ -29,6 +29,7 @@ import base64
 import collections
 import contextlib
 import dataclasses
+import itertools
 import json
 import random
 import re
@@ -168,6 +169,7 @@ class Chaos:
         self.conversations: dict[str, Conversation] = {}
         self.counts: collections.Counter[str] = collections.Counter()
         self.pods_seen: set[str] = set()
+        self.students = itertools.count(1)  # a student per session: limits are not tested here
 
     def count(self, what: str) -> None:
         with self.lock:
@@ -201,7 +203,9 @@ class Chaos:
 def create(chaos: Chaos, gateway: RunningServer, tutor: int, kept: bool) -> Conversation | None:
     try:
         response = httpx.post(
-            f"{gateway.http}/v1/sessions", json={"tutor_id": tutor, "student_id": 7}, timeout=30
+            f"{gateway.http}/v1/sessions",
+            json={"tutor_id": tutor, "student_id": next(chaos.students)},
+            timeout=30,
         )
     except httpx.HTTPError as exc:
         chaos.count(f"create: {type(exc).__name__}")

@@ -40,13 +40,16 @@ def test_an_engine_start_outlives_the_client_that_caused_it(gateway_factory) -> 
     slow_engine = f"sh -c 'sleep 2; exec {shlex.quote(sys.executable)} -m tutor_engine \"$@\"' sh"
     gateway = gateway_factory(engine_command=slow_engine)
     session = create_session(gateway, tutor_id=5)
+    router = gateway.app.state.gateway.router
     with open_ws(gateway, session) as impatient:
         impatient.send(json.dumps({"type": "text", "content": "anyone?"}))
-    starting = gateway.app.state.gateway.router._starting
-    assert 5 in starting, "the start goes on without the client that asked for it"
+        wait_until(lambda: 5 in router._starting)
+        start = router._starting[5]
     with open_ws(gateway, session) as patient:
         reply = say(patient, "hello")
     assert reply["type"] == "text" and "Tutor 5 heard: hello" in reply["content"]
+    assert not start.cancelled(), "the start goes on without the client that asked for it"
+    assert start.result() is router.running[5], "the next client got the engine of that start"
     assert list(engines(gateway)) == [5]
 
 
