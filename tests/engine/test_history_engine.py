@@ -24,10 +24,12 @@ from .stores import StoreKit
 SHARED = ["sqlite", "redis"]
 
 
+OUTAGE_TIMEOUT = 0.5  # the store's bound in the outage tests (others keep the 2 s default)
+
+
 def shared_engine(kit: StoreKit, delay_s: float = 0.0, **settings: Any) -> FastAPI:
     """A mock engine (tutor 5) on the kit's store; ``delay_s`` per word of a reply."""
     backends = Backends(llm=MockLLM(5, delay_s=delay_s), asr=MockASR(), tts=MockTTS())
-    settings.setdefault("history_timeout_seconds", 0.5)
     return engine(backends, tutor_id=5, history_url=kit.url, **settings)
 
 
@@ -80,7 +82,7 @@ async def test_a_delete_on_one_engine_stops_a_reply_finishing_on_another(
 
 @pytest.mark.parametrize("store_kit", SHARED, indirect=True)
 async def test_a_store_outage_costs_history_never_the_answer(store_kit: StoreKit) -> None:
-    with serve(shared_engine(store_kit)) as running:
+    with serve(shared_engine(store_kit, history_timeout_seconds=OUTAGE_TIMEOUT)) as running:
         async with websockets.connect(f"{running.ws}/ws/s") as ws:
             assert "turn 1," in (await ask(ws, "one"))["content"]
             with store_kit.down():
@@ -140,7 +142,7 @@ async def test_the_redis_password_is_used_and_never_logged(
 
 @pytest.mark.parametrize("store_kit", SHARED, indirect=True)
 async def test_a_delete_during_an_outage_is_refused_with_503(store_kit: StoreKit) -> None:
-    with serve(shared_engine(store_kit)) as running:
+    with serve(shared_engine(store_kit, history_timeout_seconds=OUTAGE_TIMEOUT)) as running:
         with store_kit.down():
             async with httpx.AsyncClient() as http:
                 response = await http.delete(f"{running.http}/sessions/later")
