@@ -58,3 +58,33 @@ def parse_receipt(frame: str | bytes) -> Receipt | None:
     if not isinstance(seq, int) or isinstance(seq, bool) or seq < 1:
         return None
     return Receipt(seq, started, body.get("stream") is True)
+
+
+# Trace context, gateway → engine (only while tracing is on, only on relay connections): right
+# before a client frame the gateway may send ``{"type":"tutor.trace","traceparent":…}`` (W3C
+# Trace Context). The engine consumes it, does not number it, and makes the turn of the next
+# client frame a child of that context.
+TRACE_TYPE = "tutor.trace"
+TRACE_PREFIX = '{"type":"tutor.trace",'
+MAX_TRACE_CHARS = 768  # traceparent is 55 characters; tracestate is at most 512
+_TRACE_KEYS = ("traceparent", "tracestate")
+
+
+def trace_frame(carrier: dict[str, str]) -> str:
+    """The text frame carrying ``carrier`` (what a W3C propagator injected) to the engine."""
+    fields = {k: carrier[k] for k in _TRACE_KEYS if carrier.get(k)}
+    return TRACE_PREFIX + json.dumps(fields, separators=(",", ":"))[1:]
+
+
+def parse_trace_frame(frame: str | bytes) -> dict[str, str] | None:
+    """The trace carrier in a gateway frame, or ``None`` for any frame from the client."""
+    if not isinstance(frame, str) or len(frame) > MAX_TRACE_CHARS:
+        return None
+    if not frame.startswith(TRACE_PREFIX):
+        return None
+    try:
+        body = json.loads(frame)
+    except ValueError:
+        return None
+    carrier = {k: v for k in _TRACE_KEYS if isinstance(v := body.get(k), str)}
+    return carrier if "traceparent" in carrier else None

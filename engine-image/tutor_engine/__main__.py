@@ -7,10 +7,10 @@ within ``ENGINE_DRAIN_SECONDS``, the remaining WebSockets close with 1012, and t
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
 import uvicorn
+from tutor_contract import logs, tracing
 from tutor_contract.version import version_line
 
 from .app import create_app
@@ -42,10 +42,8 @@ def main(argv: list[str] | None = None) -> None:
         help="with --parent-pid: read end of the gateway's pipe; EOF means the gateway is gone",
     )
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format=f"%(asctime)s %(levelname)s engine[{settings.tutor_id}] %(name)s: %(message)s",
-    )
+    logs.configure(settings.log_level, "engine", settings.log_format, tutor_id=settings.tutor_id)
+    tracing.configure("tutor-engine")  # spans over OTLP if OTEL_EXPORTER_OTLP_ENDPOINT is set
     if args.parent_pid is not None:
         watch_parent(args.parent_pid, args.parent_fd)
 
@@ -59,6 +57,7 @@ def main(argv: list[str] | None = None) -> None:
         port=args.port,
         fd=args.fd,
         log_level=settings.log_level,
+        log_config=None,  # uvicorn's loggers go through the handler of logs.configure
         ws=WS_PROTOCOL,  # invalid UTF-8 in a text frame gets an error, not close 1007
         ws_max_size=settings.max_message_bytes * 2,
         # No permessage-deflate: a few KB on the wire could inflate to dozens of frames at

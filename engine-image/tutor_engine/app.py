@@ -22,6 +22,7 @@ from fastapi import FastAPI, Header, HTTPException, Path, Request, WebSocket, We
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.websockets import WebSocketDisconnected
+from tutor_contract import logs, tracing
 from tutor_contract.relay import RELAY_HEADER
 
 from .backends import Backend, Backends, build_backends
@@ -54,7 +55,7 @@ class EngineState:
         self.settings = settings
         self.on_load_failure = on_load_failure
         self.backends = backends
-        self.metrics = EngineMetrics()
+        self.metrics = EngineMetrics(settings.tutor_id)
         self.history = GuardedHistory(
             open_store(settings),
             settings.history_timeout_seconds,
@@ -77,7 +78,8 @@ class EngineState:
         """Load and warm every backend at once; record failures instead of raising."""
         started = time.perf_counter()
         results = await asyncio.gather(
-            *(self._load_one(b) for b in self.backends.all()), return_exceptions=True
+            *(self._load_one(model, b) for model, b in self.backends.models()),
+            return_exceptions=True,
         )
         errors = [str(r) for r in results if isinstance(r, BaseException)]
         if errors:
@@ -103,15 +105,17 @@ class EngineState:
         if self.on_load_failure is not None:
             self.on_load_failure()
 
-    async def _load_one(self, backend: Backend) -> None:
+    async def _load_one(self, model: str, backend: Backend) -> None:
         started = time.perf_counter()
         try:
             await backend.load()
         except Exception as exc:
             log.exception("loading %s failed", backend.name)
             raise RuntimeError(f"{backend.name}: {type(exc).__name__}: {exc}") from exc
+        took = time.perf_counter() - started
         self.loaded[backend.name] = True
-        log.info("loaded %s in %.2fs", backend.name, time.perf_counter() - started)
+        self.metrics.model_load_seconds.labels(model).set(took)
+        log.info("loaded %s in %.2fs", backend.name, took)
 
     def load_problem(self) -> str | None:
         """What a model still loading is waiting on, in its backend's words (e.g. ``LLM server
@@ -199,7 +203,12 @@ def create_app(
                 with contextlib.suppress(Exception):
                     await backend.close()
 
-    app = FastAPI(title="tutor-serving engine", version="0.1.0", lifespan=lifespan)
+    app = FastAPI(
+        title="tutor-serving engine",
+        version="0.1.0",
+        lifespan=lifespan,
+        **tracing.fastapi_options(),
+    )
     app.state.engine = state
 
     @app.get("/metrics")
@@ -247,6 +256,9 @@ def create_app(
 
     @app.websocket("/ws/{session_id}")
     async def conversation(websocket: WebSocket, session_id: str) -> None:
+        # Every line logged for this connection (its turns included) names the session; the
+        # connection's task, and with it the binding, ends with the connection.
+        logs.bind(session=session_id)
         # Refused before the upgrade: the gateway waits and tries again (or another engine).
         if (reason := state.not_ready_reason()) is not None:
             await websocket.send_denial_response(

@@ -152,6 +152,11 @@ class EngineSettings(BaseSettings):
         "remaining WebSockets are closed with 1012.",
     )
     log_level: str = "info"
+    log_format: Literal["text", "json"] = Field(
+        "text",
+        description="Log lines as text or as JSON objects (time, level, component, logger, "
+        "message, session, tutor_id); a local engine gets its gateway's LOG_FORMAT.",
+    )
     exit_on_load_failure: bool = Field(
         False,
         description="In a pod: on a model load failure write it to termination_log and exit 3, "

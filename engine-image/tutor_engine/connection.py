@@ -24,6 +24,11 @@ Draining (SIGTERM): no queued message starts any more; ``restart`` lets the turn
 finish (until a deadline, then cancels it), and closes the socket with 1012. Frames that
 never started get no receipt, nor does a turn cut at the deadline: the gateway sends the
 former to the next engine and ends the latter's reply itself.
+
+Traces: on a relay connection, a ``tutor_contract.relay`` trace frame (the gateway's span
+context) is consumed, not numbered and not answered: the next client frame's turn, the span
+``engine.turn``, becomes a child of that context. Each message's turn is timed from the moment
+its frame was received.
 """
 
 from __future__ import annotations
@@ -32,13 +37,18 @@ import asyncio
 import contextlib
 import functools
 import logging
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from fastapi import WebSocket, WebSocketDisconnect
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.trace import StatusCode
 from starlette.websockets import WebSocketDisconnected
-from tutor_contract.relay import receipt_frame
+from tutor_contract import tracing
+from tutor_contract.relay import parse_trace_frame, receipt_frame
 
 from .backends import AudioDecodeError
 from .pipeline import Conversation, SessionEnded, history_error_text
@@ -60,6 +70,7 @@ if TYPE_CHECKING:
     from .app import EngineState
 
 log = logging.getLogger("tutor_engine")
+tracer = tracing.tracer(__name__)
 
 SESSION_ENDED = "This session has ended; the message was not answered"
 CLOSE_RESTARTING = 1012  # the engine is draining: the gateway moves the session elsewhere
@@ -83,11 +94,17 @@ class SessionEntry:
 
 @dataclass
 class _Item:
-    """A queued message, frame ``seq`` of its connection; ``settle`` once answered or dropped."""
+    """A queued message, frame ``seq`` of its connection; ``settle`` once answered or dropped.
+
+    ``received``: ``time.perf_counter()`` when its frame had arrived; ``parent``: the trace
+    context the gateway sent for it (if any).
+    """
 
     message: Message
     entry: SessionEntry
     seq: int
+    received: float = 0.0
+    parent: Context | None = None
     settled: bool = False
 
     def settle(self) -> None:
@@ -149,6 +166,7 @@ class Connection:
         self._interrupting = False  # the turn in flight is being cancelled by a barge-in
         self._closed = False  # nothing more is sent: the client left, or we close for a restart
         self._send_lock = asyncio.Lock()
+        self._trace: Context | None = None  # the gateway's context for the next client frame
 
     async def send(self, message: dict[str, Any]) -> None:
         """Send a message to the client (dropped once the connection is closing)."""
@@ -173,10 +191,16 @@ class Connection:
             seq = 0
             while True:
                 frame = await self.websocket.receive()
+                received = time.perf_counter()
                 if frame["type"] == "websocket.disconnect":
                     return
+                carrier = parse_trace_frame(frame.get("text") or "") if self.relay else None
+                if carrier is not None:
+                    self._trace = tracing.extract(carrier)  # the gateway's, for the next frame
+                    continue
                 seq += 1
-                await self._handle(seq, frame)
+                parent, self._trace = self._trace, None
+                await self._handle(seq, frame, received, parent)
         finally:
             self._closed = True
             await self.stop_turns()
@@ -184,7 +208,9 @@ class Connection:
             await asyncio.wait([worker])
             self.state.sessions.leave(self)
 
-    async def _handle(self, seq: int, frame: dict[str, Any]) -> None:
+    async def _handle(
+        self, seq: int, frame: dict[str, Any], received: float, parent: Context | None = None
+    ) -> None:
         """Reject, queue or (streaming) barge in with client frame number ``seq``."""
         try:
             message = await self._parse(frame)
@@ -192,10 +218,12 @@ class Connection:
             await self._reject("protocol", str(exc))
             await self._receipt(seq, started=False)
             return
+        assert self.entry is not None
+        item = _Item(message, self.entry, seq, received, parent)
         if self.conv.stream:
-            await self._barge_in(message, seq)
+            await self._barge_in(item)
         else:
-            await self._enqueue(message, seq)
+            await self._enqueue(item)
 
     async def _parse(self, frame: dict[str, Any]) -> Message:
         if frame.get(INVALID_UTF8_EVENT):
@@ -224,15 +252,16 @@ class Connection:
             "session %s: frame rejected (%s): %s", self.conv.session_id[:8], reason, one_line(text)
         )
         self.state.metrics.errors.labels(reason).inc()
+        trace.get_current_span().set_attribute("error.reason", reason)  # the turn's, if any
         await self.send(error_message(text))
 
-    def _accept(self, message: Message, seq: int) -> None:
+    def _accept(self, item: _Item) -> None:
         assert self.entry is not None
         self.entry.active += 1
-        self._queue.append(_Item(message, self.entry, seq))
+        self._queue.append(item)
         self._wakeup.set()
 
-    async def _enqueue(self, message: Message, seq: int) -> None:
+    async def _enqueue(self, item: _Item) -> None:
         """Plain connection: queue the message unless the session already has enough waiting."""
         assert self.entry is not None
         limit = self.state.settings.max_pending_turns
@@ -242,21 +271,22 @@ class Connection:
                 f"Too many messages waiting: {limit} are already queued for this session; "
                 "this one was dropped (wait for the replies before sending more)",
             )
-            await self._receipt(seq, started=False)
+            await self._receipt(item.seq, started=False)
             return
-        self._accept(message, seq)
+        self._accept(item)
 
-    async def _barge_in(self, message: Message, seq: int) -> None:
+    async def _barge_in(self, item: _Item) -> None:
         """Streaming connection: options apply now; a new message replaces everything before."""
+        message = item.message
         if isinstance(message, OptionsIn):
             if message.stream is not None:
                 self.conv.stream = message.stream
             await self.send(options_message(self.conv.stream))
-            await self._receipt(seq, started=False)
+            await self._receipt(item.seq, started=False)
             return
         await self._discard_queued()
         await self._interrupt()
-        self._accept(message, seq)
+        self._accept(item)
 
     async def _discard_queued(self) -> None:
         dropped = list(self._queue)
@@ -335,20 +365,39 @@ class Connection:
             await self.send(options_message(self.conv.stream))
             return True
         await self._receipt(item.seq, started=True)
-        self._current = turn = asyncio.create_task(self._turn(item.message))
+        self._current = turn = asyncio.create_task(self._turn(item))
         await asyncio.wait([turn])
         return turn.cancelled() or turn.exception() is None
 
-    async def _turn(self, message: TextIn | AudioIn) -> None:
-        """Run one turn in its scheduler slot, turning any failure into an ``error``."""
+    async def _turn(self, item: _Item) -> None:
+        """Run one turn (span ``engine.turn``), turning any failure into an ``error``."""
+        message = item.message
+        assert isinstance(message, TextIn | AudioIn)
+        kind = "audio" if isinstance(message, AudioIn) else "text"
+        attributes = {
+            "tutor.id": self.state.metrics.tutor_id,
+            "session.id": self.conv.session_id[:8],
+            "message.type": kind,
+        }
+        with tracer.start_as_current_span(
+            "engine.turn", context=item.parent, attributes=attributes
+        ) as span:
+            try:
+                await self._run_turn(message, kind, item.received)
+            except asyncio.CancelledError:
+                span.set_attribute("turn.cancelled", True)
+                raise
+
+    async def _run_turn(self, message: TextIn | AudioIn, kind: str, received: float) -> None:
+        """The turn in its scheduler slot; any failure becomes an ``error``."""
         state, conv = self.state, self.conv
         metrics = state.metrics
-        kind = "audio" if isinstance(message, AudioIn) else "text"
         metrics.messages.labels(kind).inc()
+        metrics.turns.labels(kind).inc()
         try:
             async with state.scheduler.turn(conv.session_id):
                 with metrics.turn_seconds.labels(kind).time():
-                    await state.pipeline.run_turn(conv, message, self.send)
+                    await state.pipeline.run_turn(conv, message, self.send, received)
         except SessionEnded:
             await self._reject("ended", SESSION_ENDED)
         except AudioDecodeError as exc:
@@ -362,6 +411,7 @@ class Connection:
         except Exception:
             log.exception("turn failed in session %s", conv.session_id[:8])
             metrics.errors.labels("internal").inc()
+            trace.get_current_span().set_status(StatusCode.ERROR, "the turn failed")
             await self.send(error_message("The tutor could not answer; try again"))
         finally:
             conv.reply = None

@@ -1,73 +1,245 @@
-"""Prometheus metrics of one engine, on a registry of its own (several apps may share a process)."""
+"""Prometheus metrics of one engine, on a registry of its own (several apps may share a process).
+
+Every metric carries ``tutor_id``: an engine serves one tutor, so the label is the same on all
+of an engine's series, and dashboards group the fleet by it (never by session or student: their
+number is unbounded). Latencies use the shared voice buckets (10 ms to 60 s), model loads the
+start buckets, history store calls the fast ones (``tutor_contract.metrics``).
+
+Call sites use the per-tutor views below, which add the label themselves:
+``metrics.stage_seconds.labels("asr").observe(s)``, ``metrics.connections.inc()``.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from tutor_contract.metrics import FAST_BUCKETS, VOICE_BUCKETS
+
+TUTOR = "tutor_id"
+STAGES = ("decode", "asr", "retrieval", "llm_first_token", "llm", "tts_first_chunk", "tts")
+MODES = ("stream", "whole")  # how a reply is sent: streamed, or the seed's whole messages
+INPUTS = ("audio", "text")  # what the user sent
+ERROR_REASONS = ("protocol", "busy", "ended", "audio", "internal")
+MODELS = ("llm", "asr", "tts", "kb")  # what model_load_seconds names
+HISTORY_OPS = ("load", "save", "end", "purge")
 
 
-@dataclass
+class PerTutor:
+    """A labelled metric seen from one tutor: ``labels(*values)`` adds the ``tutor_id`` last."""
+
+    def __init__(self, family: Any, tutor_id: str) -> None:
+        self.family = family
+        self.tutor_id = tutor_id
+
+    def labels(self, *values: str, **named: str) -> Any:
+        if named:
+            return self.family.labels(**named, **{TUTOR: self.tutor_id})
+        return self.family.labels(*values, self.tutor_id)
+
+
 class EngineMetrics:
-    """Counters and timings the engine exports at ``/metrics``."""
+    """Counters, gauges and timings the engine exports at ``/metrics``, for one tutor."""
 
-    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+    def __init__(self, tutor_id: int | str = 0, registry: CollectorRegistry | None = None) -> None:
+        self.tutor_id = t = str(tutor_id)
+        self.registry = r = registry if registry is not None else CollectorRegistry()
 
-    def __post_init__(self) -> None:
-        r = self.registry
-        self.messages = Counter(
-            "tutor_engine_messages_total", "Client messages handled, by type", ["type"], registry=r
+        def per(family: Any) -> PerTutor:
+            return PerTutor(family, t)
+
+        def own(family: Any) -> Any:  # a metric whose only label is tutor_id
+            return family.labels(t)
+
+        # Turns and their latency.
+        self.turns = per(
+            Counter(
+                "tutor_engine_turns_total",
+                "Turns begun (a user message being answered), by input (audio, text)",
+                ["input", TUTOR],
+                registry=r,
+            )
         )
-        self.errors = Counter(
-            "tutor_engine_errors_total", "Error messages sent, by reason", ["reason"], registry=r
+        self.messages = per(
+            Counter(
+                "tutor_engine_messages_total",
+                "Client messages answered, by type (audio, text)",
+                ["type", TUTOR],
+                registry=r,
+            )
         )
-        self.turn_seconds = Histogram(
-            "tutor_engine_turn_seconds", "Time to answer one message, by type", ["type"], registry=r
+        self.turn_seconds = per(
+            Histogram(
+                "tutor_engine_turn_seconds",
+                "Time to answer one message (slot wait included), by type",
+                ["type", TUTOR],
+                buckets=VOICE_BUCKETS,
+                registry=r,
+            )
         )
-        self.connections = Gauge(
-            "tutor_engine_connections", "Open WebSocket connections", registry=r
+        self.stage_seconds = per(
+            Histogram(
+                "tutor_engine_stage_seconds",
+                "Time of each pipeline stage of a turn, observed once per turn: decode (audio "
+                "to samples), asr (recognition), retrieval, llm_first_token, llm (whole "
+                "generation), tts_first_chunk (synthesis of the first audio sent), tts (all "
+                "synthesis of the reply)",
+                ["stage", TUTOR],
+                buckets=VOICE_BUCKETS,
+                registry=r,
+            )
         )
-        self.sessions = Gauge(
-            "tutor_engine_sessions", "Sessions with an open connection to this engine", registry=r
+        self.first_audio_seconds = per(
+            Histogram(
+                "tutor_engine_first_audio_seconds",
+                "The voice SLO: from a user's audio message fully received to the first reply "
+                "audio sent, by mode (stream: first audio_chunk; whole: the audio message)",
+                ["mode", TUTOR],
+                buckets=VOICE_BUCKETS,
+                registry=r,
+            )
         )
-        self.ready = Gauge(
-            "tutor_engine_ready",
-            "1 while new sessions are taken (models loaded, not draining)",
-            registry=r,
+        self.first_text_seconds = per(
+            Histogram(
+                "tutor_engine_first_text_seconds",
+                "From a user message received to the first reply text sent (stream: first "
+                "text_delta; whole: the text message), by mode and input",
+                ["mode", "input", TUTOR],
+                buckets=VOICE_BUCKETS,
+                registry=r,
+            )
         )
-        self.stage_seconds = Histogram(
-            "tutor_engine_stage_seconds",
-            "Time spent per pipeline stage (asr, retrieval, llm_first_token, llm, tts)",
-            ["stage"],
-            registry=r,
+        self.interruptions = own(
+            Counter(
+                "tutor_engine_interruptions_total",
+                "Replies cancelled by a newer message (barge-in)",
+                [TUTOR],
+                registry=r,
+            )
         )
-        self.first_audio_seconds = Histogram(
-            "tutor_engine_first_audio_seconds",
-            "From a user's audio message to the first reply audio sent (whole reply or stream)",
-            ["mode"],
-            registry=r,
+        self.errors = per(
+            Counter(
+                "tutor_engine_errors_total",
+                "Error messages sent, by reason: protocol (bad frame), busy (too many waiting), "
+                "ended (session ended), audio (undecodable, too long, or no speech), internal",
+                ["reason", TUTOR],
+                registry=r,
+            )
         )
-        self.turns_running = Gauge(
-            "tutor_engine_turns_running", "Turns holding one of the engine's turn slots", registry=r
+
+        # Audio and tokens: what the engine's work amounts to.
+        self.audio_input_seconds = own(
+            Counter(
+                "tutor_engine_audio_input_seconds_total",
+                "Seconds of user audio decoded",
+                [TUTOR],
+                registry=r,
+            )
         )
-        self.turns_waiting = Gauge(
-            "tutor_engine_turns_waiting",
-            "Turns waiting for a turn slot (first come, first served)",
-            registry=r,
+        self.audio_output_seconds = own(
+            Counter(
+                "tutor_engine_audio_output_seconds_total",
+                "Seconds of reply audio synthesised",
+                [TUTOR],
+                registry=r,
+            )
         )
-        self.history_errors = Counter(
-            "tutor_engine_history_errors_total",
-            "History store calls that failed or timed out, by op (load, save, end, purge)",
-            ["op"],
-            registry=r,
+        self.prompt_tokens = own(
+            Counter(
+                "tutor_engine_llm_prompt_tokens_total",
+                "Prompt tokens of the engine's LLM requests (the LLM's usage report)",
+                [TUTOR],
+                registry=r,
+            )
         )
-        self.history_seconds = Histogram(
-            "tutor_engine_history_seconds",
-            "Time of successful history store calls, by op",
-            ["op"],
-            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
-            registry=r,
+        self.completion_tokens = own(
+            Counter(
+                "tutor_engine_llm_completion_tokens_total",
+                "Completion tokens the LLM generated for the engine (its usage report)",
+                [TUTOR],
+                registry=r,
+            )
         )
-        self.interruptions = Counter(
-            "tutor_engine_interruptions_total", "Replies cancelled by a newer message", registry=r
+
+        # What the engine holds now.
+        self.connections = own(
+            Gauge("tutor_engine_connections", "Open WebSocket connections", [TUTOR], registry=r)
         )
+        self.sessions = own(
+            Gauge(
+                "tutor_engine_sessions",
+                "Sessions with an open connection to this engine",
+                [TUTOR],
+                registry=r,
+            )
+        )
+        self.ready = own(
+            Gauge(
+                "tutor_engine_ready",
+                "1 while new sessions are taken (models loaded, not draining)",
+                [TUTOR],
+                registry=r,
+            )
+        )
+        self.turns_running = own(
+            Gauge(
+                "tutor_engine_turns_running",
+                "Turns holding one of the engine's turn slots",
+                [TUTOR],
+                registry=r,
+            )
+        )
+        self.turns_waiting = own(
+            Gauge(
+                "tutor_engine_turns_waiting",
+                "Turns waiting for a turn slot (first come, first served)",
+                [TUTOR],
+                registry=r,
+            )
+        )
+        self.model_load_seconds = per(
+            Gauge(
+                "tutor_engine_model_load_seconds",
+                "How long loading and warming each model took (set once loaded), by model "
+                "(llm, asr, tts, kb)",
+                ["model", TUTOR],
+                registry=r,
+            )
+        )
+
+        # The history store.
+        self.history_errors = per(
+            Counter(
+                "tutor_engine_history_errors_total",
+                "History store calls that failed or timed out, by op (load, save, end, purge)",
+                ["op", TUTOR],
+                registry=r,
+            )
+        )
+        self.history_seconds = per(
+            Histogram(
+                "tutor_engine_history_seconds",
+                "Time of successful history store calls, by op",
+                ["op", TUTOR],
+                buckets=FAST_BUCKETS,
+                registry=r,
+            )
+        )
+
+        # Every bounded label value exists from the start (at zero), so rates and quantiles
+        # over them return data before the first turn, error or interruption.
+        for stage in STAGES:
+            self.stage_seconds.labels(stage)
+        for mode in MODES:
+            self.first_audio_seconds.labels(mode)
+            for kind in INPUTS:
+                self.first_text_seconds.labels(mode, kind)
+        for kind in INPUTS:
+            self.turns.labels(kind)
+            self.messages.labels(kind)
+            self.turn_seconds.labels(kind)
+        for reason in ERROR_REASONS:
+            self.errors.labels(reason)
+        for op in HISTORY_OPS:
+            self.history_errors.labels(op)
+            self.history_seconds.labels(op)

@@ -8,6 +8,12 @@ synthesised while the model is still generating, and a final ``text``.
 History is loaded from the store when a turn begins and the exchange is written back when it
 ends, also as far as it got when the turn is cancelled. If the store fails, the turn is still
 answered, followed by one ``error`` saying the history could not be loaded or saved.
+
+Each turn is measured (``metrics``): every stage once (decode, asr, retrieval,
+llm_first_token, llm, tts_first_chunk, tts), the first reply text and audio from the moment
+the user's message was received, audio seconds in and out, and the LLM's token usage. With
+tracing on, each stage is a span (``engine.decode``, ``engine.asr``, ``engine.retrieval``,
+``engine.llm``, ``engine.tts``) under the turn's ``engine.turn`` (started by the connection).
 """
 
 from __future__ import annotations
@@ -16,11 +22,15 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from .backends import Backends, ChatMessage
+from opentelemetry import trace
+from tutor_contract import tracing
+
+from .backends import AudioDecodeError, Backends, ChatMessage, Usage
+from .backends.mock import wav_duration
 from .config import EngineSettings
 from .history import GuardedHistory, HistoryUnavailable
 from .metrics import EngineMetrics
@@ -40,8 +50,31 @@ from .scheduling import FairSlots, run_holding
 from .text import SentenceSplitter
 
 log = logging.getLogger("tutor_engine.pipeline")
+tracer = tracing.tracer(__name__)
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+def wav_seconds(wav: bytes) -> float:
+    """The duration of a synthesised WAV (0 if it cannot be read)."""
+    try:
+        return wav_duration(wav)
+    except AudioDecodeError:
+        return 0.0
+
+
+@dataclass
+class TurnClock:
+    """When a turn's message was received, and which of its firsts have been measured."""
+
+    received: float  # time.perf_counter() when the whole message had arrived
+    mode: str  # "stream" or "whole": how the reply is sent
+    input: str  # "audio" or "text"
+    text_sent: bool = False
+    audio_sent: bool = False
+
+    def since(self) -> float:
+        return time.perf_counter() - self.received
 
 
 async def _to_the_end(work: Coroutine[Any, Any, None]) -> None:
@@ -121,12 +154,20 @@ class TutorPipeline:
         # is done, even if its turn was cancelled meanwhile.
         self.decode_slots = FairSlots(settings.max_concurrent_decodes)
 
+    @contextlib.contextmanager
+    def stage(self, name: str, span: str | None = None) -> Iterator[None]:
+        """Time a stage that completes (into ``stage_seconds``) inside span ``engine.<span>``."""
+        started = time.perf_counter()
+        with tracer.start_as_current_span(f"engine.{span or name}"):
+            yield
+        self.metrics.stage_seconds.labels(name).observe(time.perf_counter() - started)
+
     async def passages(self, conv: Conversation, query: str) -> list[str]:
         """Knowledge-base passages for the question (none without a kb_id or knowledge base)."""
         if not conv.kb_id or self.backends.knowledge is None:
             return []
         try:
-            with self.metrics.stage_seconds.labels("retrieval").time():
+            with self.stage("retrieval"):
                 return await self.backends.knowledge.search(conv.kb_id, query)
         except Exception:
             log.exception("retrieval from knowledge base %s failed", conv.kb_id)
@@ -172,25 +213,44 @@ class TutorPipeline:
 
         A cancelled reply is recorded as far as it got, so the next turn knows what was said.
         """
-        first = True
         try:
             prompt = await self.prompt(conv, history, user_text)
-            started = time.perf_counter()
-            async for piece in self.backends.llm.stream(prompt):
-                if first:
-                    self.metrics.stage_seconds.labels("llm_first_token").observe(
-                        time.perf_counter() - started
-                    )
-                    first = False
-                reply.text += piece
-                if on_delta is not None:
-                    await on_delta(piece)
+            with self.stage("llm"):
+                await self._complete(prompt, reply, on_delta)
         except asyncio.CancelledError:
             await _to_the_end(self._record(conv, user_text, reply))
             raise
-        self.metrics.stage_seconds.labels("llm").observe(time.perf_counter() - started)
         await _to_the_end(self._record(conv, user_text, reply))
         return reply.text.strip()
+
+    async def _complete(
+        self,
+        prompt: list[ChatMessage],
+        reply: Reply,
+        on_delta: Callable[[str], Awaitable[None]] | None,
+    ) -> None:
+        """The LLM's reply into ``reply.text``; its first token timed, its tokens counted."""
+        usage = Usage()
+        started = time.perf_counter()
+        first = True
+        try:
+            async for piece in self.backends.llm.stream(prompt, usage=usage):
+                if first:
+                    first = False
+                    took = time.perf_counter() - started
+                    self.metrics.stage_seconds.labels("llm_first_token").observe(took)
+                    trace.get_current_span().add_event("first token")
+                reply.text += piece
+                if on_delta is not None:
+                    await on_delta(piece)
+        finally:
+            if usage.prompt_tokens:
+                self.metrics.prompt_tokens.inc(usage.prompt_tokens)
+            if usage.completion_tokens:
+                self.metrics.completion_tokens.inc(usage.completion_tokens)
+            span = trace.get_current_span()
+            span.set_attribute("llm.prompt_tokens", usage.prompt_tokens)
+            span.set_attribute("llm.completion_tokens", usage.completion_tokens)
 
     async def _record(self, conv: Conversation, user_text: str, reply: Reply) -> None:
         """Add the exchange to the history (the store refuses it if the session has ended)."""
@@ -201,26 +261,38 @@ class TutorPipeline:
         except HistoryUnavailable:
             reply.history_errors.add("save")
 
-    async def run_turn(self, conv: Conversation, message: TextIn | AudioIn, send: Send) -> None:
+    async def run_turn(
+        self,
+        conv: Conversation,
+        message: TextIn | AudioIn,
+        send: Send,
+        received: float | None = None,
+    ) -> None:
         """Answer one user message with the seed's messages or, if opted in, a stream.
 
+        ``received`` (``time.perf_counter()``) is when the message had fully arrived: the
+        first reply text and audio are measured from there (default: now).
         Raises ``SessionEnded`` (before any work) if the session was ended.
         """
-        started = time.perf_counter()
+        speak = isinstance(message, AudioIn)
+        clock = TurnClock(
+            time.perf_counter() if received is None else received,
+            "stream" if conv.stream else "whole",
+            "audio" if speak else "text",
+        )
         reply = conv.next_reply()
         history = await self.load_history(conv, reply)
         if isinstance(message, TextIn):
             user_text = message.content
         else:
-            with self.metrics.stage_seconds.labels("asr").time():
-                said = await run_holding(
-                    self.decode_slots, self.backends.asr.transcribe(message.data)
-                )
-                user_text = said.strip()
+            said = await run_holding(self.decode_slots, self._hear(message.data))
+            user_text = said.strip()
             if not user_text:
+                self.metrics.errors.labels("audio").inc()
                 await send(error_message("No speech was recognised in the audio"))
                 return
             if len(user_text) > self.settings.max_text_chars:  # as for typed text
+                self.metrics.errors.labels("audio").inc()
                 await send(
                     error_message(
                         f"Speech too long: {len(user_text)} characters recognised "
@@ -230,24 +302,51 @@ class TutorPipeline:
                 return
             heard = transcription_message(user_text)
             await send({**heard, "reply_id": reply.id} if conv.stream else heard)
-        speak = isinstance(message, AudioIn)
-        if conv.stream:
-            await self._stream_reply(conv, user_text, reply, history, send, speak, started)
+        clock.mode = "stream" if conv.stream else "whole"  # options may have come meanwhile
+        if clock.mode == "stream":
+            await self._stream_reply(conv, user_text, reply, history, send, speak, clock)
         else:
             answer = await self.generate(conv, user_text, reply, history)
             await send(text_message(answer))
+            self._text_sent(clock)
             if speak:
-                wav = await self._synthesize(answer)
-                self.metrics.first_audio_seconds.labels("whole").observe(
-                    time.perf_counter() - started
-                )
+                wav, took = await self._synthesize(answer)
+                self.metrics.stage_seconds.labels("tts_first_chunk").observe(took)
+                self.metrics.stage_seconds.labels("tts").observe(took)
                 await send(audio_message(answer, wav))
+                self._audio_sent(clock)
         if reply.history_errors:
             await send(error_message(history_error_text(reply.history_errors)))
 
-    async def _synthesize(self, text: str) -> bytes:
-        with self.metrics.stage_seconds.labels("tts").time():
-            return await self.backends.tts.synthesize(text)
+    async def _hear(self, data: bytes) -> str:
+        """Decode then recognise the user's audio (each step timed, and a span)."""
+        asr = self.backends.asr
+        with self.stage("decode"):
+            decoded = await asr.decode(data)
+        self.metrics.audio_input_seconds.inc(decoded.seconds)
+        with self.stage("asr"):
+            trace.get_current_span().set_attribute("audio.seconds", decoded.seconds)
+            return await asr.recognize(decoded)
+
+    def _text_sent(self, clock: TurnClock) -> None:
+        if not clock.text_sent:
+            clock.text_sent = True
+            self.metrics.first_text_seconds.labels(clock.mode, clock.input).observe(clock.since())
+
+    def _audio_sent(self, clock: TurnClock) -> None:
+        if not clock.audio_sent:
+            clock.audio_sent = True
+            self.metrics.first_audio_seconds.labels(clock.mode).observe(clock.since())
+
+    async def _synthesize(self, text: str) -> tuple[bytes, float]:
+        """The speech of ``text`` and how long synthesising it took (a span each)."""
+        started = time.perf_counter()
+        with tracer.start_as_current_span("engine.tts") as span:
+            wav = await self.backends.tts.synthesize(text)
+            seconds = wav_seconds(wav)
+            span.set_attribute("audio.seconds", seconds)
+        self.metrics.audio_output_seconds.inc(seconds)
+        return wav, time.perf_counter() - started
 
     async def _stream_reply(
         self,
@@ -257,17 +356,18 @@ class TutorPipeline:
         history: list[ChatMessage],
         send: Send,
         speak: bool,
-        started: float,
+        clock: TurnClock,
     ) -> None:
         """Deltas as tokens arrive; each finished sentence spoken while generation goes on."""
         splitter = SentenceSplitter()
         sentences: asyncio.Queue[str | None] = asyncio.Queue()
         speaker = (
-            asyncio.create_task(self._speak(sentences, reply.id, send, started)) if speak else None
+            asyncio.create_task(self._speak(sentences, reply.id, send, clock)) if speak else None
         )
 
         async def on_delta(piece: str) -> None:
             await send(text_delta_message(reply.id, piece))
+            self._text_sent(clock)
             for sentence in splitter.feed(piece):
                 sentences.put_nowait(sentence)
 
@@ -283,18 +383,22 @@ class TutorPipeline:
                 with contextlib.suppress(asyncio.CancelledError):
                     await speaker
         await send(final_message(reply.id, answer, chunks))
+        self._text_sent(clock)  # a reply with no delta (an empty answer) still sent its text
 
     async def _speak(
-        self, sentences: asyncio.Queue[str | None], reply_id: int, send: Send, started: float
+        self, sentences: asyncio.Queue[str | None], reply_id: int, send: Send, clock: TurnClock
     ) -> int:
         """Synthesise queued sentences in order and send each as an ``audio_chunk``."""
         index = 0
+        synthesis = 0.0
         while (sentence := await sentences.get()) is not None:
-            wav = await self._synthesize(sentence)
+            wav, took = await self._synthesize(sentence)
+            synthesis += took
             if index == 0:
-                self.metrics.first_audio_seconds.labels("stream").observe(
-                    time.perf_counter() - started
-                )
+                self.metrics.stage_seconds.labels("tts_first_chunk").observe(took)
             await send(audio_chunk_message(reply_id, index, sentence, wav))
+            self._audio_sent(clock)
             index += 1
+        if index:
+            self.metrics.stage_seconds.labels("tts").observe(synthesis)
         return index

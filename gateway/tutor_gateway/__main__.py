@@ -4,11 +4,12 @@
 from __future__ import annotations
 
 import uvicorn
+from tutor_contract import tracing
+from tutor_contract.logs import configure
 
 from . import cli
 from .app import create_app
 from .config import GatewaySettings
-from .logs import configure
 from .server import uvicorn_options
 
 
@@ -16,7 +17,8 @@ def main(argv: list[str] | None = None) -> None:
     """Serve the REST API and WebSocket on MANAGEMENT_API_HOST:MANAGEMENT_API_PORT."""
     cli.parse(argv)  # --help, --version: print and exit before anything starts
     settings = GatewaySettings()
-    configure(settings.log_level, "gateway")
+    configure(settings.log_level, "gateway", settings.log_format)
+    tracing.configure("tutor-gateway")  # on only with OTEL_EXPORTER_OTLP_ENDPOINT
     uvicorn.run(
         create_app(settings),
         host=settings.management_api_host,

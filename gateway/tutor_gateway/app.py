@@ -11,12 +11,14 @@ from collections.abc import AsyncIterator
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from tutor_contract import tracing
 
 from . import auth
 from .api import demo, docs, errors, health, responses, sessions, ws
 from .config import GatewaySettings
 from .engine_registry import EngineRegistry
 from .engines import LocalEngines
+from .http_metrics import RequestMetrics
 from .ratelimit import RequestRateLimit
 from .service import Gateway, LocalHousekeeping
 from .sessions import SqliteSessionStore, StoreUnavailable
@@ -94,6 +96,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         docs_url=None,  # /docs and /redoc come from api.docs, with assets served here (no CDN)
         redoc_url=None,
         lifespan=lifespan,
+        **tracing.fastapi_options(),
     )
     app.state.settings = settings
 
@@ -105,7 +108,8 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     app.add_exception_handler(RequestValidationError, errors.validation_error)  # type: ignore[arg-type]
     app.add_middleware(errors.BodyLimit, limit=settings.max_request_body_bytes)
     app.add_middleware(RequestRateLimit, per_minute=settings.max_requests_per_minute)
-    auth.install(app, settings)  # outermost: keys and Origin before any body is read
+    auth.install(app, settings)  # keys and Origin before any body is read
+    app.add_middleware(RequestMetrics)  # outermost: every answer counts, refusals included
 
     for prefix in ("/v1", "/mgmt/v1"):
         versioned = APIRouter(

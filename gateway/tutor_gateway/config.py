@@ -245,6 +245,11 @@ class GatewaySettings(BaseSettings):
     )
 
     log_level: str = "info"
+    log_format: Literal["text", "json"] = Field(
+        "text",
+        description="Log lines as text or as JSON objects (time, level, component, logger, "
+        "message, session, tutor_id); local engines get the same (ENGINE_LOG_FORMAT).",
+    )
 
     @model_validator(mode="after")
     def _check_bounds(self) -> GatewaySettings:
@@ -298,6 +303,7 @@ class GatewaySettings(BaseSettings):
             "ENGINE_SESSION_TTL_SECONDS": str(ttl),
             "ENGINE_DRAIN_SECONDS": str(ENGINE_DRAIN_SECONDS),
             "ENGINE_LLM_WAIT_SECONDS": str(engine_llm_wait(self.engine_start_timeout_seconds)),
+            "ENGINE_LOG_FORMAT": self.log_format,
         }
 
 

@@ -14,6 +14,13 @@ the last streaming mode the engine reported, which first gets the frames the los
 started. Only when no engine can be had within ``engine_wait_seconds`` of the loss does the
 client get ``4503``, whose error names the engine's last known state.
 
+Metrics: frames and bytes relayed each way (receipts and trace frames are not counted), and
+each wait for an engine (``tutor_gateway_engine_wait_seconds``: from asking for it, at the
+start or after a loss, to its handshake, or to 4503). Traces (only while tracing is on): each
+client frame forwarded is a ``gateway.turn`` span, announced to the engine by a trace frame
+just before it (``tutor_contract.relay.trace_frame``) and ended by the frame's ``done``
+receipt or the connection's end.
+
 Cold start: a client that opted in (``?events=1``, or ``options`` with ``"events": true`` sent
 while it waits) gets ``status`` messages while it waits for an engine, at the start and after a
 loss, and ``ready`` once its frames are relayed (``startup.StatusFeed``).
@@ -24,12 +31,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from opentelemetry import trace
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
+from tutor_contract import tracing
 from tutor_contract.crd import ENGINE_KEY_HEADER
-from tutor_contract.relay import RELAY_HEADER, parse_receipt
+from tutor_contract.relay import RELAY_HEADER, parse_receipt, trace_frame
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
@@ -41,8 +51,8 @@ from .frames import (
     error_frame,
     interrupted_frame,
 )
-from .inbox import FrameInbox, Loss
-from .metrics import GatewayMetrics
+from .inbox import MAX_UNRECEIPTED_FRAMES, FrameInbox, Loss
+from .metrics import CLIENT_TO_ENGINE, ENGINE_TO_CLIENT, WAIT_READY, WAIT_TIMEOUT, GatewayMetrics
 from .sessions import Session
 from .startup import StatusFeed, engine_state_of, unavailable_detail, wants_events
 
@@ -57,6 +67,9 @@ ENGINE_GONE_CODES = frozenset({1001, 1006, 1011, 1012})
 # Engine frames the gateway reads ahead of a slow client (websockets' max_queue, in frames).
 UPSTREAM_QUEUE_FRAMES = 2
 CLOSE_GRACE_SECONDS = 5.0
+# The ``type`` of a client's JSON message, if it comes first (only the frame's start is read).
+_MESSAGE_TYPE = re.compile(rb'\A\s*\{\s*"type"\s*:\s*"([A-Za-z0-9_.-]{1,40})"')
+_TYPE_PEEK_BYTES = 80
 
 
 @dataclass(frozen=True)
@@ -117,6 +130,14 @@ def loss_notice(loss: Loss) -> dict[str, object] | None:
     return interrupted_frame(REPLY_CUT) if loss.streaming else error_frame(REPLY_CUT)
 
 
+def message_type(data: bytes, text: bool) -> str | None:
+    """The ``type`` a client text frame starts with (``{"type": "audio", ...``), if any."""
+    if not text:
+        return None
+    found = _MESSAGE_TYPE.match(data[:_TYPE_PEEK_BYTES])
+    return found.group(1).decode() if found else None
+
+
 def admit_frame(text: str | None, data: bytes | None, max_bytes: int) -> tuple[bytes, str | None]:
     """A client frame as bytes for the engine, or why it is refused (size, invalid UTF-8)."""
     if text is None:
@@ -161,6 +182,7 @@ class Relay:
         self._send_lock = asyncio.Lock()
         self._active = False  # a frame passed since the last activity record
         self._awaiting_reply = False  # the client sent something the engine has not answered
+        self._wait_started: float | None = None  # loop time this wait for an engine began
         self._feed = StatusFeed(
             self._send,
             lambda: engine_state_of(router, session),
@@ -283,6 +305,7 @@ class Relay:
         deadline = loop.time() + budget
         delay = 0.1
         self._feed.wait_began()
+        self._wait_started = loop.time()
         while True:
             try:
                 async with asyncio.timeout_at(deadline):
@@ -309,10 +332,18 @@ class Relay:
         loss = await self._inbox.lost()
         self._failover = _Failover(lost_at, loss)
         self._feed.wait_began()
+        self._wait_started = lost_at
         notice = loss_notice(loss)
         if notice is not None:
             self._awaiting_reply = self._inbox.queued_bytes > 0  # the cut reply is answered
             await self._send(notice)
+
+    def _wait_over(self, outcome: str) -> None:
+        """The wait for an engine ended (its handshake, or 4503): observe it once."""
+        started, self._wait_started = self._wait_started, None
+        if started is not None and self.metrics is not None:
+            waited = asyncio.get_running_loop().time() - started
+            self.metrics.engine_wait.labels(outcome).observe(waited)
 
     def _resumed(self, endpoint: EngineEndpoint) -> None:
         """A new engine connection is open: the failover, if one was under way, succeeded."""
@@ -333,6 +364,7 @@ class Relay:
 
     def _unavailable(self, detail: str) -> Ending:
         """No engine could be had in time: 4503 (a failover under way failed)."""
+        self._wait_over(WAIT_TIMEOUT)
         failover, self._failover = self._failover, None
         if failover is None:
             log.warning("session %s: engine unavailable: %s", self._sid, detail)
@@ -371,6 +403,7 @@ class Relay:
                 ping_timeout=20,
             ) as upstream:
                 attempt.opened_at = asyncio.get_running_loop().time()
+                self._wait_over(WAIT_READY)
                 self._resumed(endpoint)
                 await self._feed.connected()  # ``ready``, before any frame of the engine's
                 return await self._pump(upstream, attempt)
@@ -384,11 +417,17 @@ class Relay:
     async def _pump(self, upstream: ClientConnection, attempt: _Attempt) -> Ending | _Attempt:
         """Pump until one side stops; the engine's own close passes through, unless it means
         the engine is gone (``attempt`` is returned then)."""
+        metrics = self.metrics
+        turns = _Turns(self.session.tutor_id, self._sid) if tracing.enabled() else None
 
         async def to_engine() -> None:
             while True:
                 data, text = await self._inbox.get()
+                if turns is not None:  # the engine makes its turn a child of this one
+                    await upstream.send(turns.begin(data, text))
                 await upstream.send(data, text=text)
+                if metrics is not None:
+                    metrics.relayed(CLIENT_TO_ENGINE, len(data))
 
         async def to_client() -> None:
             async for frame in upstream:
@@ -396,9 +435,14 @@ class Relay:
                 receipt = parse_receipt(frame)
                 if receipt is not None:
                     await self._inbox.settle(receipt)
+                    if turns is not None and not receipt.started:
+                        turns.end(receipt.seq)
                     continue
                 self._active, self._awaiting_reply = True, False
                 await self._send(frame)
+                if metrics is not None:
+                    size = len(frame) if isinstance(frame, bytes) else len(frame.encode())
+                    metrics.relayed(ENGINE_TO_CLIENT, size)
 
         forward, backward = asyncio.create_task(to_engine()), asyncio.create_task(to_client())
         try:
@@ -407,6 +451,8 @@ class Relay:
             forward.cancel()
             backward.cancel()
             await asyncio.gather(forward, backward, return_exceptions=True)
+            if turns is not None:
+                turns.end_all()
         for task in (forward, backward):
             if not task.cancelled() and task.exception() is not None:
                 exc = task.exception()
@@ -416,3 +462,40 @@ class Relay:
         if close is None or close.code in ENGINE_GONE_CODES:
             return attempt
         return Ending(close.code, close.reason)
+
+
+class _Turns:
+    """The ``gateway.turn`` spans of one engine connection, by the number the engine gives
+    each frame (1, 2, 3, … as sent; trace frames are not numbered)."""
+
+    def __init__(self, tutor_id: int, short_id: str) -> None:
+        self.tracer = tracing.tracer(__name__)  # the provider installed now
+        self.attributes: dict[str, str | int] = {"tutor.id": tutor_id, "session.id": short_id}
+        self.spans: dict[int, trace.Span] = {}
+        self.sent = 0
+
+    def begin(self, data: bytes, text: bool) -> str:
+        """Start the span of the next frame; the trace frame to send right before it."""
+        self.sent += 1
+        attributes = dict(self.attributes)
+        kind = message_type(data, text)
+        if kind is not None:
+            attributes["message.type"] = kind
+        span = self.tracer.start_span("gateway.turn", attributes=attributes)
+        self.spans[self.sent] = span
+        if len(self.spans) > MAX_UNRECEIPTED_FRAMES:  # an engine that sends no receipts
+            self.spans.pop(next(iter(self.spans))).end()
+        return trace_frame(tracing.inject(trace.set_span_in_context(span)))
+
+    def end(self, seq: int) -> None:
+        """Frame ``seq`` is settled (its ``done`` receipt)."""
+        span = self.spans.pop(seq, None)
+        if span is not None:
+            span.end()
+
+    def end_all(self) -> None:
+        """The connection ended: every span still open ends with it."""
+        for span in self.spans.values():
+            span.set_attribute("relay.settled", False)
+            span.end()
+        self.spans.clear()

@@ -13,11 +13,12 @@ from .config import GatewaySettings
 from .connections import Connections
 from .engines import EngineRouter, LocalEngines
 from .frames import CLOSE_SESSION_ENDED, CLOSE_SESSION_EXPIRED
-from .metrics import GatewayMetrics
+from .metrics import GatewayMetrics, count_states
 from .policy import expired_sessions
 from .ratelimit import KeyedLimiter, message_rate_problem
 from .relay import Ending
-from .sessions import CapacityError, EndReason, Session, SessionStore
+from .sessions import CapacityError, EndReason, Session, SessionStore, StoreUnavailable
+from .startup import engine_state_of
 from .tokens import hash_token, mint_token
 
 log = logging.getLogger("tutor_gateway")
@@ -100,6 +101,22 @@ class Gateway:
             self.metrics.sessions_rejected.inc()
             raise CapacityError(refusal.detail)
         raise LimitExceeded(refusal)
+
+    async def count_sessions(self) -> None:
+        """Count the stored sessions by tutor and state for ``tutor_gateway_sessions`` (at each
+        scrape): ``active`` once the router has a ready engine for a session (locally the
+        tutor's process answers ``/readyz``; in a cluster the TutorSession is Active), else
+        ``pending``. A store that cannot be read leaves the last count."""
+        try:
+            sessions = await self.store.list()
+        except StoreUnavailable as exc:
+            log.warning("sessions not counted for /metrics: %s", exc)
+            return
+        states = []
+        for session in sessions:
+            state = engine_state_of(self.router, session)
+            states.append((session.tutor_id, state is not None and state.ready))
+        self.metrics.sessions.counts = count_states(states)
 
     async def _on_removed(self, session: Session, reason: EndReason) -> None:
         self.metrics.sessions_ended.labels(reason).inc()

@@ -8,10 +8,12 @@ import logging
 import pathlib
 
 import kopf
+from tutor_contract import logs, tracing
 from tutor_contract.version import version_line
 
 from .handlers import register
 from .kube import KubeApi
+from .metrics import OperatorMetrics
 from .reconcile import Context
 from .settings import OperatorSettings
 
@@ -28,17 +30,35 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--liveness", help="serve kopf's health probe, e.g. http://0.0.0.0:8080/healthz"
     )
+    parser.add_argument(
+        "--log-format", choices=logs.LOG_FORMATS, help="else env TUTOR_OPERATOR_LOG_FORMAT"
+    )
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        help="serve Prometheus metrics on this port, 0: none (else env "
+        "TUTOR_OPERATOR_METRICS_PORT, default 8081)",
+    )
     parser.add_argument("--verbose", action="store_true")
     parser.add_argument("--debug", action="store_true")
     args = parser.parse_args(argv)
     token = pathlib.Path(args.token_file).read_text().strip() if args.token_file else None
     overrides = {"api_server": args.server, "namespace": args.namespace, "api_token": token}
+    overrides["log_format"] = args.log_format
+    overrides["metrics_port"] = args.metrics_port
     settings = OperatorSettings(**{k: v for k, v in overrides.items() if v is not None})
-    kopf.configure(verbose=args.verbose, debug=args.debug)
+    json_logs = settings.log_format == "json"
+    log_format = kopf.LogFormat.JSON if json_logs else kopf.LogFormat.FULL
+    kopf.configure(verbose=args.verbose, debug=args.debug, log_format=log_format)
+    logs.adopt_handlers("operator", settings.log_format)  # redaction; component and logger
     for quiet in ("httpx2", "httpcore2"):  # one line per request even when verbose: too much
         logging.getLogger(quiet).setLevel(logging.DEBUG if args.debug else logging.WARNING)
+    tracing.configure("tutor-operator")  # on only with OTEL_EXPORTER_OTLP_ENDPOINT
+    metrics = OperatorMetrics()
+    metrics.serve(settings.metrics_port)
     registry = kopf.OperatorRegistry()
-    register(registry, Context(KubeApi.from_settings(settings), settings))
+    api = KubeApi.from_settings(settings, metrics)
+    register(registry, Context(api, settings, metrics=metrics))
     asyncio.run(
         kopf.operator(
             registry=registry,

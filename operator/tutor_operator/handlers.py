@@ -12,6 +12,7 @@ import kopf
 
 from . import GROUP, VERSION
 from .decisions import pod_view, session_view
+from .metrics import SESSION_KIND
 from .names import (
     ENGINE_PLURAL,
     FINALIZER,
@@ -149,14 +150,20 @@ def register(registry: kopf.OperatorRegistry, ctx: Context) -> None:
             patch.metadata.labels[LABEL_TUTOR_ID] = str(tutor_id)
         indices = _indices(ctx, kwargs)
         try:
-            await ensure_engine(ctx, namespace, tutor_id, indices)
-            engine = indices.engine_of((namespace, engine_name(tutor_id)))
-            if engine is not None:
-                with contextlib.suppress(kopf.PermanentError):  # the engine's handlers report it
-                    await reconcile_engine(ctx, engine, indices)
+            with ctx.metrics.reconciling(SESSION_KIND):
+                await ensure_engine(ctx, namespace, tutor_id, indices)
+                engine = indices.engine_of((namespace, engine_name(tutor_id)))
+                if engine is not None:
+                    with contextlib.suppress(kopf.PermanentError):  # the engine reports it
+                        await reconcile_engine(ctx, engine, indices)
         except kopf.TemporaryError as exc:
             await report_session_error(ctx, namespace, name, str(exc))
             raise
+
+    # Metrics: sessions and engines by phase, as the watches show them.
+    @kopf.on.event(*SESSIONS, registry=registry, id="session_event")
+    async def session_event(event: Any, body: Any, **_: Any) -> None:
+        ctx.metrics.session_event(event["type"], body)
 
     # Engines: children on creation, spec change and restart; the operator's loop
     # (reconcile.run_engines) does the rest, for engines handed over here.
@@ -171,7 +178,10 @@ def register(registry: kopf.OperatorRegistry, ctx: Context) -> None:
         await reconcile_engine(ctx, body, _indices(ctx, kwargs), changed=changed)
 
     @kopf.on.event(*ENGINES, registry=registry, id="engine_gone")
-    async def engine_gone(event: Any, namespace: str, name: str, spec: Any, **kwargs: Any) -> None:
+    async def engine_gone(
+        event: Any, namespace: str, name: str, spec: Any, body: Any, **kwargs: Any
+    ) -> None:
+        ctx.metrics.engine_event(event["type"], body)
         if event["type"] != "DELETED":
             return
         ctx.started.discard((namespace, name))

@@ -33,6 +33,7 @@ from lightkube.generic_resource import (
 from lightkube.types import PatchType
 
 from . import GROUP, VERSION
+from .metrics import CONNECTION, TIMEOUT, OperatorMetrics
 from .names import ENGINE_KIND, ENGINE_PLURAL, MANAGER, SESSION_KIND, SESSION_PLURAL
 from .settings import OperatorSettings
 
@@ -162,15 +163,24 @@ def _body(obj: Any) -> dict[str, Any]:
 class KubeApi:
     """JSON requests to the Kubernetes API with the operator's credentials, each time-bounded."""
 
-    def __init__(self, client: AsyncClient, timeout: float) -> None:
+    def __init__(
+        self, client: AsyncClient, timeout: float, metrics: OperatorMetrics | None = None
+    ) -> None:
         self.client = client
         self.timeout = timeout
+        self.metrics = metrics  # failed calls count in tutor_operator_api_errors_total
 
     @classmethod
-    def from_settings(cls, settings: OperatorSettings) -> KubeApi:
+    def from_settings(
+        cls, settings: OperatorSettings, metrics: OperatorMetrics | None = None
+    ) -> KubeApi:
         timeout = httpx2.Timeout(settings.api_timeout, connect=settings.api_connect_timeout)
         client = AsyncClient(kube_config(settings), timeout=timeout, field_manager=MANAGER)
-        return cls(client, settings.api_timeout)
+        return cls(client, settings.api_timeout, metrics)
+
+    def _failed(self, code: int | str) -> None:
+        if self.metrics is not None:
+            self.metrics.api_error(code)
 
     async def _call(
         self,
@@ -194,6 +204,7 @@ class KubeApi:
             code, text = _failure(exc)
             if (code == 404 and missing_ok) or (code == 409 and exists_ok):
                 return None
+            self._failed(code)
             message = f"{verb} {what}: {code} {text}"
             if code in (400, 422):
                 raise kopf.PermanentError(message) from exc
@@ -201,9 +212,11 @@ class KubeApi:
                 raise Conflict(message, delay=RETRY_DELAY) from exc
             raise kopf.TemporaryError(message, delay=RETRY_DELAY) from exc
         except TimeoutError as exc:
+            self._failed(TIMEOUT)
             message = f"{verb} {what}: no answer within {self.timeout:g}s"
             raise kopf.TemporaryError(message, delay=RETRY_DELAY) from exc
         except (httpx2.HTTPError, OSError) as exc:
+            self._failed(TIMEOUT if isinstance(exc, httpx2.TimeoutException) else CONNECTION)
             raise kopf.TemporaryError(f"{verb} {what}: {exc!r}", delay=RETRY_DELAY) from exc
 
     async def create(

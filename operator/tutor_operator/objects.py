@@ -47,6 +47,7 @@ TERMINATION_LOG = "/dev/termination-log"
 # vLLM's share of GPU memory: alone on the GPU (its own default), beside the speech models,
 # beside XTTS (coqui), which needs ~2 GB more than Piper (engine-image/README.md).
 VLLM_GPU_ALONE, VLLM_GPU_SHARED, VLLM_GPU_SHARED_XTTS = 0.90, 0.80, 0.70
+LLM_PORT_NAME = "vllm"  # the sidecar's container port, declared when its /metrics is exposed
 GRACE_MARGIN_SECONDS = 5  # of an engine pod's grace period, after its drain: close and exit
 DRAIN_ENV = "ENGINE_DRAIN_SECONDS"
 
@@ -225,6 +226,13 @@ def engine_env(spec: Mapping[str, Any], settings: OperatorSettings) -> list[dict
         server = spec["models"]["llm"]["server"]
         put("ENGINE_LLM_BASE_URL", f"http://127.0.0.1:{server['port']}/v1")
         put("ENGINE_LLM_MODEL", spec["models"]["llm"]["model"] or server["model"])
+        if settings.vllm_metrics and settings.api_key_secret:
+            # The exposed sidecar's /v1 API takes the engine key (VLLM_API_KEY).
+            ref = {"name": settings.api_key_secret, "key": settings.api_key_secret_key}
+            env["ENGINE_LLM_API_KEY"] = {
+                "name": "ENGINE_LLM_API_KEY",
+                "valueFrom": {"secretKeyRef": ref},
+            }
     if not _engine_sees_gpu(spec, settings):
         put("ENGINE_ASR_DEVICE", "cpu")
         put("ENGINE_TTS_DEVICE", "cpu")
@@ -243,6 +251,10 @@ def engine_env(spec: Mapping[str, Any], settings: OperatorSettings) -> list[dict
     ttl = history_ttl_seconds(settings.session_timeout_seconds, settings.history_ttl_margin_seconds)
     put("ENGINE_SESSION_TTL_SECONDS", ttl)
     put(DRAIN_ENV, settings.drain_seconds)
+    if settings.engine_log_format:
+        put("ENGINE_LOG_FORMAT", settings.engine_log_format)
+    if settings.engine_otlp_endpoint:
+        put("OTEL_EXPORTER_OTLP_ENDPOINT", settings.engine_otlp_endpoint)
     for extra in spec.get("env") or []:
         put(extra["name"], extra.get("value", ""))
     return list(env.values())
@@ -342,7 +354,9 @@ def vllm_args(spec: Mapping[str, Any], settings: OperatorSettings) -> list[str]:
     server = llm["server"]
     args = [
         f"--model={server['model']}",
-        "--host=127.0.0.1",  # only the engine, over the pod's loopback; probes exec inside
+        # Only the engine, over the pod's loopback (probes exec inside); all addresses when
+        # Prometheus scrapes its /metrics (vllm_metrics: /v1 then needs the engine key).
+        f"--host={'0.0.0.0' if settings.vllm_metrics else '127.0.0.1'}",
         f"--port={server['port']}",
         f"--gpu-memory-utilization={gpu_memory_utilization(spec, settings):.2f}",
         f"--tensor-parallel-size={max(1, spec['resources']['gpuCount'])}",
@@ -372,11 +386,20 @@ def build_llm_container(
     if settings.vllm_hf_token_secret:
         ref = {"name": settings.vllm_hf_token_secret, "key": "HF_TOKEN"}
         env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": ref}})
+    exposed: dict[str, Any] = {}
+    if settings.vllm_metrics:
+        # /metrics for Prometheus on a named port; /v1 needs the engine key from then on.
+        port = {"name": LLM_PORT_NAME, "containerPort": server["port"], "protocol": "TCP"}
+        exposed["ports"] = [port]
+        if settings.api_key_secret:
+            ref = {"name": settings.api_key_secret, "key": settings.api_key_secret_key}
+            env.append({"name": "VLLM_API_KEY", "valueFrom": {"secretKeyRef": ref}})
     holder = _gpu_holder(spec, settings) == LLM_CONTAINER
     return {
         "name": LLM_CONTAINER,
         "image": server["image"],
         "imagePullPolicy": "IfNotPresent",
+        **exposed,
         "args": vllm_args(spec, settings),
         "env": env,
         "resources": _resources(server["cpu"], server["memory"], spec, holder),

@@ -19,6 +19,7 @@ import kopf
 
 from . import conditions as c
 from .decisions import (
+    ACTIVE,
     ADOPT,
     PENDING,
     POD_TERMINATING,
@@ -36,6 +37,7 @@ from .decisions import (
     template_action,
 )
 from .kube import DEPLOYMENTS, ENGINES, PDBS, PODS, SERVICES, SESSIONS, Conflict, Kind, KubeApi
+from .metrics import ENGINE_KIND, OperatorMetrics
 from .names import (
     LABEL_ENGINE,
     LABEL_MANAGED_BY,
@@ -139,7 +141,8 @@ class DeploymentView:
 @dataclasses.dataclass
 class Context:
     """The operator's shared state: API client, settings, one lock per engine, own writes,
-    the last re-list of each index, and the engines kopf has handed to the operator."""
+    the last re-list of each index, the engines kopf has handed to the operator, and the
+    metrics."""
 
     api: KubeApi
     settings: OperatorSettings
@@ -149,6 +152,10 @@ class Context:
     started: set[Key] = dataclasses.field(default_factory=set)
     # What loading engines say on /readyz (their reason goes into the Loading messages).
     readiness: EngineReadiness = dataclasses.field(default_factory=EngineReadiness)
+    metrics: OperatorMetrics = dataclasses.field(default_factory=OperatorMetrics)
+
+    def __post_init__(self) -> None:
+        self.metrics.use_listings(self.listings)
 
     def lock(self, key: Key) -> asyncio.Lock:
         """Serialise reconciliations of one engine (the loop and its sessions' handlers)."""
@@ -248,7 +255,8 @@ async def reconcile_engine(
     key: Key = (meta["namespace"], meta["name"])
     async with ctx.lock(key):
         try:
-            return await _reconcile(ctx, engine, indices, key, changed)
+            with ctx.metrics.reconciling(ENGINE_KIND):
+                return await _reconcile(ctx, engine, indices, key, changed)
         except (kopf.TemporaryError, kopf.PermanentError) as exc:
             await _report_engine_error(ctx, engine, str(exc))
             raise
@@ -292,6 +300,9 @@ async def _reconcile(
             ctx, namespace, views[session], patch, guard=session in plan.reassigned
         )
         ctx.written.session(key, indexed[session], after)
+        if patch.get("phase") == ACTIVE and after.phase == ACTIVE and not after.deleting:
+            tutor_id = (engine.get("spec") or {}).get("tutorId", name.removeprefix("tutor-"))
+            ctx.metrics.activated(namespace, session, after.created, tutor_id)
     for session in plan.expire:
         log.info("session %s/%s expired", namespace, session)
         await ctx.api.delete(SESSIONS, namespace, session)

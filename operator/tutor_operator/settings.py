@@ -46,10 +46,30 @@ class OperatorSettings(BaseSettings):
     watch_timeout: float = Field(
         300.0, gt=0, description="Seconds one watch request lasts before it is renewed."
     )
+    metrics_port: int = Field(
+        8081,
+        ge=0,
+        le=65535,
+        description="Port of the operator's Prometheus metrics (/metrics, on all interfaces); "
+        "0 serves none.",
+    )
+    log_format: Literal["text", "json"] = Field(
+        "text",
+        description="The operator's log lines: kopf's text format, or kopf's JSON format "
+        "(with time, level, component, logger beside kopf's own fields); redacted either way.",
+    )
 
     # Defaults for TutorEngines the operator creates and for fields an administrator omits.
     engine_image: str = "ghcr.io/vts/tutor-engine:0.1.0"
     engine_port: int = Field(8000, ge=1, le=65535)
+    engine_log_format: Literal["", "text", "json"] = Field(
+        "", description="LOG_FORMAT of engine pods (json or text); empty: the engine's default."
+    )
+    engine_otlp_endpoint: str = Field(
+        "",
+        description="OTEL_EXPORTER_OTLP_ENDPOINT of engine pods (traces over OTLP HTTP); "
+        "empty: no traces.",
+    )
     gpu_count: int = Field(1, ge=0)
     gpu_resource_name: str = "nvidia.com/gpu"
     cpu: str = "2"
@@ -105,6 +125,12 @@ class OperatorSettings(BaseSettings):
     vllm_cache_size: str = "100Gi"
     vllm_hf_token_secret: str = Field(
         "", description="Secret with an HF_TOKEN key, for gated models; empty sends none."
+    )
+    vllm_metrics: bool = Field(
+        False,
+        description="Serve the vLLM sidecar's /metrics beyond the pod: vLLM listens on all "
+        "addresses with a container port named vllm, and its /v1 API needs the engine API key "
+        "(VLLM_API_KEY; the engine sends it as ENGINE_LLM_API_KEY). False: loopback only.",
     )
     asr_backend: Literal["mock", "faster-whisper"] = "faster-whisper"
     asr_model: str = "large-v3"

@@ -47,6 +47,7 @@ from tests.servers import RunningServer
 from tests.support.cluster import KubeClient, wait_for
 from tests.support.kube_emulator import RunningEmulator
 from tests.support.kubelet import HASH_LABEL, FakeKubelet, is_ready
+from tests.support.metrics import scrape
 from tests.support.redis_server import RedisServer
 
 from .test_gateway_cluster import cluster_gateway
@@ -57,7 +58,6 @@ PASSWORD = "history-s3cret-pw"
 PASSWORD_SECRET = "tutor-history"  # a Secret of the test namespace, key "password"
 TOKEN_SECONDS = "0.05"  # the mock LLM's pause per word: a short reply takes ~1 s
 LONG = " ".join(["word"] * 60)  # its reply takes ~4 s: long enough to be cut mid-way
-FIRST_TOKEN = 'tutor_engine_stage_seconds_count{stage="llm_first_token"}'
 REPLY = re.compile(r"heard: (.*)\. This is turn (\d+), with (\d+) earlier messages")
 REPLY_SECONDS = 60  # one reply, a failover included, comes within this
 OPERATOR_SETTINGS = {
@@ -173,9 +173,8 @@ def failovers(gateway: RunningServer, outcome: str) -> float:
 
 def first_tokens(endpoint: str) -> float:
     """How many replies the engine at ``endpoint`` has started (its LLM's first tokens)."""
-    text = httpx.get(f"{endpoint}/metrics", timeout=10).text
-    line = next((line for line in text.splitlines() if line.startswith(FIRST_TOKEN)), None)
-    return float(line.split()[-1]) if line else 0.0
+    found = scrape(f"{endpoint}/metrics")  # whatever other labels it has
+    return found.total("tutor_engine_stage_seconds_count", stage="llm_first_token")
 
 
 def stored(client: redis.Redis, sid: str) -> list[tuple[str, str]]:

@@ -1,7 +1,10 @@
 """A stand-in for vLLM's OpenAI-compatible server: streams chat completions as SSE chunks.
 
 The reply repeats the question and quotes the system prompt's course material, so tests can
-see what the engine's prompt contained; every request body is kept in ``requests``.
+see what the engine's prompt contained; every request body is kept in ``requests`` and its
+headers in ``headers``. With ``stream_options.include_usage`` the stream ends, as vLLM's does,
+with a chunk holding no choices and the ``usage``: one prompt token per 4 characters of the
+messages, one completion token per word.
 """
 
 from __future__ import annotations
@@ -18,20 +21,31 @@ from fastapi.responses import JSONResponse, StreamingResponse
 MODEL = "Qwen/Qwen2.5-0.5B-Instruct"
 
 
-def chunk(delta: dict[str, Any], finish: str | None = None) -> str:
-    body = {
+def chunk(
+    delta: dict[str, Any] | None, finish: str | None = None, usage: dict[str, int] | None = None
+) -> str:
+    body: dict[str, Any] = {
         "id": "chatcmpl-test",
         "object": "chat.completion.chunk",
         "created": int(time.time()),
         "model": MODEL,
-        "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+        "choices": []
+        if delta is None
+        else [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
     }
+    if usage is not None:
+        body["usage"] = usage
     return f"data: {json.dumps(body)}\n\n"
+
+
+def prompt_tokens(messages: list[dict[str, Any]]) -> int:
+    return sum(len(m["content"]) // 4 + 1 for m in messages)
 
 
 def fake_vllm(token_delay: float = 0.0) -> FastAPI:
     app = FastAPI()
     app.state.requests = []
+    app.state.headers = []
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
@@ -41,6 +55,7 @@ def fake_vllm(token_delay: float = 0.0) -> FastAPI:
     async def chat(request: Request) -> Any:
         body = await request.json()
         app.state.requests.append(body)
+        app.state.headers.append(dict(request.headers))
         if body.get("model") != MODEL:
             return JSONResponse(
                 {"object": "error", "message": f"The model `{body.get('model')}` does not exist."},
@@ -58,6 +73,14 @@ def fake_vllm(token_delay: float = 0.0) -> FastAPI:
                     await asyncio.sleep(token_delay)
                 yield chunk({"content": word if i == 0 else " " + word})
             yield chunk({}, finish="stop")
+            if (body.get("stream_options") or {}).get("include_usage"):
+                prompt = prompt_tokens(body["messages"])
+                used = {
+                    "prompt_tokens": prompt,
+                    "completion_tokens": len(words),
+                    "total_tokens": prompt + len(words),
+                }
+                yield chunk(None, usage=used)
             yield "data: [DONE]\n\n"
 
         return StreamingResponse(events(), media_type="text/event-stream")

@@ -107,6 +107,6 @@ async def test_a_model_that_fails_to_load_shows_in_readyz_and_refuses_sessions()
 
 def test_metrics_export_stage_timings(mock_engine: Running) -> None:
     text = httpx.get(f"{mock_engine.http}/metrics").text
-    assert "tutor_engine_ready 1.0" in text
+    assert 'tutor_engine_ready{tutor_id="0"} 1.0' in text
     assert "tutor_engine_stage_seconds" in text
     assert "tutor_engine_first_audio_seconds" in text

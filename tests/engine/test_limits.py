@@ -109,7 +109,7 @@ async def wait_metric(http: str, name: str, value: float) -> None:
     async with httpx.AsyncClient(base_url=http) as client:
         for _ in range(600):
             text = (await client.get("/metrics")).text
-            if f"{name} {value}" in text:
+            if f'{name}{{tutor_id="5"}} {value}' in text:  # slow_engine serves tutor 5
                 return
             await asyncio.sleep(0.01)
     raise AssertionError(f"{name} never reached {value}")

@@ -8,8 +8,8 @@ import os
 from pathlib import Path
 
 import pytest
+from tutor_contract.logs import redact
 from tutor_gateway import auth
-from tutor_gateway.logs import redact
 from tutor_gateway.tokens import hash_token
 
 

@@ -35,6 +35,7 @@ from tests.abuse.conftest import (
     gateway_process,  # noqa: F401  (the fixture)
     recv_json,
 )
+from tests.support.metrics import scrape
 
 from .test_websocket import SEED_TIME, closed_with
 
@@ -42,7 +43,6 @@ pytestmark = pytest.mark.timeout(120)
 
 SLOW = {"ENGINE_LLM_MOCK_TOKEN_SECONDS": "0.1"}  # per word of the reply
 LONG = " ".join(["word"] * 40)  # its reply takes ~5 s
-FIRST_TOKEN = 'tutor_engine_stage_seconds_count{stage="llm_first_token"}'
 
 
 def wait_until(predicate: Any, timeout: float = 60.0) -> Any:
@@ -72,9 +72,8 @@ def engine_port(pid: int) -> int:
 
 
 def first_tokens(port: int) -> float:
-    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
-    line = next((line for line in text.splitlines() if line.startswith(FIRST_TOKEN)), None)
-    return float(line.split()[-1]) if line else 0.0
+    found = scrape(f"http://127.0.0.1:{port}/metrics")  # whatever other labels it has
+    return found.total("tutor_engine_stage_seconds_count", stage="llm_first_token")
 
 
 def kill_mid_reply(gateway: ServerProcess) -> int:

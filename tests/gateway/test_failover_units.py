@@ -416,6 +416,12 @@ def failovers(metrics: GatewayMetrics, outcome: str) -> float:
     return metrics.failovers.labels(outcome)._value.get()
 
 
+def waits(metrics: GatewayMetrics, outcome: str) -> float:
+    """Waits for an engine observed with ``outcome`` (tutor_gateway_engine_wait_seconds)."""
+    name = "tutor_gateway_engine_wait_seconds_count"
+    return metrics.registry.get_sample_value(name, {"outcome": outcome}) or 0.0
+
+
 async def test_a_lost_engine_cuts_the_reply_in_flight_and_replays_what_never_started() -> None:
     first, second = FakeEngine(), FakeEngine()
     async with first.running(), second.running():
@@ -439,6 +445,7 @@ async def test_a_lost_engine_cuts_the_reply_in_flight_and_replays_what_never_sta
         assert parse_qs(urlsplit(path).query)["stream"] == ["0"]
         assert headers[RELAY_HEADER] == "1" and headers[ENGINE_KEY_HEADER] == KEY
         assert failovers(metrics, "resumed") == 1
+        assert waits(metrics, "ready") == 2  # at the start, and the failover's
 
 
 async def test_a_streaming_reply_in_flight_ends_interrupted_and_streaming_goes_on() -> None:
@@ -503,6 +510,7 @@ async def test_no_engine_within_the_budget_after_a_loss_closes_4503() -> None:
                     await recv(client)
         assert closed.value.rcvd is not None and closed.value.rcvd.code == 4503
         assert failovers(metrics, "unavailable") == 1
+        assert (waits(metrics, "ready"), waits(metrics, "timeout")) == (1, 1)
 
 
 async def test_an_engine_that_drops_every_connection_still_ends_in_4503() -> None:

@@ -70,6 +70,7 @@ def test_the_engines_keep_history_a_minute_past_the_session_timeout(tmp_path: Pa
         "ENGINE_SESSION_TTL_SECONDS": "180.0",
         "ENGINE_DRAIN_SECONDS": "4.0",  # inside the 5 s a stopped local engine is given
         "ENGINE_LLM_WAIT_SECONDS": "110.0",  # inside ENGINE_START_TIMEOUT_SECONDS (120)
+        "ENGINE_LOG_FORMAT": "text",  # the gateway's LOG_FORMAT
     }
     assert settings.local_engine_env()["ENGINE_HISTORY_URL"].startswith("sqlite:////")
 

@@ -54,6 +54,9 @@ OPERATOR_ENV = {
     "TUTOR_OPERATOR_MAX_REPLICAS": "2",
     "TUTOR_OPERATOR_MAX_SESSIONS_PER_REPLICA": "4",
     "TUTOR_OPERATOR_IDLE_TIMEOUT_SECONDS": "600",
+    # No metrics server unless a test asks for one on a free port (8081 would clash when
+    # tests start several operators); tests/cluster/test_operator_metrics.py does.
+    "TUTOR_OPERATOR_METRICS_PORT": "0",
 }
 
 

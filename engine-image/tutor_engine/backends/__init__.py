@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ..config import EngineSettings
-from .base import ASR, LLM, TTS, AudioDecodeError, Backend, ChatMessage
+from .base import ASR, LLM, TTS, AudioDecodeError, Backend, ChatMessage, DecodedAudio, Usage
 from .mock import MockASR, MockLLM, MockTTS
 
 if TYPE_CHECKING:
@@ -17,7 +17,17 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("tutor_engine")
 
-__all__ = ["ASR", "LLM", "TTS", "AudioDecodeError", "Backends", "ChatMessage", "build_backends"]
+__all__ = [
+    "ASR",
+    "LLM",
+    "TTS",
+    "AudioDecodeError",
+    "Backends",
+    "ChatMessage",
+    "DecodedAudio",
+    "Usage",
+    "build_backends",
+]
 
 # backend name -> "module:Class"; each class takes the EngineSettings.
 _REAL = {
@@ -45,8 +55,12 @@ class Backends:
     knowledge: KnowledgeBase | None = None
 
     def all(self) -> tuple[Backend, ...]:
-        extra = (self.knowledge,) if self.knowledge is not None else ()
-        return (self.llm, self.asr, self.tts, *extra)
+        return tuple(backend for _, backend in self.models())
+
+    def models(self) -> tuple[tuple[str, Backend], ...]:
+        """(model, backend) pairs, model being ``llm``, ``asr``, ``tts`` or ``kb``."""
+        extra = (("kb", self.knowledge),) if self.knowledge is not None else ()
+        return (("llm", self.llm), ("asr", self.asr), ("tts", self.tts), *extra)
 
 
 def _real(kind: str, name: str, settings: EngineSettings):  # type: ignore[no-untyped-def]

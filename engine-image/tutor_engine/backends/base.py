@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 Role = Literal["system", "user", "assistant"]
 
@@ -19,6 +19,23 @@ class ChatMessage:
 
     role: Role
     content: str
+
+
+@dataclass
+class Usage:
+    """Tokens of one LLM request, as the server reports them (filled in while it streams)."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+@dataclass(frozen=True)
+class DecodedAudio:
+    """A user's audio decoded for recognition: the samples (as the recogniser takes them) and
+    their duration."""
+
+    samples: Any
+    seconds: float
 
 
 class AudioDecodeError(ValueError):
@@ -43,13 +60,27 @@ class Backend(Protocol):
 
 
 class LLM(Backend, Protocol):
-    """A chat model that streams the reply's text in pieces."""
+    """A chat model that streams the reply's text in pieces.
 
-    def stream(self, messages: Sequence[ChatMessage]) -> AsyncIterator[str]: ...
+    ``usage``, if given, gets the request's token counts as the server reports them (an
+    interrupted stream may leave it unfilled).
+    """
+
+    def stream(
+        self, messages: Sequence[ChatMessage], usage: Usage | None = None
+    ) -> AsyncIterator[str]: ...
 
 
 class ASR(Backend, Protocol):
-    """Speech recognition: encoded audio (wav, webm/opus, ogg, mp3, …) in, text out."""
+    """Speech recognition: encoded audio (wav, webm/opus, ogg, mp3, …) in, text out.
+
+    In two steps, so each is measured: ``decode`` (bytes to samples, AudioDecodeError if it
+    cannot) and ``recognize``; ``transcribe`` is both.
+    """
+
+    async def decode(self, audio: bytes) -> DecodedAudio: ...
+
+    async def recognize(self, audio: DecodedAudio) -> str: ...
 
     async def transcribe(self, audio: bytes) -> str: ...
 

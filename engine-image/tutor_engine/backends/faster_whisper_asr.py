@@ -15,7 +15,7 @@ import logging
 from typing import Any
 
 from ..config import EngineSettings
-from .base import AudioDecodeError, audio_too_long
+from .base import AudioDecodeError, DecodedAudio, audio_too_long
 
 log = logging.getLogger("tutor_engine.asr")
 SAMPLE_RATE = 16_000
@@ -122,11 +122,18 @@ class FasterWhisperASR:
     async def close(self) -> None:
         self._model = None
 
-    async def transcribe(self, audio: bytes) -> str:
-        return await asyncio.to_thread(self._transcribe, audio)
+    async def decode(self, audio: bytes) -> DecodedAudio:
+        """16 kHz mono float32 samples (in a thread), at most ``ENGINE_MAX_AUDIO_SECONDS``."""
+        samples = await asyncio.to_thread(decode_limited, audio, self.settings.max_audio_seconds)
+        return DecodedAudio(samples, len(samples) / SAMPLE_RATE)
 
-    def _transcribe(self, data: bytes) -> str:
-        samples = decode_limited(data, self.settings.max_audio_seconds)
+    async def recognize(self, audio: DecodedAudio) -> str:
+        return await asyncio.to_thread(self._recognize, audio.samples)
+
+    async def transcribe(self, audio: bytes) -> str:
+        return await self.recognize(await self.decode(audio))
+
+    def _recognize(self, samples: Any) -> str:
         if not len(samples):
             return ""
         s = self.settings

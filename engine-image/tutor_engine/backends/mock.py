@@ -1,6 +1,8 @@
 """Deterministic mock backends: no model, instant, and visibly faithful to their input.
 
-- MockLLM's reply quotes the user's message, names the tutor and counts the history it saw.
+- MockLLM's reply quotes the user's message, names the tutor and counts the history it saw;
+  it reports token usage as a server would (about four characters a prompt token, one token
+  per word of the reply).
 - MockTTS returns a valid 16 kHz mono WAV whose duration grows with the text, carrying the
   text in a RIFF ``LIST/INFO/ICMT`` chunk; MockASR reads that chunk back, so a mock
   TTS → ASR round trip returns the same words, as a real pair would.
@@ -16,10 +18,16 @@ import struct
 import wave
 from collections.abc import AsyncIterator, Iterator, Sequence
 
-from .base import AudioDecodeError, ChatMessage, audio_too_long
+from .base import AudioDecodeError, ChatMessage, DecodedAudio, Usage, audio_too_long
 
 SAMPLE_RATE = 16_000
 SECONDS_PER_CHAR = 0.06
+MESSAGE_OVERHEAD_TOKENS = 4  # chat-template framing per message, as prompt.py assumes
+
+
+def mock_prompt_tokens(messages: Sequence[ChatMessage]) -> int:
+    """What the mock reports as a prompt's token count: ~4 characters a token, plus framing."""
+    return sum((len(m.content) + 3) // 4 + MESSAGE_OVERHEAD_TOKENS for m in messages)
 
 
 class MockLLM:
@@ -39,7 +47,11 @@ class MockLLM:
     async def close(self) -> None:
         return None
 
-    async def stream(self, messages: Sequence[ChatMessage]) -> AsyncIterator[str]:
+    async def stream(
+        self, messages: Sequence[ChatMessage], usage: Usage | None = None
+    ) -> AsyncIterator[str]:
+        if usage is not None:
+            usage.prompt_tokens = mock_prompt_tokens(messages)
         user = [m for m in messages if m.role == "user"]
         earlier = sum(1 for m in messages[:-1] if m.role != "system")
         last = user[-1].content if user else ""
@@ -50,6 +62,8 @@ class MockLLM:
         for word in reply.split(" "):
             if self.delay_s:
                 await asyncio.sleep(self.delay_s)
+            if usage is not None:
+                usage.completion_tokens += 1
             yield word + " "
 
 
@@ -134,12 +148,21 @@ class MockASR:
     async def close(self) -> None:
         return None
 
-    async def transcribe(self, audio: bytes) -> str:
+    async def decode(self, audio: bytes) -> DecodedAudio:
+        """The embedded text (``None`` if none) as the "samples", and the WAV's duration."""
         comment = read_wav_comment(audio)
         duration = wav_duration(audio)
         if duration > self.max_audio_seconds:
             raise audio_too_long(self.max_audio_seconds)
-        return comment if comment is not None else f"(speech, {duration:.2f} seconds)"
+        return DecodedAudio(comment, duration)
+
+    async def recognize(self, audio: DecodedAudio) -> str:
+        if audio.samples is not None:
+            return str(audio.samples)
+        return f"(speech, {audio.seconds:.2f} seconds)"
+
+    async def transcribe(self, audio: bytes) -> str:
+        return await self.recognize(await self.decode(audio))
 
 
 class MockTTS:

@@ -1,7 +1,9 @@
 """A chat model behind an OpenAI-compatible HTTP API (vLLM's server in production).
 
 Replies stream as server-sent events (``"stream": true``); closing the stream when a reply is
-cancelled makes vLLM abort the request and free its batch slot.
+cancelled makes vLLM abort the request and free its batch slot. Each request asks for the
+token usage (``stream_options.include_usage``: a last chunk with ``usage``) and carries the
+W3C ``traceparent`` of the current span when tracing is on.
 """
 
 from __future__ import annotations
@@ -16,9 +18,10 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import httpx
+from tutor_contract import tracing
 
 from ..config import EngineSettings
-from .base import ChatMessage
+from .base import ChatMessage, Usage
 
 log = logging.getLogger("tutor_engine.llm")
 
@@ -27,8 +30,8 @@ class LLMError(RuntimeError):
     """The LLM server refused or broke a request."""
 
 
-def sse_deltas(line: str) -> tuple[str | None, bool]:
-    """(content delta or None, whether the stream ended) for one SSE line of a chat stream."""
+def sse_chunk(line: str) -> tuple[dict[str, Any] | None, bool]:
+    """(the chunk or None, whether the stream ended) for one SSE line of a chat stream."""
     if not line.startswith("data:"):
         return None, False  # blank separators, comments, "event:" lines
     data = line[5:].strip()
@@ -38,10 +41,34 @@ def sse_deltas(line: str) -> tuple[str | None, bool]:
         chunk = json.loads(data)
     except json.JSONDecodeError as exc:
         raise LLMError(f"LLM server sent a malformed event: {data[:80]!r}") from exc
+    if not isinstance(chunk, dict):
+        raise LLMError(f"LLM server sent a malformed event: {data[:80]!r}")
     if "error" in chunk:
         raise LLMError(f"LLM server error: {chunk['error']}")
+    return chunk, False
+
+
+def chunk_delta(chunk: dict[str, Any]) -> str | None:
+    """The content delta of a chat completion chunk (None if it has none)."""
     choices = chunk.get("choices") or [{}]
-    return (choices[0].get("delta") or {}).get("content"), False
+    return (choices[0].get("delta") or {}).get("content")
+
+
+def read_usage(chunk: dict[str, Any], usage: Usage) -> None:
+    """Copy the chunk's ``usage`` (if it has one: the last chunk, with include_usage)."""
+    reported = chunk.get("usage")
+    if not isinstance(reported, dict):
+        return
+    for key in ("prompt_tokens", "completion_tokens"):
+        value = reported.get(key)
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            setattr(usage, key, value)
+
+
+def sse_deltas(line: str) -> tuple[str | None, bool]:
+    """(content delta or None, whether the stream ended) for one SSE line of a chat stream."""
+    chunk, done = sse_chunk(line)
+    return (chunk_delta(chunk) if chunk is not None else None), done
 
 
 def server_origin(base_url: str) -> str:
@@ -134,24 +161,37 @@ class OpenAICompatibleLLM:
     async def close(self) -> None:
         await self._client.aclose()
 
-    def stream(self, messages: Sequence[ChatMessage]) -> AsyncIterator[str]:
-        return self._stream(messages, max_tokens=self.settings.llm_max_tokens)
+    def stream(
+        self, messages: Sequence[ChatMessage], usage: Usage | None = None
+    ) -> AsyncIterator[str]:
+        return self._stream(messages, max_tokens=self.settings.llm_max_tokens, usage=usage)
 
-    async def _stream(self, messages: Sequence[ChatMessage], max_tokens: int) -> AsyncIterator[str]:
+    async def _stream(
+        self, messages: Sequence[ChatMessage], max_tokens: int, usage: Usage | None = None
+    ) -> AsyncIterator[str]:
         body: dict[str, Any] = {
             "model": self.model,
             "messages": [{"role": m.role, "content": m.content} for m in messages],
             "max_tokens": max_tokens,
             "temperature": self.settings.llm_temperature,
             "stream": True,
+            "stream_options": {"include_usage": True},
         }
-        async with self._client.stream("POST", "chat/completions", json=body) as response:
+        # The caller's span (engine.llm) is current here: the request becomes its child.
+        headers = tracing.inject()
+        async with self._client.stream(
+            "POST", "chat/completions", json=body, headers=headers
+        ) as response:
             if response.status_code != 200:
                 detail = (await response.aread()).decode("utf-8", "replace")[:200]
                 raise LLMError(f"LLM server answered {response.status_code}: {detail}")
             async for line in response.aiter_lines():
-                delta, done = sse_deltas(line)
+                chunk, done = sse_chunk(line)
                 if done:
                     return
-                if delta:
+                if chunk is None:
+                    continue
+                if usage is not None:
+                    read_usage(chunk, usage)
+                if delta := chunk_delta(chunk):
                     yield delta

@@ -6,12 +6,13 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, TypeVar
-
-from prometheus_client import Counter, Histogram
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..backends.base import ChatMessage
 from .base import HistoryStore
+
+if TYPE_CHECKING:
+    from ..metrics import PerTutor
 
 log = logging.getLogger("tutor_engine.history")
 
@@ -37,8 +38,8 @@ class GuardedHistory:
         self,
         store: HistoryStore,
         timeout_seconds: float,
-        errors: Counter,
-        seconds: Histogram,
+        errors: PerTutor,
+        seconds: PerTutor,
     ) -> None:
         self.store = store
         self.timeout = timeout_seconds

@@ -40,4 +40,5 @@ async def readyz(gateway: GatewayDep) -> dict[str, str]:
 async def metrics(gateway: GatewayDep) -> Response:
     """Prometheus text format."""
     gateway.metrics.connections.set(len(gateway.connections))
+    await gateway.count_sessions()
     return Response(generate_latest(gateway.metrics.registry), media_type=CONTENT_TYPE_LATEST)

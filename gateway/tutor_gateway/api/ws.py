@@ -9,6 +9,7 @@ import contextlib
 import logging
 
 from fastapi import APIRouter, Query, WebSocket, WebSocketDisconnect
+from tutor_contract import logs
 
 from ..auth import select_subprotocol, websocket_token
 from ..frames import (
@@ -53,6 +54,9 @@ async def conversation(
     token: str | None = Query(None, description="The session's engine_token."),
 ) -> None:
     """Authenticate, then relay this connection to the session's engine until it ends."""
+    # Every line logged for this connection (its task and the tasks it starts) names the
+    # session; the task, and with it the binding, ends with the connection.
+    logs.bind(session=session_id)
     # The token may come as a subprotocol ``token.<token>`` beside ``tutor.v1`` (auth.py);
     # the answer selects ``tutor.v1``, never the token.
     offered = websocket.scope.get("subprotocols", ())
@@ -68,6 +72,7 @@ async def conversation(
         gateway.metrics.ws_rejected.labels("unauthorized").inc()
         await _refuse(websocket, CLOSE_UNAUTHORIZED, "Invalid or missing token")
         return
+    logs.bind(tutor_id=session.tutor_id)
     await gateway.store.touch(session_id)
     settings = gateway.settings
     limits = RelayLimits(
