@@ -52,12 +52,16 @@ run: install ## Run the embedded default: the gateway and per-tutor engines on :
 ##@ Test
 
 .PHONY: test
-test: $(VENV)/.installed-test browser-deps ## Install what the tests need and run the whole suite
+test: $(VENV)/.installed-test browser-deps prometheus-deps ## Install what the tests need and run the whole suite
 	$(PY) -m pytest
 
 .PHONY: browser-deps
 browser-deps: ## Chromium, chromedriver and espeak-ng for tests/browser (apt-get, only if missing)
 	@bash scripts/browser-deps.sh
+
+.PHONY: prometheus-deps
+prometheus-deps: ## Prometheus and promtool for tests/monitoring (apt-get, only if missing)
+	@bash scripts/prometheus-deps.sh
 
 .PHONY: test-coqui
 test-coqui: ## Coqui TTS backend tests in their own venv (.venv-coqui, ~1.9 GB, CPU)

@@ -135,3 +135,15 @@ capabilities:
 {{- define "tutor-serving.managementKeysDir" -}}
 /etc/tutor-gateway/management-api
 {{- end }}
+
+{{/* prometheus.io annotations for clusters that scrape pods by them; call with (dict "port" N). */}}
+{{- define "tutor-serving.scrapeAnnotations" -}}
+prometheus.io/scrape: "true"
+prometheus.io/port: {{ .port | int64 | quote }}
+prometheus.io/path: /metrics
+{{- end }}
+
+{{/* The Service over the operator's metrics port (ServiceMonitors need one). */}}
+{{- define "tutor-serving.operatorMetricsName" -}}
+{{- include "tutor-serving.fullname" . }}-operator-metrics
+{{- end }}
