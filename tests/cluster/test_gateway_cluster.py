@@ -102,6 +102,16 @@ def test_expiry_scale_down_and_a_new_session_starts_the_engine_again(
     assert kube.get("deployments", "tutor-4")["spec"]["replicas"] == 1
 
 
+def test_a_session_no_replica_has_seen_is_404_from_the_api(
+    cluster: Cluster, gateway_factory
+) -> None:
+    gateway = cluster_gateway(gateway_factory, cluster.url)
+    unknown = "0b7ad9d4-5c36-4c1e-9a43-31c0f1a7e2f0"  # not in the cache: the gateway asks the API
+    for method in ("GET", "DELETE"):
+        answer = httpx.request(method, f"{gateway.http}/v1/sessions/{unknown}")
+        assert answer.status_code == 404, (method, answer.text)
+
+
 def _epoch(stamp: str) -> float:
     return dt.datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
 

@@ -693,3 +693,12 @@ def test_the_operator_works_under_the_charts_rbac_even_when_its_writes_conflict(
     denials = cluster.api.call(lambda: list(cluster.api.emulator.denials))
     assert users.get(operator_user, 0) > 0 and "system:anonymous" not in users
     assert not [d for d in denials if operator_user in d], denials
+
+
+def test_answers_are_application_json_as_the_real_servers(api: KubeClient) -> None:
+    # lightkube reads an error's Status only under exactly this type (the real server's).
+    missing = api.http.get(api.path("pods", "nobody"))
+    assert missing.status_code == 404 and missing.json()["reason"] == "NotFound"
+    assert missing.headers["Content-Type"] == "application/json"
+    created = api.create("pods", pod("somebody"))
+    assert created.status_code == 201 and created.headers["Content-Type"] == "application/json"

@@ -74,6 +74,14 @@ WRITES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 STRATEGIC = "application/strategic-merge-patch+json"
 
 
+def _json(body: Any, status: int = 200) -> aiohttp.web.Response:
+    """A JSON answer with the real server's ``Content-Type: application/json`` (aiohttp's
+    ``json_response`` adds ``; charset=utf-8``, which lightkube does not take for an API error)."""
+    return aiohttp.web.Response(
+        body=json.dumps(body).encode(), status=status, headers={"Content-Type": "application/json"}
+    )
+
+
 class ApiError(Exception):
     """An API failure, rendered as a ``Status`` object."""
 
@@ -97,7 +105,7 @@ class ApiError(Exception):
         return body
 
     def response(self) -> aiohttp.web.Response:
-        return aiohttp.web.json_response(self.status(), status=self.code)
+        return _json(self.status(), status=self.code)
 
 
 @dataclasses.dataclass
@@ -608,23 +616,23 @@ class KubeEmulator(kmock.KubernetesScaffold):
         if method == "GET" and request.params.get("watch") in ("true", "1"):
             return await self._watch(request, kind, namespace)
         if method == "GET" and name:
-            return aiohttp.web.json_response(self._get(kind, namespace, name))
+            return _json(self._get(kind, namespace, name))
         if method == "GET":
-            return aiohttp.web.json_response(self._list(request, kind, namespace))
+            return _json(self._list(request, kind, namespace))
         if method == "POST" and name and sub == "binding" and kind.rid == PODS:
-            return aiohttp.web.json_response(self._bind(namespace, name, request.data), status=201)
+            return _json(self._bind(namespace, name, request.data), status=201)
         if method == "POST" and not name:
             created = self._create(kind, namespace, request.data)
-            return aiohttp.web.json_response(created, status=201)
+            return _json(created, status=201)
         if method in ("PATCH", "PUT") and name:
             content_type = (_header(request, "Content-Type") or "").split(";")[0].strip()
             updated = self._update(kind, namespace, name, sub, method, content_type, request.data)
-            return aiohttp.web.json_response(updated)
+            return _json(updated)
         if method == "DELETE" and name and not sub:
             options = _delete_options(request)
-            return aiohttp.web.json_response(self._delete(kind, namespace, name, options))
+            return _json(self._delete(kind, namespace, name, options))
         if method == "DELETE" and not name:
-            return aiohttp.web.json_response(self._delete_collection(request, kind, namespace))
+            return _json(self._delete_collection(request, kind, namespace))
         raise ApiError(405, "MethodNotAllowed", f"{method} is not supported here")
 
     # -- storage --
