@@ -36,10 +36,12 @@ def test_a_cold_tutor_waits_while_the_limit_of_engines_is_starting(
     kube_api, kube: KubeClient, gateway_factory
 ) -> None:
     gateway = cluster_gateway(gateway_factory, kube_api.url, max_concurrent_cold_starts=1)
-    seen = gateway.app.state.gateway.router.engines.objects
+    engines = gateway.app.state.gateway.router.engines
 
     def sees(tutor: int, phase: str) -> bool:
-        return ((seen.get(f"tutor-{tutor}") or {}).get("status") or {}).get("phase") == phase
+        # engines.objects, not a reference kept: each (re-)list replaces the dict.
+        seen = engines.objects.get(f"tutor-{tutor}") or {}
+        return (seen.get("status") or {}).get("phase") == phase
 
     def post(tutor: int) -> httpx.Response:
         return httpx.post(
