@@ -11,8 +11,6 @@ the TutorEngine's and the TutorSession's conditions name the server, and so does
 from __future__ import annotations
 
 import json
-import socket
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -44,16 +42,6 @@ def ready_condition(kube: KubeClient, plural: str, name: str) -> dict[str, Any]:
     obj = kube.get(plural, name) or {}
     conditions = (obj.get("status") or {}).get("conditions") or []
     return next((c for c in conditions if c.get("type") == "Ready"), {})
-
-
-@pytest.fixture
-def closed_port() -> Iterator[int]:
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    try:
-        yield sock.getsockname()[1]
-    finally:
-        sock.close()
 
 
 def test_status_events_follow_the_sessions_pending_reasons(

@@ -8,7 +8,6 @@ import os
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -35,17 +34,6 @@ def run(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None, 
         cwd=cwd,
         stdin=subprocess.DEVNULL,
     )
-
-
-@pytest.fixture
-def closed_port() -> Iterator[int]:
-    """A loopback port where nothing listens (bound, never listening: connections refused)."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    try:
-        yield sock.getsockname()[1]
-    finally:
-        sock.close()
 
 
 def listening(port: int) -> bool:

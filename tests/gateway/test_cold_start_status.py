@@ -12,8 +12,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -166,17 +164,6 @@ async def test_the_feed_sends_on_change_and_says_ready_once_connected() -> None:
 def slow_engines(monkeypatch: pytest.MonkeyPatch) -> None:
     """Engines started from here take a while to load their (mock) LLM."""
     monkeypatch.setenv("ENGINE_LLM_MOCK_LOAD_SECONDS", LOAD_SECONDS)
-
-
-@pytest.fixture
-def closed_port() -> Iterator[int]:
-    """A loopback port where nothing listens (bound, never listening: connections refused)."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    try:
-        yield sock.getsockname()[1]
-    finally:
-        sock.close()
 
 
 def ws_connect(server: RunningServer, session: dict[str, Any], query: str = "") -> ClientConnection:

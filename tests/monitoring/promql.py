@@ -18,13 +18,15 @@ import re
 import shutil
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import yaml
+
+from tests.support.cluster import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "tutor-serving"
@@ -157,18 +159,6 @@ def metric_names(expr: str) -> set[str]:
 # ---------------------------------------------------------------- the server
 
 
-def wait_until(check: Callable[[], Any], timeout: float, what: str) -> Any:
-    """Poll ``check`` until it returns something truthy; fail saying ``what`` after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.1)
-
-
 class PrometheusServer:
     """``prometheus`` on 127.0.0.1:``port``: scrape every second, rules from ``rule_files``,
     one ``file_sd`` file per job under ``directory`` (``set_targets`` rewrites it)."""
@@ -236,7 +226,7 @@ class PrometheusServer:
                 stdout=out,
                 stderr=subprocess.STDOUT,
             )
-        wait_until(self._ready, 60, f"prometheus ready (log {self.log})")
+        wait_for(self._ready, 60, f"prometheus ready (log {self.log})")
         return self
 
     def _ready(self) -> bool:
@@ -291,7 +281,7 @@ class PrometheusServer:
     def wait_scraped(self, jobs: set[str] | None = None, timeout: float = 30) -> None:
         """Until every active target (of ``jobs``) has been scraped since now, up."""
         moment = time.time()
-        wait_until(
+        wait_for(
             lambda: self.scraped_since(moment, jobs),
             timeout,
             f"a scrape of every target of {sorted(jobs) if jobs else 'every job'}: "
@@ -314,7 +304,7 @@ class PrometheusServer:
             )
             return groups if groups and done else None
 
-        return wait_until(evaluated, timeout, "every rule group evaluated again")
+        return wait_for(evaluated, timeout, "every rule group evaluated again")
 
 
 def _epoch(stamp: str) -> float:

@@ -70,7 +70,6 @@ from .promql import (
     finite,
     metric_names,
     rule_queries,
-    wait_until,
 )
 
 pytestmark = pytest.mark.timeout(300)
@@ -234,7 +233,7 @@ def failover(server: Any, keeper: dict[str, Any], kubelet: Any, tutor: int) -> N
             if name.startswith(f"tutor-{tutor}-")
         ]
         os.kill(pid, signal.SIGKILL)
-        wait_until(
+        wait_for(
             lambda: kubelet.processes().get(pod) not in (None, pid), 60, "the engine's restart"
         )
         reply = say(ws, "still there?")
@@ -296,7 +295,7 @@ def test_every_dashboard_and_alert_expression_returns_data(
 ) -> None:
     operator_port = free_port()
     operator: OperatorProcess = operator_factory(TUTOR_OPERATOR_METRICS_PORT=str(operator_port))
-    wait_until(
+    wait_for(
         lambda: _answers(f"http://127.0.0.1:{operator_port}/metrics"), 60, "the operator's /metrics"
     )
     cluster_gateway = gateway_factory(
