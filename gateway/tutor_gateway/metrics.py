@@ -131,9 +131,11 @@ class GatewayMetrics:
             ["direction"],
             registry=r,
         )
-        for direction in (CLIENT_TO_ENGINE, ENGINE_TO_CLIENT):
-            self.relay_frames.labels(direction)
-            self.relay_bytes.labels(direction)
+        # Bound once: relayed() runs for every frame, and .labels() takes a lock and a lookup.
+        self._relay_children = {
+            direction: (self.relay_frames.labels(direction), self.relay_bytes.labels(direction))
+            for direction in (CLIENT_TO_ENGINE, ENGINE_TO_CLIENT)
+        }
         self.engine_wait = Histogram(
             "tutor_gateway_engine_wait_seconds",
             "A client connection's wait for its engine, from asking for it (at the start, or "
@@ -164,5 +166,6 @@ class GatewayMetrics:
 
     def relayed(self, direction: str, size: int) -> None:
         """Count one frame of ``size`` bytes relayed in ``direction``."""
-        self.relay_frames.labels(direction).inc()
-        self.relay_bytes.labels(direction).inc(size)
+        frames, size_total = self._relay_children[direction]
+        frames.inc()
+        size_total.inc(size)
