@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 
 import pytest
 from tutor_engine.backends import ChatMessage
 from tutor_engine.config import EngineSettings
 from tutor_engine.history import open_store
 from tutor_engine.history.base import redacted, trimmed
+from tutor_engine.history.sqlite import SqliteStore
 
 from .stores import StoreKit
 
@@ -102,6 +104,35 @@ async def test_concurrent_appends_from_two_engines_lose_nothing(store_kit: Store
     )  # fmt: skip
     stored = contents(await one.load("s")) or []
     assert sorted(stored) == sorted(f"{name}{n}" for n in range(20) for name in "ab")
+
+
+def test_engines_opening_a_new_sqlite_file_at_once_all_start(tmp_path) -> None:
+    # Switching a new file to WAL takes a lock the busy handler does not wait for: engines
+    # opening it at the same moment failed with "database is locked" (about 1 in 200 here).
+    failures: list[BaseException] = []
+
+    async def load_and_close(store: SqliteStore) -> list[ChatMessage] | None:
+        try:
+            return await store.load("s")
+        finally:
+            await store.close()
+
+    def first_load(store: SqliteStore, ready: threading.Barrier) -> None:
+        ready.wait()
+        try:
+            assert asyncio.run(load_and_close(store)) == []
+        except BaseException as exc:  # collected, asserted below
+            failures.append(exc)
+
+    for attempt in range(150):
+        stores = [SqliteStore(tmp_path / f"{attempt}.db", 10, 60) for _ in range(8)]
+        ready = threading.Barrier(len(stores))
+        threads = [threading.Thread(target=first_load, args=(s, ready)) for s in stores]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert not failures, failures[:3]
 
 
 @pytest.mark.parametrize("store_kit", ["sqlite", "memory"], indirect=True)

@@ -68,7 +68,7 @@ class SqliteStore:
             db = sqlite3.connect(self.path, timeout=self._busy_ms / 1000, isolation_level=None)
             try:
                 db.execute(f"PRAGMA busy_timeout = {self._busy_ms}")
-                db.execute("PRAGMA journal_mode = WAL")
+                self._use_wal(db)
                 db.execute("PRAGMA synchronous = NORMAL")
                 db.executescript(SCHEMA)
             except BaseException:
@@ -76,6 +76,26 @@ class SqliteStore:
                 raise
             self._db = db
         return self._db
+
+    def _use_wal(self, db: sqlite3.Connection) -> None:
+        """Put the file in WAL mode (a property of the file: the first connection sets it).
+
+        Switching takes a lock SQLite's busy handler does not wait for, so a connection that
+        opens a new file while another is switching it tries again until the busy timeout.
+        """
+        deadline = time.monotonic() + self._busy_ms / 1000
+        while True:
+            try:
+                mode = db.execute("PRAGMA journal_mode").fetchone()[0]
+                if mode != "wal":
+                    mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+                if mode != "wal":
+                    raise sqlite3.OperationalError(f"journal mode {mode!r} instead of WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() >= deadline:
+                    raise
+            time.sleep(0.01)
 
     @staticmethod
     @contextmanager
