@@ -1,9 +1,16 @@
-"""Relay benchmark: text round trips through the gateway versus straight to the engine.
+"""Relay benchmark: text round trips through the gateway, straight to the engine, and to a
+single-process reference server, side by side with one client.
 
-Mock engine, loopback only, bounded: 1 session × ``--messages-single`` messages and
-``--sessions`` sessions × ``--messages-each`` messages, per path. Writes bench/results/relay.json.
+Paths: ``reference`` (one uvicorn/FastAPI process that accepts the client WebSocket and
+answers each ``text`` with the mock engine's reply frame, same JSON shape, no gateway: the
+seed's single-process shape), ``direct`` (the mock engine), ``gateway`` (through the gateway to
+that engine). Loopback only, bounded: 1 session × ``--messages-single`` messages, then each of
+``--sessions`` concurrent sessions doing ``--messages-total / sessions`` round trips (at least
+``MIN_EACH``). Goal (issue 14): gateway ≥ 0.7× the reference's messages/s at 100 and 1,000
+sessions. Writes bench/results/relay.json.
 
     python -m bench.relay
+    python -m bench.relay --serve-reference PORT   # the reference server alone
 """
 
 from __future__ import annotations
@@ -19,12 +26,54 @@ import uuid
 from collections.abc import Awaitable, Callable
 
 import httpx
+import uvicorn
+from fastapi import FastAPI, WebSocket, WebSocketDisconnect
 from tutor_contract.crd import ENGINE_KEY_HEADER
 from websockets.asyncio.client import connect
 
 from .common import free_port, latency_summary, process, write_result
 
 Opener = Callable[[], Awaitable[tuple[str, dict[str, str]]]]
+GOAL_THROUGHPUT_OVER_REFERENCE = 0.7  # at 100 and 1,000 sessions
+MIN_EACH = 3
+
+
+def reference_app() -> FastAPI:
+    """The single-process reference: the mock engine's ``text`` reply, straight back."""
+    app = FastAPI()
+
+    @app.get("/health")
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.websocket("/ws/{session_id}")
+    async def conversation(websocket: WebSocket, session_id: str) -> None:
+        await websocket.accept()
+        turns = 0
+        try:
+            while True:
+                message = json.loads(await websocket.receive_text())
+                turns += 1
+                content = (
+                    f"Tutor 1 heard: {message.get('content', '')}. "
+                    f"This is turn {turns}, with {2 * (turns - 1)} earlier messages in this "
+                    "session."
+                )
+                stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())
+                await websocket.send_text(
+                    json.dumps(
+                        {
+                            "type": "text",
+                            "content": content,
+                            "role": "assistant",
+                            "timestamp": stamp,
+                        }
+                    )
+                )
+        except WebSocketDisconnect:
+            return
+
+    return app
 
 
 async def _session_loop(
@@ -64,23 +113,39 @@ async def run_load(open_session: Opener, sessions: int, messages: int) -> dict[s
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Run both paths at 1 and N concurrent sessions and write the JSON result."""
+    """Run the three paths at 1 and N concurrent sessions and write the JSON result."""
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--sessions", type=int, default=100)
-    parser.add_argument("--messages-each", type=int, default=20)
+    parser.add_argument("--sessions", default="100,1000", help="comma-separated loads")
+    parser.add_argument("--messages-total", type=int, default=4000)
     parser.add_argument("--messages-single", type=int, default=300)
+    parser.add_argument("--serve-reference", type=int, metavar="PORT")
     args = parser.parse_args(argv)
+    if args.serve_reference:
+        uvicorn.run(
+            reference_app(),
+            host="127.0.0.1",
+            port=args.serve_reference,
+            log_level="warning",
+            ws="websockets-sansio",
+        )
+        return
+    loads = [1, *(int(n) for n in args.sessions.split(","))]
     key = secrets.token_urlsafe(16)
-    gw_port, engine_port = free_port(), free_port()
+    gw_port, engine_port, ref_port = free_port(), free_port(), free_port()
+    capacity = str(sum(loads) + 10)
     gateway_env = {
         "MANAGEMENT_API_HOST": "127.0.0.1",
         "MANAGEMENT_API_PORT": str(gw_port),
-        "MAX_SESSIONS": str(args.sessions + 10),
+        "MAX_SESSIONS": capacity,
         # One student opens every session, as fast as it can: the abuse limits stay out of it.
-        "MAX_SESSIONS_PER_STUDENT": str(args.sessions + 10),
+        "MAX_SESSIONS_PER_STUDENT": capacity,
         "MAX_MESSAGES_PER_SECOND": "1000000",
         "MAX_MESSAGES_BURST": "1000000",
         "MAX_REQUESTS_PER_MINUTE": "1000000",
+        "SESSION_TIMEOUT_SECONDS": "3600",
+        # Its engine keeps history in memory, as the direct engine does: the relay is measured,
+        # not SQLite's commits (``make run``'s engines write history.db).
+        "ENGINE_HISTORY_URL": "memory://",
         "ENGINE_API_KEY": key,
         "LOG_LEVEL": "warning",
         "ENGINE_LOG_LEVEL": "warning",
@@ -97,6 +162,9 @@ def main(argv: list[str] | None = None) -> None:
 
     async def direct() -> tuple[str, dict[str, str]]:
         return f"ws://127.0.0.1:{engine_port}/ws/{uuid.uuid4()}", {ENGINE_KEY_HEADER: key}
+
+    async def reference() -> tuple[str, dict[str, str]]:
+        return f"ws://127.0.0.1:{ref_port}/ws/{uuid.uuid4()}", {}
 
     results: dict[str, dict[str, dict[str, float]]] = {}
     with (
@@ -124,28 +192,45 @@ def main(argv: list[str] | None = None) -> None:
             engine_env,
             f"http://127.0.0.1:{engine_port}/readyz",
         ),
+        process(
+            [sys.executable, "-m", "bench.relay", "--serve-reference", str(ref_port)],
+            {},
+            f"http://127.0.0.1:{ref_port}/health",
+        ),
     ):
-        for name, opener in (("direct", direct), ("gateway", through_gateway)):
-            results[name] = {
-                "1_session": asyncio.run(run_load(opener, 1, args.messages_single)),
-                f"{args.sessions}_sessions": asyncio.run(
-                    run_load(opener, args.sessions, args.messages_each)
-                ),
-            }
+        paths = (("reference", reference), ("direct", direct), ("gateway", through_gateway))
+        for name, opener in paths:
+            results[name] = {}
+            for n in loads:
+                each = args.messages_single if n == 1 else max(MIN_EACH, args.messages_total // n)
+                results[name][f"{n}_sessions"] = asyncio.run(run_load(opener, n, each))
+
+    def ratio(path: str, over: str, load: str, figure: str) -> float:
+        return round(results[path][load][figure] / results[over][load][figure], 3)
+
     ratios = {
         load: {
-            "throughput_gateway_over_direct": round(
-                results["gateway"][load]["messages_per_second"]
-                / results["direct"][load]["messages_per_second"],
-                3,
+            "throughput_gateway_over_reference": ratio(
+                "gateway", "reference", load, "messages_per_second"
             ),
-            "p50_gateway_over_direct": round(
-                results["gateway"][load]["p50_ms"] / results["direct"][load]["p50_ms"], 3
+            "p50_gateway_over_reference": ratio("gateway", "reference", load, "p50_ms"),
+            "throughput_gateway_over_direct": ratio(
+                "gateway", "direct", load, "messages_per_second"
             ),
+            "p50_gateway_over_direct": ratio("gateway", "direct", load, "p50_ms"),
         }
         for load in results["direct"]
     }
-    path = write_result("relay", {"engine": "mock", "paths": results, "ratios": ratios})
+    goal = {
+        "throughput_gateway_over_reference_at_least": GOAL_THROUGHPUT_OVER_REFERENCE,
+        "at": [f"{n}_sessions" for n in loads if n >= 100],
+    }
+    goal["met"] = all(
+        ratios[load]["throughput_gateway_over_reference"] >= GOAL_THROUGHPUT_OVER_REFERENCE
+        for load in goal["at"]
+    )
+    result = {"engine": "mock", "paths": results, "ratios": ratios, "goal": goal}
+    path = write_result("relay", result)
     print(path.read_text())
 
 

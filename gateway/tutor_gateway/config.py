@@ -174,6 +174,19 @@ class GatewaySettings(BaseSettings):
         description="Client WebSocket messages a session may send at once before "
         "MAX_MESSAGES_PER_SECOND applies.",
     )
+    max_audio_bytes_per_second: float = Field(
+        64000,
+        gt=0,
+        description="Streamed audio (binary WebSocket frames) per session, in bytes per second "
+        "on average (64000: twice real time of 16 kHz PCM16); counted instead of "
+        "MAX_MESSAGES_PER_SECOND; a frame over it is not forwarded and gets an error.",
+    )
+    max_audio_burst_bytes: int = Field(
+        320000,
+        ge=1024,
+        description="Streamed audio bytes a session may send at once before "
+        "MAX_AUDIO_BYTES_PER_SECOND applies (320000: 10 s of 16 kHz PCM16).",
+    )
     max_requests_per_minute: int = Field(
         600,
         ge=1,

@@ -268,6 +268,10 @@ class LocalEngines:
 
     async def _spawn(self, tutor_id: int) -> LocalEngine:
         listener = socket.create_server(("127.0.0.1", 0))
+        # Inherited by the engine's accepted sockets: uvicorn takes an inherited fd as AF_UNIX,
+        # so asyncio never sets TCP_NODELAY on them, and Nagle then holds each reply frame
+        # sent right behind a receipt until the gateway's delayed ACK (~40 ms per turn).
+        listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         port = listener.getsockname()[1]
         env = {
             **self.engine_env,

@@ -45,15 +45,17 @@ class KeyedLimiter:
         unit in ``1 / rate`` seconds), at least 1."""
         return max(1, math.ceil(1 / self.rate))
 
-    async def acquire(self, key: str) -> bool:
-        """Count one unit for ``key`` if it fits now; False (not counted) if it does not."""
+    async def acquire(self, key: str, amount: float = 1) -> bool:
+        """Count ``amount`` units for ``key`` if they fit now; False (not counted) if they do
+        not. An amount over ``burst`` is counted as ``burst`` (it fits only an empty bucket)."""
         bucket = self._buckets.get(key)
         if bucket is None:
             bucket = AsyncLimiter(self.burst, self.period)
         self._buckets[key] = bucket  # kept another ``period`` from now
-        if not bucket.has_capacity():
+        amount = min(amount, self.burst)
+        if not bucket.has_capacity(amount):
             return False
-        await bucket.acquire()  # there is room: returns at once
+        await bucket.acquire(amount)  # there is room: returns at once
         return True
 
     def __len__(self) -> int:
@@ -65,6 +67,14 @@ def message_rate_problem(rate: float, burst: int) -> str:
     return (
         f"Too many messages: more than {rate:g} per second (burst {burst}, "
         "MAX_MESSAGES_PER_SECOND); this message was not forwarded"
+    )
+
+
+def audio_rate_problem(rate: float, burst: int) -> str:
+    """The ``error`` text for a binary (streamed audio) frame over MAX_AUDIO_BYTES_PER_SECOND."""
+    return (
+        f"Too much audio: more than {rate:g} bytes per second (burst {burst}, "
+        "MAX_AUDIO_BYTES_PER_SECOND); this audio frame was not forwarded"
     )
 
 

@@ -167,10 +167,12 @@ class Relay:
         limits: RelayLimits,
         on_activity: Callable[[], Awaitable[None]],
         metrics: GatewayMetrics | None = None,
-        admit_message: Callable[[], Awaitable[str | None]] | None = None,
+        admit_message: Callable[[int | None], Awaitable[str | None]] | None = None,
     ) -> None:
         self.client = client
-        self._admit_message = admit_message  # MAX_MESSAGES_PER_SECOND: why not, or None
+        # MAX_MESSAGES_PER_SECOND (binary frames: their bytes, MAX_AUDIO_BYTES_PER_SECOND):
+        # why a frame is refused, or None.
+        self._admit_message = admit_message
         self.session = session
         self.router = router
         self.limits = limits
@@ -183,6 +185,9 @@ class Relay:
         self._active = False  # a frame passed since the last activity record
         self._awaiting_reply = False  # the client sent something the engine has not answered
         self._wait_started: float | None = None  # loop time this wait for an engine began
+        self._activity_timer: asyncio.TimerHandle | None = None
+        self._recording: asyncio.Task[None] | None = None  # an activity record under way
+        self._feed_task: asyncio.Task[None] | None = None  # only while waiting for an engine
         self._feed = StatusFeed(
             self._send,
             lambda: engine_state_of(router, session),
@@ -203,15 +208,22 @@ class Relay:
         tasks = [
             asyncio.create_task(self._read_client()),
             asyncio.create_task(self._bridge()),
-            asyncio.create_task(self._record_activity()),
-            asyncio.create_task(self._feed.run()),
         ]
+        loop = asyncio.get_running_loop()
+        self._activity_timer = loop.call_later(
+            self.limits.activity_interval_seconds, self._activity_due
+        )
         bridge = tasks[1]
         try:
             done, _ = await asyncio.wait(
                 {*tasks, self._terminated}, return_when=asyncio.FIRST_COMPLETED
             )
         finally:
+            self._unwatch()
+            if self._activity_timer is not None:
+                self._activity_timer.cancel()
+            if self._recording is not None:
+                tasks.append(self._recording)
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
@@ -270,7 +282,11 @@ class Relay:
             message = await self.client.receive()
             if message["type"] == "websocket.disconnect":
                 return
-            limited = None if self._admit_message is None else await self._admit_message()
+            binary = message.get("bytes")
+            audio_bytes = len(binary) if binary is not None else None  # counted in bytes
+            limited = (
+                None if self._admit_message is None else await self._admit_message(audio_bytes)
+            )
             data, problem = (
                 (b"", limited)
                 if limited
@@ -285,13 +301,24 @@ class Relay:
             self._active = self._awaiting_reply = True
             await self._inbox.put(data, message.get("text") is not None)
 
+    def _activity_due(self) -> None:
+        """Each interval (a timer, not a task per connection): record activity if frames
+        flowed or a reply is due, one record at a time."""
+        loop = asyncio.get_running_loop()
+        self._activity_timer = loop.call_later(
+            self.limits.activity_interval_seconds, self._activity_due
+        )
+        if (self._active or self._awaiting_reply) and self._recording is None:
+            self._active = False
+            self._recording = asyncio.create_task(self._record_activity())
+
     async def _record_activity(self) -> None:
-        """Record activity at most once per interval while frames flow or a reply is due."""
-        while True:
-            await asyncio.sleep(self.limits.activity_interval_seconds)
-            if self._active or self._awaiting_reply:
-                self._active = False
-                await self.on_activity()
+        try:
+            await self.on_activity()
+        except Exception:
+            log.exception("session %s: activity not recorded", self._sid)
+        finally:
+            self._recording = None
 
     async def _bridge(self) -> Ending:
         """Find the engine, connect, and pump frames both ways; say how the client should close.
@@ -304,7 +331,7 @@ class Relay:
         budget = self.limits.engine_wait_seconds
         deadline = loop.time() + budget
         delay = 0.1
-        self._feed.wait_began()
+        self._watch()
         self._wait_started = loop.time()
         while True:
             try:
@@ -331,12 +358,24 @@ class Relay:
         """The engine went away while relaying: end the reply in flight, keep the rest."""
         loss = await self._inbox.lost()
         self._failover = _Failover(lost_at, loss)
-        self._feed.wait_began()
+        self._watch()
         self._wait_started = lost_at
         notice = loss_notice(loss)
         if notice is not None:
             self._awaiting_reply = self._inbox.queued_bytes > 0  # the cut reply is answered
             await self._send(notice)
+
+    def _watch(self) -> None:
+        """A wait for an engine begins: the status feed runs its task until it is over (an
+        idle connected session holds no task for it)."""
+        self._feed.wait_began()
+        if self._feed_task is None:
+            self._feed_task = asyncio.create_task(self._feed.run())
+
+    def _unwatch(self) -> None:
+        task, self._feed_task = self._feed_task, None
+        if task is not None:
+            task.cancel()
 
     def _wait_over(self, outcome: str) -> None:
         """The wait for an engine ended (its handshake, or 4503): observe it once."""
@@ -397,6 +436,7 @@ class Relay:
                 endpoint.websocket_url(self.session, self._engine_params()),
                 additional_headers={ENGINE_KEY_HEADER: endpoint.api_key, RELAY_HEADER: "1"},
                 max_size=None,
+                compression=None,  # loopback / in-cluster: deflate only costs memory and CPU
                 open_timeout=self.limits.engine_connect_timeout_seconds,
                 max_queue=UPSTREAM_QUEUE_FRAMES,
                 ping_interval=20,
@@ -406,6 +446,7 @@ class Relay:
                 self._wait_over(WAIT_READY)
                 self._resumed(endpoint)
                 await self._feed.connected()  # ``ready``, before any frame of the engine's
+                self._unwatch()
                 return await self._pump(upstream, attempt)
         except (OSError, InvalidHandshake, TimeoutError) as exc:
             if attempt.opened_at is not None:

@@ -15,7 +15,7 @@ from .engines import EngineRouter, LocalEngines
 from .frames import CLOSE_SESSION_ENDED, CLOSE_SESSION_EXPIRED
 from .metrics import GatewayMetrics, count_states
 from .policy import expired_sessions
-from .ratelimit import KeyedLimiter, message_rate_problem
+from .ratelimit import KeyedLimiter, audio_rate_problem, message_rate_problem
 from .relay import Ending
 from .sessions import CapacityError, EndReason, Session, SessionStore, StoreUnavailable
 from .startup import engine_state_of
@@ -45,11 +45,15 @@ class Gateway:
     cold_starts: ColdStartCheck | None = None  # cluster mode (local mode queues starts)
     connections: Connections = field(init=False)
     message_rates: KeyedLimiter = field(init=False)  # MAX_MESSAGES_PER_SECOND, by session
+    audio_rates: KeyedLimiter = field(init=False)  # MAX_AUDIO_BYTES_PER_SECOND, by session
 
     def __post_init__(self) -> None:
         self.connections = Connections(self.settings.max_connections_per_session)
         self.message_rates = KeyedLimiter(
             self.settings.max_messages_per_second, self.settings.max_messages_burst
+        )
+        self.audio_rates = KeyedLimiter(
+            self.settings.max_audio_bytes_per_second, self.settings.max_audio_burst_bytes
         )
         self._admission = asyncio.Lock()  # count and create as one step on this gateway
         self.store.add_removal_listener(self._on_removed)
@@ -72,13 +76,23 @@ class Gateway:
         log.info("session %s created (tutor %s)", session.session_id[:8], tutor_id)
         return session, token
 
-    async def admit_message(self, session_id: str) -> str | None:
-        """Count one client WebSocket message of the session (all its connections); why it is
-        refused (the ``error`` text) when over MAX_MESSAGES_PER_SECOND, else None."""
+    async def admit_message(self, session_id: str, audio_bytes: int | None = None) -> str | None:
+        """Count one client WebSocket frame of the session (all its connections); why it is
+        refused (the ``error`` text), else None.
+
+        A text frame (``audio_bytes`` None) is one message against MAX_MESSAGES_PER_SECOND; a
+        binary frame (streamed audio) counts its ``audio_bytes`` against
+        MAX_AUDIO_BYTES_PER_SECOND instead.
+        """
+        s = self.settings
+        if audio_bytes is not None:
+            if await self.audio_rates.acquire(session_id, audio_bytes):
+                return None
+            self.metrics.limited.labels("max_audio_bytes_per_second").inc()
+            return audio_rate_problem(s.max_audio_bytes_per_second, s.max_audio_burst_bytes)
         if await self.message_rates.acquire(session_id):
             return None
         self.metrics.limited.labels("max_messages_per_second").inc()
-        s = self.settings
         return message_rate_problem(s.max_messages_per_second, s.max_messages_burst)
 
     def _admit(self, live: list[Session], tutor_id: int, student_id: int) -> None:

@@ -140,6 +140,8 @@ def test_the_limits_reach_the_gateways_settings(render: Render) -> None:
         "concurrentColdStarts": 4,
         "messagesPerSecond": 2.5,
         "messagesBurst": 7,
+        "audioBytesPerSecond": 32000,
+        "audioBurstBytes": 96000,
         "requestsPerMinute": 120,
         "retryAfterSeconds": 9,
     }
@@ -150,9 +152,11 @@ def test_the_limits_reach_the_gateways_settings(render: Render) -> None:
         settings.max_concurrent_cold_starts,
         settings.max_messages_per_second,
         settings.max_messages_burst,
+        settings.max_audio_bytes_per_second,
+        settings.max_audio_burst_bytes,
         settings.max_requests_per_minute,
         settings.admission_retry_after_seconds,
-    ) == (5, 40, 4, 2.5, 7, 120, 9)
+    ) == (5, 40, 4, 2.5, 7, 32000, 96000, 120, 9)
 
 
 @pytest.mark.parametrize(

@@ -90,7 +90,7 @@ async def conversation(
         limits,
         lambda: gateway.store.touch(session_id),
         metrics=gateway.metrics,
-        admit_message=lambda: gateway.admit_message(session_id),
+        admit_message=lambda audio_bytes: gateway.admit_message(session_id, audio_bytes),
     )
     for displaced in gateway.connections.add(session_id, relay):
         gateway.metrics.ws_rejected.labels("replaced").inc()

@@ -1,0 +1,162 @@
+"""Gateway memory per open connection: RSS with N idle relayed WebSockets minus RSS with none.
+
+One gateway process (local mode, mock engine started by the gateway itself; only the gateway's
+RSS counts, measured with psutil). Steps, in one run:
+
+1. warm-up: ``--warm`` connections each do one round trip and close (imports, engine start,
+   allocator pools);
+2. the N sessions are created over REST (``rss_sessions_created``: the session store's share,
+   not counted per connection);
+3. N WebSockets connect, each does one round trip (the engine connection is open), then all
+   sit idle for ``--settle`` seconds: ``rss_connected``.
+
+``kib_per_connection = (rss_connected - rss_sessions_created) / N``; goal ≤ 40 KiB (issue 14).
+Writes bench/results/gateway_memory.json.
+
+    python -m bench.gateway_memory
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import gc
+import json
+import os
+import secrets
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+
+import httpx
+import psutil
+from websockets.asyncio.client import ClientConnection, connect
+
+from .common import free_port, wait_http, write_result
+
+GOAL_KIB_PER_CONNECTION = 40
+
+
+@contextlib.contextmanager
+def gateway_process(env: dict[str, str], ready_url: str) -> Iterator[psutil.Process]:
+    """``python -m tutor_gateway`` until the block exits, as a psutil process."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tutor_gateway"],
+        env={**os.environ, **env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_http(ready_url)
+        yield psutil.Process(proc.pid)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+async def _sessions(base: str, count: int) -> list[str]:
+    async with httpx.AsyncClient(timeout=30) as http:
+        urls = []
+        for _ in range(count):
+            response = await http.post(f"{base}/v1/sessions", json={"tutor_id": 1, "student_id": 1})
+            body = response.json()
+            urls.append(f"{body['engine_url']}?token={body['engine_token']}")
+        return urls
+
+
+async def _open(url: str) -> ClientConnection:
+    ws = await connect(url, max_size=None, open_timeout=60)
+    await ws.send(json.dumps({"type": "text", "content": "hello"}))
+    reply = json.loads(await ws.recv())
+    assert reply["type"] == "text", reply
+    return ws
+
+
+async def _open_all(urls: list[str], parallel: int = 50) -> list[ClientConnection]:
+    gate = asyncio.Semaphore(parallel)
+
+    async def one(url: str) -> ClientConnection:
+        async with gate:
+            return await _open(url)
+
+    return list(await asyncio.gather(*(one(u) for u in urls)))
+
+
+def _rss(proc: psutil.Process) -> int:
+    return int(proc.memory_info().rss)
+
+
+async def measure(base: str, proc: psutil.Process, n: int, warm: int, settle: float) -> dict:
+    """The RSS figures of one run (see the module's docstring)."""
+    for ws in await _open_all(await _sessions(base, warm)):
+        await ws.close()
+    await asyncio.sleep(settle)
+    rss_idle = _rss(proc)
+    urls = await _sessions(base, n)
+    await asyncio.sleep(settle)
+    rss_created = _rss(proc)
+    sockets = await _open_all(urls)
+    await asyncio.sleep(settle)
+    rss_connected = _rss(proc)
+    await asyncio.gather(*(ws.close() for ws in sockets))
+    await asyncio.sleep(settle)
+    rss_closed = _rss(proc)
+    per = (rss_connected - rss_created) / n / 1024
+    mib = 1024 * 1024
+    return {
+        "connections": n,
+        "warm_up_connections": warm,
+        "rss_mib": {
+            "warm_no_sessions": round(rss_idle / mib, 1),
+            "sessions_created": round(rss_created / mib, 1),
+            "connected_idle": round(rss_connected / mib, 1),
+            "after_close": round(rss_closed / mib, 1),
+        },
+        "session_creation_kib_each": round((rss_created - rss_idle) / n / 1024, 1),
+        "kib_per_connection": round(per, 1),
+        "goal_kib_per_connection": GOAL_KIB_PER_CONNECTION,
+        "goal_met": per <= GOAL_KIB_PER_CONNECTION,
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Measure and write the JSON result."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--connections", type=int, default=1000)
+    parser.add_argument("--warm", type=int, default=100)
+    parser.add_argument("--settle", type=float, default=3.0)
+    args = parser.parse_args(argv)
+    port = free_port()
+    total = args.connections + args.warm + 10
+    env = {
+        "MANAGEMENT_API_HOST": "127.0.0.1",
+        "MANAGEMENT_API_PORT": str(port),
+        "WEBSOCKET_URL": f"ws://127.0.0.1:{port}/ws",
+        "MAX_SESSIONS": str(total),
+        "MAX_SESSIONS_PER_STUDENT": str(total),
+        "MAX_MESSAGES_PER_SECOND": "1000000",
+        "MAX_MESSAGES_BURST": "1000000",
+        "MAX_REQUESTS_PER_MINUTE": "1000000",
+        "ENGINE_API_KEY": secrets.token_urlsafe(16),
+        "SESSION_TIMEOUT_SECONDS": "3600",
+        "LOG_LEVEL": "warning",
+        "ENGINE_LOG_LEVEL": "warning",
+    }
+    base = f"http://127.0.0.1:{port}"
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-gwmem-") as state_dir,
+        gateway_process({**env, "STATE_DIR": state_dir}, f"{base}/health") as proc,
+    ):
+        gc.collect()
+        result = asyncio.run(measure(base, proc, args.connections, args.warm, args.settle))
+    path = write_result("gateway_memory", {"engine": "mock", **result})
+    print(path.read_text())
+
+
+if __name__ == "__main__":
+    main()
