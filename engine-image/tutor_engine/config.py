@@ -2,20 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
-
-
-def available_cores() -> int:
-    """CPU cores this process may run on (2 if unknown)."""
-    try:
-        return len(os.sched_getaffinity(0)) or 2
-    except (AttributeError, OSError):  # not Linux
-        return os.cpu_count() or 2
-
+from tutor_contract.cores import available_cores
 
 HISTORY_SCHEMES = ("sqlite:///", "redis://", "rediss://", "memory://")
 
@@ -74,12 +65,51 @@ class EngineSettings(BaseSettings):
     asr_model: str = Field(
         "large-v3", description="Whisper model name or CTranslate2 folder; '' = bundled tiny.en."
     )
-    asr_device: str = "auto"
-    asr_compute_type: str = "default"
+    asr_device: str = Field("auto", description="'auto': CUDA if CTranslate2 sees one, else CPU.")
+    asr_compute_type: str = Field(
+        "auto",
+        description="'auto': float16 on CUDA, int8 on CPU (the nearest the device supports); "
+        "or any CTranslate2 compute type.",
+    )
     asr_language: str | None = None
     asr_beam_size: int = Field(5, ge=1, le=10)
     asr_vad_filter: bool = True
-    asr_cpu_threads: int = Field(0, ge=0, description="0 lets CTranslate2 decide.")
+    asr_cpu_threads: int = Field(
+        0,
+        ge=0,
+        description="CTranslate2 threads per transcription; 0 = the cores divided among the "
+        "ENGINE_MAX_CONCURRENT_DECODES workers (at least 1).",
+    )
+
+    # Streamed audio input (audio_start): Silero VAD, the model faster-whisper ships.
+    vad_silence_ms: int = Field(
+        600,
+        ge=100,
+        le=5000,
+        description="Streamed audio with VAD: silence this long ends the user's turn "
+        "(audio_start may choose its own).",
+    )
+    vad_threshold: float = Field(
+        0.5, gt=0, lt=1, description="Streamed audio: speech probability that counts as speech."
+    )
+    vad_min_speech_ms: int = Field(
+        160,
+        ge=32,
+        le=2000,
+        description="Streamed audio: speech this long in a row starts an utterance (and barges "
+        "in on a reply).",
+    )
+
+    asr_batch_size: int = Field(
+        1,
+        ge=1,
+        description="CUDA: most concurrent sessions' clips (each up to 30 s) transcribed as one "
+        "batch (no VAD, no temperature fallback); 1 (default) disables batching. Needs "
+        "ENGINE_ASR_LANGUAGE for a multilingual model.",
+    )
+    asr_batch_window_ms: float = Field(
+        10.0, ge=0, le=1000, description="CUDA: how long the first clip waits for others to batch."
+    )
 
     tts_backend: Literal["mock", "piper", "coqui", "auto"] = Field(
         "mock", description="'auto': Piper with the bundled voice if installed, else mock."
@@ -87,9 +117,27 @@ class EngineSettings(BaseSettings):
     tts_model: str = Field("", description="Voice/model path or Coqui name; '' = bundled voice.")
     tts_config: str = ""
     tts_device: str = "auto"
+    tts_threads: int = Field(
+        0,
+        ge=0,
+        description="Piper: ONNX Runtime intra-op threads per synthesis; 0 = the cores divided "
+        "among ENGINE_TTS_CONCURRENCY (at least 1).",
+    )
+    tts_concurrency: int = Field(
+        default_factory=lambda: min(available_cores(), 4),
+        ge=1,
+        description="Piper: syntheses running at once, engine-wide (default: cores, at most 4).",
+    )
     tts_speaker: str = Field("", description="Coqui multi-speaker models: speaker name.")
     tts_speaker_wav: str = Field("", description="XTTS: reference voice WAV to clone.")
     tts_language: str = Field("en", description="XTTS and other multilingual Coqui models.")
+    tts_first_clause_chars: int = Field(
+        12,
+        ge=0,
+        description="Streaming: the first audio chunk of a reply ends at the first clause mark "
+        "(, ; : dash) once it has this many characters, not only at a sentence end; 0 = "
+        "sentences only.",
+    )
 
     kb_dir: str = Field(
         "", description="Knowledge bases: <kb_dir>/<kb_id>/*.md|*.txt; '' disables retrieval."
@@ -123,7 +171,8 @@ class EngineSettings(BaseSettings):
     max_concurrent_decodes: int = Field(
         default_factory=lambda: min(available_cores(), 4),
         ge=1,
-        description="Audio decodes + transcriptions running at once (default: cores, at most 4).",
+        description="Audio decodes + transcriptions running at once (default: cores, at most "
+        "4); faster-whisper gets as many workers (num_workers).",
     )
     max_history_messages: int = Field(
         40, ge=0, description="User and assistant messages kept per session."

@@ -50,21 +50,32 @@ from starlette.websockets import WebSocketDisconnected
 from tutor_contract import tracing
 from tutor_contract.relay import parse_trace_frame, receipt_frame
 
+from .audio_stream import AudioStream, SpeechEvent, TooLong, Utterance
 from .backends import AudioDecodeError
+from .backends.base import audio_too_long
 from .pipeline import Conversation, SessionEnded, history_error_text
 from .protocol import (
     INVALID_UTF8,
     LARGE_FRAME_CHARS,
+    AudioAppendIn,
+    AudioCancelIn,
+    AudioCommitIn,
     AudioIn,
+    AudioStartIn,
     OptionsIn,
     ProtocolError,
+    SpeechIn,
     TextIn,
+    audio_start_message,
     error_message,
     interrupted_message,
     options_message,
     parse_client_frame,
+    pcm16_chunk,
+    speech_message,
 )
 from .transport import INVALID_UTF8 as INVALID_UTF8_EVENT
+from .vad import SileroStream, VadConfig, shared_model
 
 if TYPE_CHECKING:
     from .app import EngineState
@@ -74,7 +85,16 @@ tracer = tracing.tracer(__name__)
 
 SESSION_ENDED = "This session has ended; the message was not answered"
 CLOSE_RESTARTING = 1012  # the engine is draining: the gateway moves the session elsewhere
-Message = TextIn | AudioIn | OptionsIn
+Message = TextIn | AudioIn | OptionsIn | SpeechIn
+AudioFrame = AudioStartIn | AudioAppendIn | AudioCommitIn | AudioCancelIn
+NO_AUDIO_STREAM = (
+    "No audio stream is open: send audio_start before audio chunks, audio_commit or "
+    "audio_cancel (after an engine restart, send audio_start again); this audio was not heard"
+)
+BINARY_HINT = " (to stream audio, send audio_start first, and again after an engine restart)"
+NOTHING_TO_COMMIT = "Nothing to commit: no speech since the last turn"
+# Streamed audio chunks longer than this (0.5 s of 16 kHz PCM16) go through the VAD in a thread.
+LARGE_AUDIO_CHUNK_BYTES = 16_000
 
 
 def one_line(text: str, limit: int = 300) -> str:
@@ -167,9 +187,15 @@ class Connection:
         self._closed = False  # nothing more is sent: the client left, or we close for a restart
         self._send_lock = asyncio.Lock()
         self._trace: Context | None = None  # the gateway's context for the next client frame
+        self._audio: AudioStream | None = None  # streamed audio input (audio_start)
+        self._barge_in_voice = False  # audio_start's ``barge_in``, with VAD
+        self._stray = False  # a run of audio frames with no stream open already got its error
+        self._replying = False  # the turn in flight has sent its transcription
 
     async def send(self, message: dict[str, Any]) -> None:
         """Send a message to the client (dropped once the connection is closing)."""
+        if message.get("type") == "transcription":
+            self._replying = True  # a voice barge-in may cut this reply from now on
         async with self._send_lock:
             if not self._closed:
                 await self.websocket.send_json(message)
@@ -215,9 +241,17 @@ class Connection:
         try:
             message = await self._parse(frame)
         except ProtocolError as exc:
-            await self._reject("protocol", str(exc))
+            binary = frame.get("text") is None and not frame.get(INVALID_UTF8_EVENT)
+            if not (binary and self._stray):  # one error per run of binary frames
+                hint = BINARY_HINT if binary else ""
+                await self._reject("protocol", str(exc) + hint)
+            self._stray = binary
             await self._receipt(seq, started=False)
             return
+        if isinstance(message, AudioFrame):
+            await self._audio_frame(seq, message, received, parent)
+            return
+        self._stray = False
         assert self.entry is not None
         item = _Item(message, self.entry, seq, received, parent)
         if self.conv.stream:
@@ -231,6 +265,8 @@ class Connection:
         raw = frame.get("text")
         if raw is None:
             raw = frame.get("bytes") or b""
+            if self._audio is not None and len(raw) <= self.state.settings.max_message_bytes:
+                return pcm16_chunk(raw)
         settings = self.state.settings
         parse = functools.partial(
             parse_client_frame,
@@ -279,14 +315,23 @@ class Connection:
         """Streaming connection: options apply now; a new message replaces everything before."""
         message = item.message
         if isinstance(message, OptionsIn):
-            if message.stream is not None:
-                self.conv.stream = message.stream
-            await self.send(options_message(self.conv.stream))
+            await self._options(message)
             await self._receipt(item.seq, started=False)
             return
         await self._discard_queued()
         await self._interrupt()
         self._accept(item)
+
+    async def _options(self, message: OptionsIn) -> None:
+        """Apply a client's ``options`` and acknowledge them (the audio fields once named)."""
+        conv = self.conv
+        if message.stream is not None:
+            conv.stream = message.stream
+        conv.audio_format = message.audio_format or conv.audio_format
+        conv.sample_rate = message.sample_rate or conv.sample_rate
+        named = message.audio_format is not None or message.sample_rate is not None
+        audio = (conv.audio_format, conv.sample_rate)
+        await self.send(options_message(conv.stream, audio if named or conv.pcm16_rate else None))
 
     async def _discard_queued(self) -> None:
         dropped = list(self._queue)
@@ -360,9 +405,7 @@ class Connection:
     async def _answer(self, item: _Item) -> bool:
         """Apply options or run the message's turn; False if the client turned out to be gone."""
         if isinstance(item.message, OptionsIn):
-            if item.message.stream is not None:
-                self.conv.stream = item.message.stream
-            await self.send(options_message(self.conv.stream))
+            await self._options(item.message)
             return True
         await self._receipt(item.seq, started=True)
         self._current = turn = asyncio.create_task(self._turn(item))
@@ -372,8 +415,8 @@ class Connection:
     async def _turn(self, item: _Item) -> None:
         """Run one turn (span ``engine.turn``), turning any failure into an ``error``."""
         message = item.message
-        assert isinstance(message, TextIn | AudioIn)
-        kind = "audio" if isinstance(message, AudioIn) else "text"
+        assert isinstance(message, TextIn | AudioIn | SpeechIn)
+        kind = "text" if isinstance(message, TextIn) else "audio"
         attributes = {
             "tutor.id": self.state.metrics.tutor_id,
             "session.id": self.conv.session_id[:8],
@@ -388,7 +431,9 @@ class Connection:
                 span.set_attribute("turn.cancelled", True)
                 raise
 
-    async def _run_turn(self, message: TextIn | AudioIn, kind: str, received: float) -> None:
+    async def _run_turn(
+        self, message: TextIn | AudioIn | SpeechIn, kind: str, received: float
+    ) -> None:
         """The turn in its scheduler slot; any failure becomes an ``error``."""
         state, conv = self.state, self.conv
         metrics = state.metrics
@@ -415,6 +460,7 @@ class Connection:
             await self.send(error_message("The tutor could not answer; try again"))
         finally:
             conv.reply = None
+            self._replying = False
 
     async def _say_interrupted(self) -> None:
         """After a barge-in: how far the reply got (nothing if it had not begun)."""
@@ -425,3 +471,83 @@ class Connection:
         await self.send(interrupted_message(reply.id, reply.text.strip()))
         if reply.history_errors:
             await self.send(error_message(history_error_text(reply.history_errors)))
+
+    # Streamed audio input (audio_start, chunks, audio_commit, audio_cancel).
+
+    async def _audio_frame(
+        self, seq: int, message: AudioFrame, received: float, parent: Context | None
+    ) -> None:
+        """Apply a frame of the audio stream; an utterance it ends becomes frame ``seq``'s turn
+        (receipted like any message), every other frame is settled at once."""
+        if isinstance(message, AudioStartIn):
+            self._stray = False
+            await self._open_audio(message)
+            await self._receipt(seq, started=False)
+            return
+        stream = self._audio
+        if stream is None:
+            if not self._stray:
+                await self._reject("protocol", NO_AUDIO_STREAM)
+            self._stray = True
+            await self._receipt(seq, started=False)
+            return
+        self._stray = False
+        turn = False
+        if isinstance(message, AudioCancelIn):
+            stream.cancel()
+        elif isinstance(message, AudioCommitIn):
+            dropped = stream.overflowed  # its error was sent when it passed the limit
+            utterance = stream.commit()
+            if utterance is None and not dropped:
+                await self._reject("audio", NOTHING_TO_COMMIT)
+            elif utterance is not None:
+                turn = await self._utterance(seq, utterance, received, parent)
+        else:
+            if len(message.pcm) <= LARGE_AUDIO_CHUNK_BYTES:
+                events = stream.append(message.pcm)
+            else:  # seconds of audio through the VAD: off the event loop
+                events = await asyncio.get_running_loop().run_in_executor(
+                    self.state.parse_executor, stream.append, message.pcm
+                )
+            for event in events:
+                if isinstance(event, SpeechEvent):
+                    await self.send(speech_message(event.kind, event.audio_ms))
+                    if event.kind == "speech_started" and self._barge_in_voice:
+                        await self._voice_barge_in()
+                elif isinstance(event, TooLong):
+                    await self._reject("audio", str(audio_too_long(event.limit_seconds)))
+                elif isinstance(event, Utterance):
+                    turn = await self._utterance(seq, event, received, parent) or turn
+        if not turn:
+            await self._receipt(seq, started=False)
+
+    async def _open_audio(self, message: AudioStartIn) -> None:
+        s = self.state.settings
+        silence = message.silence_ms or s.vad_silence_ms
+        vad = probability = None
+        if message.vad:
+            vad = VadConfig(s.vad_threshold, s.vad_min_speech_ms, silence)
+            probability = SileroStream(await asyncio.to_thread(shared_model))
+        self._audio = AudioStream(s.max_audio_seconds, vad, probability)
+        self._barge_in_voice = message.vad and message.barge_in
+        await self.send(audio_start_message(message.vad, silence, self._barge_in_voice))
+
+    async def _utterance(
+        self, seq: int, utterance: Utterance, received: float, parent: Context | None
+    ) -> bool:
+        """Queue an utterance's turn as frame ``seq``'s; whether it was accepted."""
+        assert self.entry is not None
+        item = _Item(SpeechIn(utterance.samples, utterance.seconds), self.entry, seq, received)
+        item.parent = parent
+        if self.conv.stream:
+            await self._barge_in(item)
+            return True
+        before = self.entry.active
+        await self._enqueue(item)
+        return self.entry.active > before
+
+    async def _voice_barge_in(self) -> None:
+        """The user started speaking: a reply under way (its transcription sent) is cut."""
+        if self._replying:
+            await self._discard_queued()
+            await self._interrupt()

@@ -29,14 +29,16 @@ from typing import Any
 from opentelemetry import trace
 from tutor_contract import tracing
 
-from .backends import AudioDecodeError, Backends, ChatMessage, Usage
+from .backends import AudioDecodeError, Backends, ChatMessage, DecodedAudio, Usage
 from .backends.mock import wav_duration
 from .config import EngineSettings
 from .history import GuardedHistory, HistoryUnavailable
 from .metrics import EngineMetrics
 from .prompt import build_prompt
 from .protocol import (
+    PCM16_RATE,
     AudioIn,
+    SpeechIn,
     TextIn,
     audio_chunk_message,
     audio_message,
@@ -47,6 +49,7 @@ from .protocol import (
     transcription_message,
 )
 from .scheduling import FairSlots, run_holding
+from .speech_out import encode_speech
 from .text import SentenceSplitter
 
 log = logging.getLogger("tutor_engine.pipeline")
@@ -127,8 +130,15 @@ class Conversation:
     session_id: str
     kb_id: str | None = None
     stream: bool = False
+    audio_format: str = "wav"  # of reply audio: "wav" or "pcm16" (options)
+    sample_rate: int = PCM16_RATE  # of pcm16 reply audio
     reply: Reply | None = None
     _replies: int = field(default=0, repr=False)
+
+    @property
+    def pcm16_rate(self) -> int | None:
+        """The sample rate of raw PCM16 reply audio, or None for WAV files."""
+        return self.sample_rate if self.audio_format == "pcm16" else None
 
     def next_reply(self) -> Reply:
         self._replies += 1
@@ -208,10 +218,12 @@ class TutorPipeline:
         reply: Reply,
         history: list[ChatMessage],
         on_delta: Callable[[str], Awaitable[None]] | None = None,
+        on_done: Callable[[], None] | None = None,
     ) -> str:
         """Stream the answer into ``reply.text`` and record the exchange in the history.
 
-        A cancelled reply is recorded as far as it got, so the next turn knows what was said.
+        ``on_done`` runs once the answer is complete, before it is recorded. A cancelled reply
+        is recorded as far as it got, so the next turn knows what was said.
         """
         try:
             prompt = await self.prompt(conv, history, user_text)
@@ -220,6 +232,8 @@ class TutorPipeline:
         except asyncio.CancelledError:
             await _to_the_end(self._record(conv, user_text, reply))
             raise
+        if on_done is not None:
+            on_done()
         await _to_the_end(self._record(conv, user_text, reply))
         return reply.text.strip()
 
@@ -264,7 +278,7 @@ class TutorPipeline:
     async def run_turn(
         self,
         conv: Conversation,
-        message: TextIn | AudioIn,
+        message: TextIn | AudioIn | SpeechIn,
         send: Send,
         received: float | None = None,
     ) -> None:
@@ -272,21 +286,30 @@ class TutorPipeline:
 
         ``received`` (``time.perf_counter()``) is when the message had fully arrived: the
         first reply text and audio are measured from there (default: now).
-        Raises ``SessionEnded`` (before any work) if the session was ended.
+        Raises ``SessionEnded`` (before sending anything) if the session was ended. The
+        history loads while the audio is decoded and recognised.
         """
-        speak = isinstance(message, AudioIn)
+        speak = isinstance(message, AudioIn | SpeechIn)
         clock = TurnClock(
             time.perf_counter() if received is None else received,
             "stream" if conv.stream else "whole",
             "audio" if speak else "text",
         )
         reply = conv.next_reply()
-        history = await self.load_history(conv, reply)
-        if isinstance(message, TextIn):
-            user_text = message.content
-        else:
-            said = await run_holding(self.decode_slots, self._hear(message.data))
-            user_text = said.strip()
+        loading = asyncio.ensure_future(self.load_history(conv, reply))
+        loading.add_done_callback(lambda t: t.cancelled() or t.exception())  # never "unretrieved"
+        try:
+            if isinstance(message, TextIn):
+                user_text = message.content
+            elif isinstance(message, SpeechIn):
+                heard = self._hear_streamed(message)
+                user_text = (await run_holding(self.decode_slots, heard)).strip()
+            else:
+                user_text = (await run_holding(self.decode_slots, self._hear(message.data))).strip()
+            history = await loading  # long loaded, as a rule: ASR takes far longer
+        finally:
+            loading.cancel()  # ASR failed or the turn was cancelled; no-op once done
+        if speak:
             if not user_text:
                 self.metrics.errors.labels("audio").inc()
                 await send(error_message("No speech was recognised in the audio"))
@@ -310,10 +333,10 @@ class TutorPipeline:
             await send(text_message(answer))
             self._text_sent(clock)
             if speak:
-                wav, took = await self._synthesize(answer)
+                data, took = await self._synthesize(answer, conv.pcm16_rate)
                 self.metrics.stage_seconds.labels("tts_first_chunk").observe(took)
                 self.metrics.stage_seconds.labels("tts").observe(took)
-                await send(audio_message(answer, wav))
+                await send(audio_message(answer, data, conv.pcm16_rate))
                 self._audio_sent(clock)
         if reply.history_errors:
             await send(error_message(history_error_text(reply.history_errors)))
@@ -328,6 +351,13 @@ class TutorPipeline:
             trace.get_current_span().set_attribute("audio.seconds", decoded.seconds)
             return await asr.recognize(decoded)
 
+    async def _hear_streamed(self, speech: SpeechIn) -> str:
+        """Recognise a streamed utterance: its samples arrived decoded, so only ``asr`` runs."""
+        self.metrics.audio_input_seconds.inc(speech.seconds)
+        with self.stage("asr"):
+            trace.get_current_span().set_attribute("audio.seconds", speech.seconds)
+            return await self.backends.asr.recognize(DecodedAudio(speech.samples, speech.seconds))
+
     def _text_sent(self, clock: TurnClock) -> None:
         if not clock.text_sent:
             clock.text_sent = True
@@ -338,15 +368,17 @@ class TutorPipeline:
             clock.audio_sent = True
             self.metrics.first_audio_seconds.labels(clock.mode).observe(clock.since())
 
-    async def _synthesize(self, text: str) -> tuple[bytes, float]:
-        """The speech of ``text`` and how long synthesising it took (a span each)."""
+    async def _synthesize(self, text: str, pcm16_rate: int | None) -> tuple[str, float]:
+        """The speech of ``text`` as base64 (WAV, or PCM16 at ``pcm16_rate``) and how long
+        synthesising it took (a span each). Encoding runs off the event loop."""
         started = time.perf_counter()
         with tracer.start_as_current_span("engine.tts") as span:
             wav = await self.backends.tts.synthesize(text)
             seconds = wav_seconds(wav)
             span.set_attribute("audio.seconds", seconds)
+            data = await asyncio.to_thread(encode_speech, wav, pcm16_rate)
         self.metrics.audio_output_seconds.inc(seconds)
-        return wav, time.perf_counter() - started
+        return data, time.perf_counter() - started
 
     async def _stream_reply(
         self,
@@ -359,23 +391,27 @@ class TutorPipeline:
         clock: TurnClock,
     ) -> None:
         """Deltas as tokens arrive; each finished sentence spoken while generation goes on."""
-        splitter = SentenceSplitter()
+        splitter = SentenceSplitter(first_clause_chars=self.settings.tts_first_clause_chars)
         sentences: asyncio.Queue[str | None] = asyncio.Queue()
         speaker = (
-            asyncio.create_task(self._speak(sentences, reply.id, send, clock)) if speak else None
+            asyncio.create_task(self._speak(sentences, reply.id, send, clock, conv.pcm16_rate))
+            if speak
+            else None
         )
 
         async def on_delta(piece: str) -> None:
+            for sentence in splitter.feed(piece):  # queued first: synthesis starts meanwhile
+                sentences.put_nowait(sentence)
             await send(text_delta_message(reply.id, piece))
             self._text_sent(clock)
-            for sentence in splitter.feed(piece):
-                sentences.put_nowait(sentence)
 
-        try:
-            answer = await self.generate(conv, user_text, reply, history, on_delta)
+        def on_done() -> None:  # the last sentence is spoken while the exchange is saved
             if rest := splitter.flush():
                 sentences.put_nowait(rest)
             sentences.put_nowait(None)
+
+        try:
+            answer = await self.generate(conv, user_text, reply, history, on_delta, on_done)
             chunks = await speaker if speaker else 0
         finally:
             if speaker and not speaker.done():
@@ -386,17 +422,22 @@ class TutorPipeline:
         self._text_sent(clock)  # a reply with no delta (an empty answer) still sent its text
 
     async def _speak(
-        self, sentences: asyncio.Queue[str | None], reply_id: int, send: Send, clock: TurnClock
+        self,
+        sentences: asyncio.Queue[str | None],
+        reply_id: int,
+        send: Send,
+        clock: TurnClock,
+        pcm16_rate: int | None,
     ) -> int:
         """Synthesise queued sentences in order and send each as an ``audio_chunk``."""
         index = 0
         synthesis = 0.0
         while (sentence := await sentences.get()) is not None:
-            wav, took = await self._synthesize(sentence)
+            data, took = await self._synthesize(sentence, pcm16_rate)
             synthesis += took
             if index == 0:
                 self.metrics.stage_seconds.labels("tts_first_chunk").observe(took)
-            await send(audio_chunk_message(reply_id, index, sentence, wav))
+            await send(audio_chunk_message(reply_id, index, sentence, data, pcm16_rate))
             self._audio_sent(clock)
             index += 1
         if index:

@@ -12,7 +12,9 @@ Extensions old clients never see (documented in the README):
   and ``interrupted`` when a new message cancels a reply in flight (barge-in);
 - ``options`` may also carry ``"events": true|false``: the gateway's opt-in to ``status``
   messages while the client waits for an engine. The engine accepts and ignores it; an options
-  message that names ``events`` but not ``stream`` leaves the streaming mode as it was.
+  message that names ``events`` but not ``stream`` leaves the streaming mode as it was;
+- ``options`` may carry ``"audio_format": "pcm16"`` and ``"sample_rate"``: reply audio then
+  comes as raw PCM16 at that rate, with ``format`` and ``sample_rate`` fields.
 """
 
 from __future__ import annotations
@@ -53,9 +55,53 @@ class OptionsIn:
 
     stream: bool | None  # None: unchanged (the message only named the gateway's ``events``)
     events: bool | None = None  # the gateway's opt-in; nothing for the engine to do
+    audio_format: str | None = None  # reply audio: "wav" or "pcm16"; None: unchanged
+    sample_rate: int | None = None  # of pcm16 reply audio; None: unchanged
 
+
+@dataclass(frozen=True)
+class AudioStartIn:
+    """Opens (or restarts) the connection's streamed audio input (``audio_start``)."""
+
+    vad: bool = True
+    silence_ms: int | None = None  # None: ENGINE_VAD_SILENCE_MS
+    barge_in: bool = True
+
+
+@dataclass(frozen=True)
+class AudioAppendIn:
+    """A chunk of streamed audio: raw little-endian mono PCM16 at 16 kHz (binary frame or
+    ``audio_append``)."""
+
+    pcm: bytes
+
+
+@dataclass(frozen=True)
+class AudioCommitIn:
+    """``audio_commit``: the audio since the last turn is the user's turn now."""
+
+
+@dataclass(frozen=True)
+class AudioCancelIn:
+    """``audio_cancel``: drop the audio since the last turn."""
+
+
+@dataclass(frozen=True)
+class SpeechIn:
+    """A streamed utterance, already 16 kHz float32 samples (nothing left to decode)."""
+
+    samples: Any
+    seconds: float
+
+
+AudioStreamIn = AudioStartIn | AudioAppendIn | AudioCommitIn | AudioCancelIn
+AUDIO_STREAM_TYPES = ("audio_start", "audio_append", "audio_commit", "audio_cancel")
+SILENCE_MS_RANGE = (100, 5000)
 
 PCM16_RATE = 16_000
+# Reply audio a connection may ask for with ``options``: WAV files (the default) or raw PCM16.
+OUTPUT_FORMATS = ("wav", "pcm16")
+OUTPUT_RATES = (8_000, 16_000, 22_050, 24_000, 44_100, 48_000)
 # Formats an audio message may name; all but raw PCM are recognised from the bytes anyway.
 AUDIO_FORMATS = ("wav", "webm", "ogg", "mp3", "flac", "m4a", "mp4", "pcm16")
 
@@ -155,7 +201,7 @@ def _valid_unicode(text: str) -> bool:
 
 def parse_client_frame(
     frame: str | bytes, *, max_bytes: int, max_text_chars: int
-) -> TextIn | AudioIn | OptionsIn:
+) -> TextIn | AudioIn | OptionsIn | AudioStreamIn:
     """Validate one client frame and return the message it carries, or raise ProtocolError.
 
     Pure and bounded: a frame of ``n`` characters costs O(n) time and about ``n`` bytes of
@@ -195,13 +241,31 @@ def parse_client_frame(
         events = payload.get("events")
         if events is not None and not isinstance(events, bool):
             raise ProtocolError("Options 'events' must be true or false")
-        stream = payload.get("stream", None if "events" in payload else False)
+        others = {"events", "audio_format", "sample_rate"} & payload.keys()
+        stream = payload.get("stream", None if others else False)
         if stream is not None and not isinstance(stream, bool):
             raise ProtocolError("Options 'stream' must be true or false")
-        return OptionsIn(stream=stream, events=events)
+        return OptionsIn(stream, events, *_output_audio(payload))
+    if kind in AUDIO_STREAM_TYPES:
+        return _audio_stream_message(kind, payload)
     if kind is None:
         raise ProtocolError("Message has no 'type' (expected 'text' or 'audio')")
     raise ProtocolError(f"Unknown message type: {_describe(kind)} (expected 'text' or 'audio')")
+
+
+def _output_audio(payload: dict[str, Any]) -> tuple[str | None, int | None]:
+    """The reply audio format and sample rate an ``options`` message asks for (None: unchanged)."""
+    fmt, rate = payload.get("audio_format"), payload.get("sample_rate")
+    if fmt is not None and fmt not in OUTPUT_FORMATS:
+        raise ProtocolError(
+            f"Unknown 'audio_format' {_describe(fmt)} (expected one of {', '.join(OUTPUT_FORMATS)})"
+        )
+    if rate is not None and (isinstance(rate, bool) or rate not in OUTPUT_RATES):
+        raise ProtocolError(
+            f"Unsupported 'sample_rate' {_describe(rate)} (expected one of "
+            f"{', '.join(map(str, OUTPUT_RATES))})"
+        )
+    return fmt, rate
 
 
 def _audio_file(audio: bytes, fmt: object) -> bytes:
@@ -229,15 +293,19 @@ def transcription_message(content: str) -> dict[str, Any]:
     return {"type": "transcription", "content": content, "role": "user", "timestamp": timestamp()}
 
 
-def audio_message(content: str, wav: bytes) -> dict[str, Any]:
-    """The assistant's reply as speech: its text and a base64 WAV."""
-    return {
+def audio_message(content: str, data: str, pcm16_rate: int | None = None) -> dict[str, Any]:
+    """The assistant's reply as speech: its text and base64 ``data``, a WAV file or (with
+    ``pcm16_rate``) raw PCM16 at that rate."""
+    message = {
         "type": "audio",
         "content": content,
-        "data": base64.b64encode(wav).decode("ascii"),
+        "data": data,
         "role": "assistant",
         "timestamp": timestamp(),
     }
+    if pcm16_rate is not None:
+        message |= {"format": "pcm16", "sample_rate": pcm16_rate}
+    return message
 
 
 def error_message(content: str) -> dict[str, Any]:
@@ -248,9 +316,13 @@ def error_message(content: str) -> dict[str, Any]:
 # Incremental events, sent only to connections that opted in with an ``options`` message.
 
 
-def options_message(stream: bool) -> dict[str, Any]:
-    """Acknowledges a client's ``options``."""
-    return {"type": "options", "stream": stream, "timestamp": timestamp()}
+def options_message(stream: bool, audio: tuple[str, int] | None = None) -> dict[str, Any]:
+    """Acknowledges a client's ``options``; ``audio``: the reply audio's (format, sample rate),
+    echoed to a client that named them."""
+    message: dict[str, Any] = {"type": "options", "stream": stream, "timestamp": timestamp()}
+    if audio is not None:
+        message |= {"audio_format": audio[0], "sample_rate": audio[1]}
+    return message
 
 
 def text_delta_message(reply_id: int, delta: str) -> dict[str, Any]:
@@ -264,10 +336,13 @@ def text_delta_message(reply_id: int, delta: str) -> dict[str, Any]:
     }
 
 
-def audio_chunk_message(reply_id: int, index: int, sentence: str, wav: bytes) -> dict[str, Any]:
-    """One sentence of the reply as speech (a complete base64 WAV), in order by ``index``."""
+def audio_chunk_message(
+    reply_id: int, index: int, sentence: str, data: str, pcm16_rate: int | None = None
+) -> dict[str, Any]:
+    """One sentence (or first clause) of the reply as speech, as ``audio_message``'s, in order
+    by ``index``."""
     return {
-        **audio_message(sentence, wav),
+        **audio_message(sentence, data, pcm16_rate),
         "type": "audio_chunk",
         "reply_id": reply_id,
         "index": index,
@@ -294,3 +369,73 @@ def interrupted_message(reply_id: int, partial: str) -> dict[str, Any]:
         "reason": "A new message arrived; the previous reply was cancelled",
         "timestamp": timestamp(),
     }
+
+
+# Streamed audio input (opt-in with ``audio_start``; see the README).
+
+
+def pcm16_chunk(pcm: bytes) -> AudioAppendIn:
+    """A binary frame (or decoded ``audio_append``) as a chunk of streamed PCM16."""
+    if not pcm:
+        raise ProtocolError("Audio chunk is empty")
+    if len(pcm) % 2:
+        raise ProtocolError("Audio chunk must have an even number of bytes (PCM16)")
+    return AudioAppendIn(pcm)
+
+
+def _flag(payload: dict[str, Any], name: str, default: bool) -> bool:
+    value = payload.get(name, default)
+    if not isinstance(value, bool):
+        raise ProtocolError(f"audio_start '{name}' must be true or false")
+    return value
+
+
+def _audio_stream_message(kind: str, payload: dict[str, Any]) -> AudioStreamIn:
+    if kind == "audio_commit":
+        return AudioCommitIn()
+    if kind == "audio_cancel":
+        return AudioCancelIn()
+    if kind == "audio_append":
+        data = payload.get("data")
+        if not isinstance(data, str) or not data:
+            raise ProtocolError("audio_append needs a non-empty base64 string 'data'")
+        try:
+            return pcm16_chunk(base64.b64decode(data, validate=True))
+        except (binascii.Error, ValueError) as exc:
+            if isinstance(exc, ProtocolError):
+                raise
+            raise ProtocolError("audio_append 'data' is not valid base64") from exc
+    fmt, rate = payload.get("format", "pcm16"), payload.get("sample_rate", PCM16_RATE)
+    if fmt != "pcm16":
+        raise ProtocolError(
+            f"audio_start 'format' {_describe(fmt)} is not supported (expected 'pcm16')"
+        )
+    if rate != PCM16_RATE or isinstance(rate, bool):
+        raise ProtocolError(
+            f"audio_start 'sample_rate' {_describe(rate)} is not supported (expected {PCM16_RATE})"
+        )
+    silence = payload.get("silence_ms")
+    low, high = SILENCE_MS_RANGE
+    if silence is not None and (
+        isinstance(silence, bool) or not isinstance(silence, int) or not low <= silence <= high
+    ):
+        raise ProtocolError(f"audio_start 'silence_ms' must be an integer from {low} to {high}")
+    return AudioStartIn(_flag(payload, "vad", True), silence, _flag(payload, "barge_in", True))
+
+
+def audio_start_message(vad: bool, silence_ms: int, barge_in: bool) -> dict[str, Any]:
+    """Acknowledges ``audio_start`` with the values in effect."""
+    return {
+        "type": "audio_start",
+        "format": "pcm16",
+        "sample_rate": PCM16_RATE,
+        "vad": vad,
+        "silence_ms": silence_ms,
+        "barge_in": barge_in,
+        "timestamp": timestamp(),
+    }
+
+
+def speech_message(kind: str, audio_ms: int) -> dict[str, Any]:
+    """``speech_started`` / ``speech_stopped``: the VAD's verdict, at ``audio_ms`` of the stream."""
+    return {"type": kind, "audio_ms": audio_ms, "timestamp": timestamp()}

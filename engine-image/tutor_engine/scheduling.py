@@ -1,7 +1,8 @@
 """Fair sharing of one engine between its sessions.
 
 - ``FairSlots``: at most ``limit`` holders at once, granted strictly first come, first served
-  (a released slot goes to the oldest waiter, never to a newcomer that arrives meanwhile).
+  (a released slot goes to the oldest waiter, never to a newcomer that arrives meanwhile);
+  a waiter may ask with a ``priority`` (lower first; FIFO among equals).
 - ``TurnScheduler``: each session runs one turn at a time, and a turn then takes one of the
   engine's ``max_concurrent_turns`` slots. A session that sends many messages therefore waits
   for its own turns, while every other session's next turn queues once, in arrival order:
@@ -14,7 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections import deque
+import heapq
+import itertools
 from collections.abc import AsyncIterator, Coroutine
 from typing import Any, TypeVar
 
@@ -22,14 +24,16 @@ T = TypeVar("T")
 
 
 class FairSlots:
-    """A FIFO semaphore: ``limit`` slots, waiters served in the order they asked."""
+    """A FIFO semaphore: ``limit`` slots, waiters served by priority, then in the order they
+    asked."""
 
     def __init__(self, limit: int) -> None:
         if limit < 1:
             raise ValueError("FairSlots needs at least one slot")
         self.limit = limit
         self._free = limit
-        self._waiters: deque[asyncio.Future[None]] = deque()
+        self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []  # a heap
+        self._order = itertools.count()
 
     @property
     def in_use(self) -> int:
@@ -37,27 +41,26 @@ class FairSlots:
 
     @property
     def waiting(self) -> int:
-        return sum(1 for w in self._waiters if not w.done())
+        return sum(1 for _, _, w in self._waiters if not w.done())
 
-    async def acquire(self) -> None:
+    async def acquire(self, priority: int = 0) -> None:
         if self._free and not self.waiting:
             self._free -= 1
             return
         waiter = asyncio.get_running_loop().create_future()
-        self._waiters.append(waiter)
+        heapq.heappush(self._waiters, (priority, next(self._order), waiter))
         try:
             await waiter
         except asyncio.CancelledError:
             if waiter.done() and not waiter.cancelled():
                 self.release()  # granted just as we were cancelled: pass it on
             else:
-                with contextlib.suppress(ValueError):
-                    self._waiters.remove(waiter)
+                waiter.cancel()  # skipped (and dropped) by release
             raise
 
     def release(self) -> None:
         while self._waiters:
-            waiter = self._waiters.popleft()
+            _, _, waiter = heapq.heappop(self._waiters)
             if not waiter.done():
                 waiter.set_result(None)  # the slot passes straight to the oldest waiter
                 return
@@ -102,14 +105,15 @@ class TurnScheduler:
         return self.slots.waiting
 
 
-async def run_holding(slots: FairSlots, work: Coroutine[Any, Any, T]) -> T:
-    """Await ``work`` in a slot; if the caller is cancelled, the slot is kept until it ends.
+async def run_holding(slots: FairSlots, work: Coroutine[Any, Any, T], priority: int = 0) -> T:
+    """Await ``work`` in a slot (asked with ``priority``); if the caller is cancelled, the slot
+    is kept until it ends.
 
     Work that runs in a thread cannot be cancelled: releasing its slot early would let more
     of it run at once than the limit says.
     """
     try:
-        await slots.acquire()
+        await slots.acquire(priority)
     except BaseException:
         work.close()
         raise

@@ -47,13 +47,12 @@ class KeyedLimiter:
 
     async def acquire(self, key: str, amount: float = 1) -> bool:
         """Count ``amount`` units for ``key`` if they fit now; False (not counted) if they do
-        not. An amount over ``burst`` is counted as ``burst`` (it fits only an empty bucket)."""
+        not. An amount over ``burst`` never fits."""
         bucket = self._buckets.get(key)
         if bucket is None:
             bucket = AsyncLimiter(self.burst, self.period)
         self._buckets[key] = bucket  # kept another ``period`` from now
-        amount = min(amount, self.burst)
-        if not bucket.has_capacity(amount):
+        if amount > self.burst or not bucket.has_capacity(amount):
             return False
         await bucket.acquire(amount)  # there is room: returns at once
         return True

@@ -7,6 +7,7 @@ import io
 import json
 import wave
 
+import numpy as np
 import pytest
 from tutor_engine.protocol import (
     AudioIn,
@@ -17,8 +18,10 @@ from tutor_engine.protocol import (
     final_message,
     interrupted_message,
     parse_client_frame,
+    pcm16_to_wav,
     text_delta_message,
 )
+from tutor_engine.speech_out import encode_speech
 
 
 def parse(payload: object) -> TextIn | AudioIn | OptionsIn:
@@ -34,6 +37,28 @@ def test_seed_messages_parse() -> None:
 def test_options_opt_in_and_out() -> None:
     assert parse({"type": "options", "stream": True}) == OptionsIn(stream=True)
     assert parse({"type": "options"}) == OptionsIn(stream=False)
+
+
+def test_options_choose_the_reply_audio_without_changing_the_stream_mode() -> None:
+    options = parse({"type": "options", "audio_format": "pcm16", "sample_rate": 24000})
+    assert options == OptionsIn(stream=None, audio_format="pcm16", sample_rate=24000)
+    assert parse({"type": "options", "stream": True, "audio_format": "wav"}) == OptionsIn(
+        stream=True, audio_format="wav"
+    )
+
+
+@pytest.mark.parametrize(
+    ("payload", "error"),
+    [
+        ({"audio_format": "mp3"}, "expected one of wav, pcm16"),
+        ({"audio_format": "pcm16", "sample_rate": 12345}, "expected one of 8000, 16000"),
+        ({"sample_rate": True}, "Unsupported 'sample_rate' True"),
+        ({"sample_rate": "16000"}, "Unsupported 'sample_rate' '16000'"),
+    ],
+)
+def test_bad_reply_audio_options_name_the_allowed_values(payload: dict, error: str) -> None:
+    with pytest.raises(ProtocolError, match=error):
+        parse({"type": "options", **payload})
 
 
 def test_raw_pcm16_arrives_as_a_16khz_wav() -> None:
@@ -70,8 +95,8 @@ def test_bad_frames_get_clear_errors(payload: object, error: str) -> None:
 
 def test_stream_events_carry_the_reply_id() -> None:
     assert text_delta_message(3, "Hel")["reply_id"] == 3
-    chunk = audio_chunk_message(3, 1, "Hello there.", b"RIFF")
-    assert chunk["type"] == "audio_chunk"
+    chunk = audio_chunk_message(3, 1, "Hello there.", base64.b64encode(b"RIFF").decode())
+    assert chunk["type"] == "audio_chunk" and "format" not in chunk
     assert (chunk["index"], chunk["content"], base64.b64decode(chunk["data"])) == (
         1,
         "Hello there.",
@@ -136,3 +161,15 @@ def test_a_huge_unknown_type_is_described_briefly() -> None:
 def test_small_numbers_and_unicode_are_fine() -> None:
     frame = '{"type": "text", "content": "caf\\u00e9 \\ud83d\\ude00", "n": 12, "x": 1.5}'
     assert parse_raw(frame) == TextIn("café 😀")
+
+
+def test_reply_audio_is_resampled_as_pcm16_keeping_its_length_and_pitch() -> None:
+    t = np.arange(22050) / 22050  # one second of a 440 Hz tone at Piper joe's rate
+    tone = (8000 * np.sin(2 * np.pi * 440 * t)).astype("<i2")
+    wav = pcm16_to_wav(tone.tobytes(), 22050)
+    assert base64.b64decode(encode_speech(wav, None)) == wav  # WAV: as the TTS made it
+    out = np.frombuffer(base64.b64decode(encode_speech(wav, 16000)), dtype="<i2")
+    assert abs(len(out) - 16000) <= 32
+    crossings = np.count_nonzero(np.diff(np.signbit(out[100:-100])))
+    assert abs(crossings / 2 / ((len(out) - 200) / 16000) - 440) < 5
+    assert base64.b64decode(encode_speech(wav, 22050)) == tone.tobytes()  # same rate: as is

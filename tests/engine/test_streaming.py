@@ -9,7 +9,15 @@ from collections.abc import Iterator
 import pytest
 import websockets
 from tutor_engine.backends import Backends
-from tutor_engine.backends.mock import MockASR, MockLLM, MockTTS, make_wav, read_wav_comment
+from tutor_engine.backends.mock import (
+    SAMPLE_RATE,
+    SECONDS_PER_CHAR,
+    MockASR,
+    MockLLM,
+    MockTTS,
+    make_wav,
+    read_wav_comment,
+)
 from tutor_engine.text import split_sentences
 
 from .conftest import Running, engine, recv, recv_until, serve
@@ -48,7 +56,11 @@ async def test_opting_in_by_first_message_streams_deltas_chunks_and_a_final(
     assert "".join(deltas).strip() == final["content"]
     chunks = [e for e in events if e["type"] == "audio_chunk"]
     assert [c["index"] for c in chunks] == list(range(final["audio_chunks"]))
-    assert [c["content"] for c in chunks] == split_sentences(final["content"])
+    # The first chunk is the first clause long enough to say, then whole sentences.
+    assert [c["content"] for c in chunks] == split_sentences(
+        final["content"], first_clause_chars=12
+    )
+    assert chunks[0]["content"] == "Tutor 0 heard:"
     for chunk in chunks:  # each chunk is the speech of its own sentence
         assert read_wav_comment(base64.b64decode(chunk["data"])) == chunk["content"]
     assert not [e for e in events if e["type"] == "audio"]
@@ -96,3 +108,71 @@ async def test_a_plain_client_is_never_interrupted(slow_engine: Running) -> None
         first, second = await recv(ws), await recv(ws)
     assert first["content"].startswith("Tutor 7 heard: one.")
     assert second["content"].startswith("Tutor 7 heard: two.")
+
+
+def pcm16_samples(message: dict) -> int:
+    """The samples of a raw PCM16 ``audio``/``audio_chunk`` message."""
+    assert (message["format"], message["sample_rate"]) == ("pcm16", 8000)
+    data = base64.b64decode(message["data"])
+    assert len(data) % 2 == 0 and not data.startswith(b"RIFF")
+    return len(data) // 2
+
+
+def mock_samples(text: str, rate: int) -> int:
+    """How many samples MockTTS's speech of ``text`` has once resampled to ``rate``."""
+    return int(len(text) * SECONDS_PER_CHAR * SAMPLE_RATE) * rate // SAMPLE_RATE
+
+
+async def test_streamed_audio_chunks_can_be_raw_pcm16_at_a_chosen_rate(
+    mock_engine: Running,
+) -> None:
+    async with websockets.connect(f"{mock_engine.ws}/ws/pcm1") as ws:
+        await ws.send('{"type": "options", "stream": true, "audio_format": "pcm16"}')
+        options = await recv(ws)
+        assert (options["stream"], options["audio_format"], options["sample_rate"]) == (
+            True,
+            "pcm16",
+            16000,
+        )
+        await ws.send('{"type": "options", "sample_rate": 8000}')  # streaming stays on
+        options = await recv(ws)
+        assert (options["stream"], options["audio_format"], options["sample_rate"]) == (
+            True,
+            "pcm16",
+            8000,
+        )
+        await ws.send(audio_frame("Explain recursion to me please."))
+        chunks = [e for e in await recv_until(ws, "text") if e["type"] == "audio_chunk"]
+    assert chunks
+    for chunk in chunks:  # the mock's 16 kHz speech, resampled to 8 kHz
+        assert abs(pcm16_samples(chunk) - mock_samples(chunk["content"], 8000)) <= 32
+
+
+async def test_plain_clients_get_pcm16_too_and_wav_again_when_they_ask(
+    mock_engine: Running,
+) -> None:
+    async with websockets.connect(f"{mock_engine.ws}/ws/pcm2") as ws:
+        await ws.send('{"type": "options", "audio_format": "pcm16", "sample_rate": 8000}')
+        assert (await recv(ws))["stream"] is False
+        await ws.send(audio_frame("What is a prime number?"))
+        events = [await recv(ws) for _ in range(3)]
+        assert [e["type"] for e in events] == ["transcription", "text", "audio"]
+        assert abs(pcm16_samples(events[2]) - mock_samples(events[2]["content"], 8000)) <= 32
+        await ws.send('{"type": "options", "audio_format": "wav"}')
+        assert (await recv(ws))["audio_format"] == "wav"
+        await ws.send(audio_frame("And now?"))
+        audio = [await recv(ws) for _ in range(3)][2]
+    assert set(audio) == {"type", "content", "data", "role", "timestamp"}  # the seed's
+    assert read_wav_comment(base64.b64decode(audio["data"])) == audio["content"]
+
+
+async def test_bad_audio_options_get_an_error_naming_the_allowed_values(
+    mock_engine: Running,
+) -> None:
+    async with websockets.connect(f"{mock_engine.ws}/ws/pcm3?stream=1") as ws:
+        await ws.send('{"type": "options", "audio_format": "pcm16", "sample_rate": 44000}')
+        error = await recv(ws)
+        await ws.send('{"type": "text", "content": "hi"}')
+        assert (await recv(ws))["type"] == "text_delta"  # still streaming
+    assert error["type"] == "error"
+    assert "8000, 16000, 22050, 24000, 44100, 48000" in error["content"]

@@ -63,3 +63,43 @@ def test_a_long_run_without_punctuation_is_cut_at_a_comma_or_space() -> None:
 def test_speakable_drops_markdown() -> None:
     md = "# Title\n**Bold** and `code` with a [link](http://x).\n```py\nprint(1)\n```\n- item"
     assert speakable(md) == "Title Bold and code with a link. item"
+
+
+def first_clauses(text: str, size: int, chars: int = 12) -> list[str]:
+    """Like ``stream``, with the first piece allowed to end at a clause of ``chars``."""
+    splitter = SentenceSplitter(first_clause_chars=chars)
+    out = [s for i in range(0, len(text), size) for s in splitter.feed(text[i : i + size])]
+    rest = splitter.flush()
+    return [*out, rest] if rest else out
+
+
+@pytest.mark.parametrize("size", [1, 3, 1000])
+def test_the_first_piece_ends_at_a_clause_long_enough_to_say(size: int) -> None:
+    text = "Well, a prime number, like 7, has two divisors. Then, later, sentences stay whole."
+    assert first_clauses(text, size) == [
+        "Well, a prime number,",
+        "like 7, has two divisors.",
+        "Then, later, sentences stay whole.",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("text", "first"),
+    [
+        ("Tutor 1 heard: what is 3,000 times 2?", "Tutor 1 heard:"),
+        ("We met at 10:30 today; it was fun.", "We met at 10:30 today;"),
+        ("Fruits, e.g., apples are sweet.", "Fruits, e.g., apples are sweet."),
+        ("A well-known idea - simple and old.", "A well-known idea -"),
+        ("A simple idea — old and true.", "A simple idea —"),
+    ],
+)
+def test_clause_marks_inside_numbers_words_and_abbreviations_do_not_cut(
+    text: str, first: str
+) -> None:
+    assert first_clauses(text, 1)[0] == first
+
+
+def test_without_first_clause_chars_the_first_piece_is_a_sentence() -> None:
+    text = "Well, a prime number, like 7, has two divisors."
+    assert stream(text, 1) == [text]
+    assert split_sentences(text, first_clause_chars=12)[0] == "Well, a prime number,"

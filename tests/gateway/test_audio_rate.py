@@ -1,5 +1,6 @@
 """Streamed audio through the gateway: binary frames are admitted by bytes
-(MAX_AUDIO_BYTES_PER_SECOND), not as messages (MAX_MESSAGES_PER_SECOND)."""
+(MAX_AUDIO_BYTES_PER_SECOND), not as messages (MAX_MESSAGES_PER_SECOND); units, then a real
+local-mode gateway and engine."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from tutor_gateway.config import GatewaySettings
 from tutor_gateway.ratelimit import KeyedLimiter
 from tutor_gateway.service import Gateway
 from tutor_gateway.sessions import SqliteSessionStore
+
+from .helpers import create_session, open_ws, recv
 
 CHUNK = 640  # 20 ms of 16 kHz PCM16
 
@@ -26,8 +29,8 @@ def test_a_bucket_counts_amounts_and_refuses_what_does_not_fit() -> None:
         assert not await limiter.acquire("s", 2000)  # refused, not counted
         assert await limiter.acquire("s", 1000)
         other = KeyedLimiter(rate=1000, burst=3000)
-        assert await other.acquire("s", 10_000)  # over the burst: fits an empty bucket only
-        assert not await other.acquire("s", 1)
+        assert not await other.acquire("s", 3001)  # over the burst: never fits
+        assert await other.acquire("s", 3000)  # and was not counted
 
     asyncio.run(scenario())
 
@@ -58,3 +61,29 @@ def test_binary_frames_count_bytes_not_messages(tmp_path: Path) -> None:
         await store.close()
 
     asyncio.run(scenario())
+
+
+def test_a_real_gateway_forwards_audio_frames_within_the_byte_rate_and_refuses_the_rest(
+    gateway_factory,
+) -> None:
+    gateway = gateway_factory(
+        max_messages_per_second=0.01,
+        max_messages_burst=2,
+        max_audio_bytes_per_second=1000,
+        max_audio_burst_bytes=64000,
+    )
+    session = create_session(gateway, tutor_id=3)
+    with open_ws(gateway, session) as ws:
+        # One message of the budget of two opens the stream (no VAD: commit ends the turn).
+        ws.send('{"type": "audio_start", "format": "pcm16", "sample_rate": 16000, "vad": false}')
+        assert recv(ws)["type"] == "audio_start"
+        silence = bytes(CHUNK)
+        for _ in range(50):  # 1 s of audio in 20 ms frames, far over the message burst
+            ws.send(silence)
+        ws.send(bytes(64002))  # over the burst: never forwarded
+        refused = recv(ws)
+        assert refused["type"] == "error" and "MAX_AUDIO_BYTES_PER_SECOND" in refused["content"]
+        # The second message: the engine heard the second of audio, not the refused frame.
+        ws.send('{"type": "audio_commit"}')
+        heard = recv(ws)
+        assert heard == {**heard, "type": "transcription", "content": "(speech, 1.00 seconds)"}

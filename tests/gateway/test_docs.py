@@ -30,7 +30,13 @@ import jsonschema
 import pytest
 from tutor_contract.version import distribution_version
 from tutor_engine.backends.mock import make_wav
-from tutor_engine.protocol import AUDIO_FORMATS, ProtocolError, parse_client_frame
+from tutor_engine.protocol import (
+    AUDIO_FORMATS,
+    OUTPUT_FORMATS,
+    OUTPUT_RATES,
+    ProtocolError,
+    parse_client_frame,
+)
 from tutor_gateway import auth, frames
 from tutor_gateway.api import responses
 from tutor_gateway.startup import STATES, STATUS_INTERVAL_SECONDS
@@ -411,7 +417,10 @@ def test_asyncapi_structure() -> None:
     schemas = doc["components"]["schemas"]
     assert schemas["Status"]["properties"]["state"]["enum"] == list(STATES)
     assert schemas["ClientAudio"]["properties"]["format"]["enum"] == list(AUDIO_FORMATS)
-    assert set(schemas["ClientOptions"]["properties"]) == {"type", "stream", "events"}
+    options = schemas["ClientOptions"]["properties"]
+    assert set(options) == {"type", "stream", "events", "audio_format", "sample_rate"}
+    assert options["audio_format"]["enum"] == list(OUTPUT_FORMATS)
+    assert options["sample_rate"]["enum"] == list(OUTPUT_RATES)
     # Every message's examples fit its payload.
     for message_id, message in doc["components"]["messages"].items():
         validator = payload_validator(doc, message_id)

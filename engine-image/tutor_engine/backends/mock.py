@@ -157,8 +157,8 @@ class MockASR:
         return DecodedAudio(comment, duration)
 
     async def recognize(self, audio: DecodedAudio) -> str:
-        if audio.samples is not None:
-            return str(audio.samples)
+        if isinstance(audio.samples, str):
+            return audio.samples
         return f"(speech, {audio.seconds:.2f} seconds)"
 
     async def transcribe(self, audio: bytes) -> str:

@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import threading
+import weakref
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from tutor_contract.cores import available_cores
+
 from ..config import EngineSettings
 from ..protocol import pcm16_to_wav
+from ..scheduling import FairSlots, run_holding
 from ..text import speakable
 
 log = logging.getLogger("tutor_engine.tts")
@@ -29,34 +36,83 @@ class PiperTTS:
     def __init__(self, settings: EngineSettings) -> None:
         self.settings = settings
         self._voice: Any = None
+        # Syntheses of different sessions run side by side, at most tts_concurrency at once;
+        # a waiting synthesis goes ahead of those whose task (one reply's speaker) has had
+        # more already, so a reply's first sentence never waits behind another's third.
+        self._pool = ThreadPoolExecutor(settings.tts_concurrency, thread_name_prefix="tutor-tts")
+        self._slots = FairSlots(settings.tts_concurrency)
+        self._served: weakref.WeakKeyDictionary[asyncio.Task[Any], int] = (
+            weakref.WeakKeyDictionary()
+        )
 
     async def load(self) -> None:
         """Load the voice and synthesise one word to warm it."""
         self._voice = await asyncio.to_thread(self._load)
 
     def _load(self) -> Any:
-        from piper import PiperVoice
-
         s = self.settings
         model, config = (s.tts_model, s.tts_config) if s.tts_model else bundled_voice()
         if not Path(model).is_file():
             raise FileNotFoundError(f"Piper voice not found: {model}")
         use_cuda = s.tts_device == "cuda" or (s.tts_device == "auto" and _onnx_has_cuda())
-        voice = PiperVoice.load(model, config_path=config or None, use_cuda=use_cuda)
+        threads = s.tts_threads or max(1, available_cores() // s.tts_concurrency)
+        voice = load_voice(model, config or f"{model}.json", use_cuda, threads)
         list(voice.synthesize("Hello."))
-        log.info("piper voice %s loaded (%s)", Path(model).name, "cuda" if use_cuda else "cpu")
+        log.info(
+            "piper voice %s loaded (%s): %d at once x %d threads",
+            Path(model).name,
+            "cuda" if use_cuda else "cpu",
+            s.tts_concurrency,
+            threads,
+        )
         return voice
 
     async def close(self) -> None:
         self._voice = None
 
     async def synthesize(self, text: str) -> bytes:
-        return await asyncio.to_thread(self._synthesize, text)
+        task = asyncio.current_task()
+        served = self._served.get(task, 0) if task else 0
+        if task:
+            self._served[task] = served + 1
+        return await run_holding(self._slots, self._in_pool(text), priority=served)
+
+    async def _in_pool(self, text: str) -> bytes:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, self._synthesize, text)
 
     def _synthesize(self, text: str) -> bytes:
         chunks = self._voice.synthesize(speakable(text))
         pcm = b"".join(chunk.audio_int16_bytes for chunk in chunks)
         return pcm16_to_wav(pcm, self._voice.config.sample_rate)
+
+
+_PHONEMIZE = threading.Lock()  # espeak-ng, which Piper phonemizes with, is not thread-safe
+
+
+def load_voice(model: str, config: str, use_cuda: bool, threads: int) -> Any:
+    """A Piper voice whose ONNX session runs ``threads`` intra-op threads (one session, shared
+    by every synthesis: ONNX Runtime's ``run`` is thread-safe; phonemizing takes a lock)."""
+    import onnxruntime
+    from piper import PiperConfig, PiperVoice
+
+    class Voice(PiperVoice):
+        def phonemize(self, text: str) -> list[list[str]]:
+            with _PHONEMIZE:
+                return super().phonemize(text)
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    providers: list[Any] = (
+        [("CUDAExecutionProvider", {"cudnn_conv_algo_search": "HEURISTIC"})]
+        if use_cuda
+        else ["CPUExecutionProvider"]
+    )
+    with open(config, encoding="utf-8") as file:
+        voice_config = PiperConfig.from_dict(json.load(file))
+    session = onnxruntime.InferenceSession(model, sess_options=options, providers=providers)
+    return Voice(session=session, config=voice_config)
 
 
 def _onnx_has_cuda() -> bool:

@@ -1,0 +1,57 @@
+"""How many CPU cores this process may really use: the cgroup's CPU quota, bounded by affinity.
+
+In a container, ``os.cpu_count()`` is the host's count; the limit that matters is the cgroup's
+quota (v2 ``cpu.max``, v1 ``cpu.cfs_quota_us`` / ``cpu.cfs_period_us``), rounded up, and never
+more than the cores ``sched_getaffinity`` allows.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+CGROUP = Path("/sys/fs/cgroup")
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return None
+
+
+def cgroup_quota(root: Path = CGROUP) -> float | None:
+    """The CPU quota in cores (e.g. 1.5), or None if unlimited or unknown."""
+    if (v2 := _read(root / "cpu.max")) is not None:
+        quota, _, period = v2.partition(" ")
+        if quota != "max" and period:
+            return int(quota) / int(period)
+        return None
+    for folder in (root / "cpu", root / "cpu,cpuacct", root):
+        quota, period = _read(folder / "cpu.cfs_quota_us"), _read(folder / "cpu.cfs_period_us")
+        if quota is not None and period is not None:
+            if int(quota) > 0 and int(period) > 0:
+                return int(quota) / int(period)
+            return None
+    return None
+
+
+def affinity_cores() -> int:
+    """Cores the scheduler lets this process run on."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):  # not Linux
+        return os.cpu_count() or 1
+
+
+def available_cores(root: Path = CGROUP) -> int:
+    """Cores this process may use: the cgroup quota rounded up, at most the affinity, at least 1."""
+    cores = affinity_cores()
+    try:
+        quota = cgroup_quota(root)
+    except ValueError:  # a file in an unexpected format: trust the affinity
+        quota = None
+    if quota is not None:
+        cores = min(cores, max(1, math.ceil(quota)))
+    return max(1, cores)
