@@ -73,10 +73,13 @@ lint: $(VENV)/.installed-test ## Ruff lint and format check
 	$(BIN)/ruff format --check .
 
 .PHONY: bench
-bench: $(VENV)/.installed-test ## Run the benchmarks; JSON results in bench/results/
+bench: $(VENV)/.installed-test browser-deps ## Run the benchmarks; JSON results in bench/results/ (bench/README.md)
 	$(PY) -m bench.relay
+	$(PY) -m bench.gateway_memory
 	$(PY) -m bench.cluster
 	$(PY) -m bench.voice_pipeline
+	$(PY) -m bench.speakers
+	$(PY) -m bench.streaming_input
 	$(PY) -m bench.failover
 	$(PY) -m bench.history_store
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from tutor_contract.cores import available_cores
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -66,13 +67,20 @@ def latency_summary(seconds: Sequence[float]) -> dict[str, float]:
 
 
 def write_result(name: str, result: dict[str, Any]) -> Path:
-    """Write ``bench/results/<name>.json`` with machine facts, and return its path."""
+    """Write ``bench/results/<name>.json`` with machine facts, and return its path.
+
+    ``machine.cores`` is what this process may use (the cgroup quota, the affinity); ``cpus``
+    the host's count. Figures from machines with other core counts are not comparable."""
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / f"{name}.json"
     result = {
         "benchmark": name,
         "python": sys.version.split()[0],
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+        "machine": {
+            "cores": available_cores(),
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+        },
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         **result,
     }
