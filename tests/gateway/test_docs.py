@@ -5,7 +5,8 @@ pages load only the gateway's own assets; each REST operation is documented once
 example for every response that a real gateway's answer matches; ``/asyncapi.yaml`` is a valid
 AsyncAPI 3.0 document (the official JSON schema, vendored in ``tests/support/asyncapi``) and
 every message the gateway and engines really send in a scripted conversation (text, audio,
-streaming, a barge-in, errors, cold-start ``status`` events, the token subprotocol) validates
+streaming, a barge-in, errors, cold-start ``status`` events, streamed audio input with a
+commit and with the server's VAD, the token subprotocol) validates
 against its payload schema, each server message of the document seen at least once.
 """
 
@@ -13,12 +14,14 @@ from __future__ import annotations
 
 import base64
 import copy
+import io
 import json
 import re
 import shutil
 import subprocess
 import sys
 import time
+import wave
 import zipfile
 from collections import Counter
 from html.parser import HTMLParser
@@ -54,7 +57,16 @@ ROOT = Path(__file__).resolve().parents[2]
 ASYNCAPI_FILE = ROOT / "gateway" / "tutor_gateway" / "asyncapi.yaml"
 ASYNCAPI_SCHEMA = ROOT / "tests" / "support" / "asyncapi" / "asyncapi-3.0.0.schema.json"
 KEY = "docs-test-key-Jq3vX8mN2pL5rT9wY4zB6cD1"
-CLIENT_MESSAGES = {"clientText", "clientAudio", "clientOptions"}
+CLIENT_MESSAGES = {
+    "clientText",
+    "clientAudio",
+    "clientOptions",
+    "clientAudioStart",
+    "clientAudioFrame",
+    "clientAudioAppend",
+    "clientAudioCommit",
+    "clientAudioCancel",
+}
 
 
 # --- helpers -----------------------------------------------------------------------------------
@@ -453,6 +465,12 @@ VALID_CLIENT = [
     {"type": "options", "stream": True},
     {"type": "options", "events": True},
     {"type": "options"},
+    {"type": "audio_start"},
+    {"type": "audio_start", "format": "pcm16", "sample_rate": 16000, "vad": False},
+    {"type": "audio_start", "silence_ms": 300, "barge_in": False},
+    {"type": "audio_append", "data": "AAABAA=="},
+    {"type": "audio_commit"},
+    {"type": "audio_cancel"},
 ]
 INVALID_CLIENT = [
     {"type": "text", "content": ""},
@@ -465,6 +483,12 @@ INVALID_CLIENT = [
     {"type": "audio", "data": "AAAA", "format": "avi"},
     {"type": "options", "stream": "yes"},
     {"type": "options", "events": 1},
+    {"type": "audio_start", "sample_rate": 48000},
+    {"type": "audio_start", "format": "wav"},
+    {"type": "audio_start", "silence_ms": 50},
+    {"type": "audio_start", "vad": "yes"},
+    {"type": "audio_append"},
+    {"type": "audio_append", "data": ""},
     {"type": "video"},
     {"content": "no type"},
 ]
@@ -503,6 +527,14 @@ def test_the_wheel_ships_the_asyncapi_document(tmp_path: Path) -> None:
     assert "Requires-Dist: fastapi-offline" in archive.read(metadata).decode()
 
 
+def spoken_pcm() -> bytes:
+    """A spoken question as raw 16 kHz PCM16 (espeak-ng: real speech for the server's VAD)."""
+    from bench.questions import spoken
+
+    with wave.open(io.BytesIO(spoken("short"))) as wav:
+        return wav.readframes(wav.getnframes())
+
+
 # --- what the servers really send --------------------------------------------------------------
 
 
@@ -516,7 +548,7 @@ class Conversation:
 
     def send(self, message: Any) -> None:
         self.client.append(message)
-        self.ws.send(message if isinstance(message, str) else json.dumps(message))
+        self.ws.send(message if isinstance(message, str | bytes) else json.dumps(message))
 
     def recv(self, timeout: float = 60) -> tuple[str, dict[str, Any]]:
         message = json.loads(self.ws.recv(timeout=timeout))
@@ -577,6 +609,24 @@ def test_every_message_the_servers_send_fits_the_document(
         talk.send({"type": "options", "stream": False})
         assert talk.until("options") == ["options"]
         talk.send({"type": "text", "content": "still there?"})
+        assert talk.until("text") == ["text"]
+        # Streamed audio input: push to talk (commit), then the server's VAD ending the turn.
+        talk.send({"type": "audio_start", "vad": False})
+        assert talk.until("audioStarted") == ["audioStarted"]
+        speech = spoken_pcm()
+        talk.send(speech[:32000])  # a binary frame
+        talk.send({"type": "audio_append", "data": base64.b64encode(speech[32000:64000]).decode()})
+        talk.send({"type": "audio_commit"})
+        assert talk.until("audio") == ["transcription", "text", "audio"]
+        talk.send({"type": "audio_start", "silence_ms": 300})
+        assert talk.until("audioStarted") == ["audioStarted"]
+        for i in range(0, len(speech), 3200):  # 100 ms frames
+            talk.send(speech[i : i + 3200])
+        talk.send(bytes(32000))  # 1 s of silence
+        heard = talk.until("audio")
+        assert heard == ["speechStarted", "speechStopped", "transcription", "text", "audio"]
+        talk.send({"type": "audio_cancel"})  # nothing buffered: settled without a message
+        talk.send({"type": "text", "content": "and now typed"})
         assert talk.until("text") == ["text"]
 
     # The split-mode path, the token as a subprotocol.
