@@ -53,3 +53,14 @@ def seconds(wav: bytes) -> float:
     """The duration of a WAV file."""
     with wave.open(io.BytesIO(wav)) as w:
         return w.getnframes() / w.getframerate()
+
+
+def speech_end(wav: bytes, floor: float = 0.01) -> float:
+    """Where the speech of a PCM16 WAV ends (its last sample above ``floor`` of full scale), in
+    seconds: espeak-ng's files end with ~0.4 s of silence."""
+    import numpy as np
+
+    with wave.open(io.BytesIO(wav)) as w:
+        samples = np.frombuffer(w.readframes(w.getnframes()), "<i2")
+        loud = np.nonzero(np.abs(samples) > floor * 32768)[0]
+        return (int(loud[-1]) + 1) / w.getframerate() if loud.size else 0.0

@@ -7,13 +7,15 @@ a streaming client (``options`` ``stream: true``) speaks each question of ``benc
 
 - ``vad``: server-side VAD ends the turn (silence keeps coming, as from an open mic), with the
   default silence (ENGINE_VAD_SILENCE_MS) and with ``silence_ms`` 300;
-- ``commit``: the client sends ``audio_commit`` right after the last chunk of the question;
+- ``commit``: the client sends ``audio_commit`` right after the last chunk of the recording;
 - ``upload``: the reference, today's protocol: the whole WAV in one ``audio`` message at the
-  end of speech.
+  end of the recording.
 
-Each figure is measured from the moment the last sample of the question was sent (its end of
-speech in real time) to the first ``audio_chunk``; p50/min/max over ``--repeats`` turns (a
-warm-up turn first). Writes bench/results/streaming_input.json.
+Each figure is measured from the end of speech in the audio (its last voiced sample,
+``questions.speech_end``: espeak-ng's recordings end with ~0.4 s of silence, which the commit
+and upload variants wait out as a user letting go of a button would, and in which the VAD
+already counts its silence) to the first ``audio_chunk``; p50/min/max over ``--repeats`` turns
+(a warm-up turn first). Writes bench/results/streaming_input.json.
 
     python -m bench.streaming_input [--repeats 3] [--chunk-ms 40]
 """
@@ -63,13 +65,15 @@ async def reply_audio(ws: Any, since: list[float]) -> float:
             return first
 
 
-async def speak(ws: Any, pcm: bytes, chunk_ms: int, commit: bool, since: list[float]) -> None:
-    """Send silence, the question, and (without commit) silence, paced in real time."""
+async def speak(ws: Any, wav: bytes, chunk_ms: int, commit: bool, since: list[float]) -> None:
+    """Send silence, the question, and (without commit) silence, paced in real time; mark the
+    end of its speech (the question's own trailing silence is not speech)."""
+    pcm = pcm_of(wav)
     step = RATE * 2 * chunk_ms // 1000
     lead = bytes(int(LEAD_SILENCE * RATE) * 2)
     tail = b"" if commit else bytes(RATE * 2 * 2)  # 2 s of open mic after the question
     audio = lead + pcm + tail
-    speech_end = len(lead) + len(pcm)
+    speech_end = len(lead) + 2 * int(questions.speech_end(wav) * RATE)
     started = time.perf_counter()
     sent = 0
     while sent < len(audio):
@@ -79,9 +83,9 @@ async def speak(ws: Any, pcm: bytes, chunk_ms: int, commit: bool, since: list[fl
         await ws.send(chunk)
         if sent < speech_end <= sent + len(chunk):
             since[0] = time.perf_counter()
-            if commit:
-                await ws.send('{"type": "audio_commit"}')
         sent += len(chunk)
+    if commit:  # the user lets go at the end of the recording
+        await ws.send('{"type": "audio_commit"}')
 
 
 async def turn(ws: Any, name: str, variant: str, chunk_ms: int) -> float:
@@ -90,9 +94,10 @@ async def turn(ws: Any, name: str, variant: str, chunk_ms: int) -> float:
     if variant == "upload":
         await asyncio.sleep(LEAD_SILENCE + questions.seconds(wav))  # the user speaks meanwhile
         await ws.send(json.dumps({"type": "audio", "data": base64.b64encode(wav).decode()}))
-        since[0] = time.perf_counter()
+        # Sent at the end of the recording: its speech ended that much earlier.
+        since[0] = time.perf_counter() - (questions.seconds(wav) - questions.speech_end(wav))
         return await reply_audio(ws, since)
-    sender = asyncio.create_task(speak(ws, pcm_of(wav), chunk_ms, variant == "commit", since))
+    sender = asyncio.create_task(speak(ws, wav, chunk_ms, variant == "commit", since))
     took = await reply_audio(ws, since)
     await sender
     return took

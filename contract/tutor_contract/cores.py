@@ -55,3 +55,12 @@ def available_cores(root: Path = CGROUP) -> int:
     if quota is not None:
         cores = min(cores, max(1, math.ceil(quota)))
     return max(1, cores)
+
+
+def threads_per_job(cores: int, jobs: int, requested: int = 0) -> int:
+    """Threads for each of ``jobs`` inference jobs that may run at once on ``cores``:
+    ``requested`` if set, else min(cores, ceil(2 * cores / jobs)). A lone job gets (up to) every
+    core, so one student is answered as fast as the machine allows; a full pool oversubscribes
+    the cores at most 2x (measured on 2 cores: a lone turn 22 % faster than with the cores shared
+    out, 4 and 8 at once 9-15 % slower)."""
+    return requested or max(1, min(cores, math.ceil(2 * cores / max(1, jobs))))

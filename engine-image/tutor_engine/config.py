@@ -77,8 +77,9 @@ class EngineSettings(BaseSettings):
     asr_cpu_threads: int = Field(
         0,
         ge=0,
-        description="CTranslate2 threads per transcription; 0 = the cores divided among the "
-        "ENGINE_MAX_CONCURRENT_DECODES workers (at least 1).",
+        description="CTranslate2 threads per transcription; 0 = min(cores, ceil(2 x cores / "
+        "ENGINE_MAX_CONCURRENT_DECODES)): a lone one uses every core, a full pool "
+        "oversubscribes at most 2x.",
     )
 
     # Streamed audio input (audio_start): Silero VAD, the model faster-whisper ships.
@@ -120,8 +121,8 @@ class EngineSettings(BaseSettings):
     tts_threads: int = Field(
         0,
         ge=0,
-        description="Piper: ONNX Runtime intra-op threads per synthesis; 0 = the cores divided "
-        "among ENGINE_TTS_CONCURRENCY (at least 1).",
+        description="Piper: ONNX Runtime intra-op threads per synthesis; 0 = min(cores, "
+        "ceil(2 x cores / ENGINE_TTS_CONCURRENCY)), as for ENGINE_ASR_CPU_THREADS.",
     )
     tts_concurrency: int = Field(
         default_factory=lambda: min(available_cores(), 4),

@@ -7,11 +7,8 @@ import re
 from pathlib import Path
 
 import pytest
-from tutor_engine.backends.faster_whisper_asr import (
-    choose_compute_type,
-    choose_device,
-    thread_split,
-)
+from tutor_contract.cores import threads_per_job
+from tutor_engine.backends.faster_whisper_asr import choose_compute_type, choose_device
 
 from tests.support.processes import engine_argv, free_port, launch_server, stop_server, wait_ready
 
@@ -36,11 +33,13 @@ def test_explicit_compute_type_is_kept() -> None:
     assert choose_compute_type("float32", "cpu", {"int8"}) == "float32"
 
 
-def test_threads_share_the_cores_between_workers() -> None:
-    assert thread_split(cores=2, workers=2, cpu_threads=0) == 1
-    assert thread_split(cores=8, workers=4, cpu_threads=0) == 2
-    assert thread_split(cores=1, workers=4, cpu_threads=0) == 1
-    assert thread_split(cores=8, workers=4, cpu_threads=3) == 3
+def test_a_lone_job_gets_the_cores_and_a_full_pool_oversubscribes_at_most_twice() -> None:
+    assert threads_per_job(cores=2, jobs=2) == 2  # a lone job: both cores
+    assert threads_per_job(cores=8, jobs=4) == 4  # a full pool: 16 threads on 8 cores
+    assert threads_per_job(cores=4, jobs=4) == 2
+    assert threads_per_job(cores=1, jobs=4) == 1
+    assert threads_per_job(cores=16, jobs=1) == 16
+    assert threads_per_job(cores=8, jobs=4, requested=3) == 3
 
 
 def test_engine_with_make_run_defaults_starts_without_warnings(tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from tutor_contract.cores import available_cores
+from tutor_contract.cores import available_cores, threads_per_job
 
 from ..config import EngineSettings
 from .base import AudioDecodeError, DecodedAudio, audio_too_long
@@ -107,11 +107,6 @@ def choose_compute_type(requested: str, device: str, supported: set[str]) -> str
         if kind in supported:
             return kind
     return "default"
-
-
-def thread_split(cores: int, workers: int, cpu_threads: int) -> int:
-    """CTranslate2 threads per worker: ``cpu_threads`` if set, else the cores shared out."""
-    return cpu_threads or max(1, cores // workers)
 
 
 BATCH_SECONDS = 30.0  # clips up to whisper's window are batched (on CUDA); longer ones are not
@@ -232,7 +227,7 @@ class FasterWhisperASR:
         supported = set(ctranslate2.get_supported_compute_types(device))
         compute_type = choose_compute_type(s.asr_compute_type, device, supported)
         workers = s.max_concurrent_decodes  # as many transcriptions as the engine runs at once
-        threads = thread_split(available_cores(), workers, s.asr_cpu_threads)
+        threads = threads_per_job(available_cores(), workers, s.asr_cpu_threads)
         model = WhisperModel(
             s.asr_model or bundled_model_path(),
             device=device,

@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from tutor_contract.cores import available_cores
+from tutor_contract.cores import available_cores, threads_per_job
 
 from ..config import EngineSettings
 from ..protocol import pcm16_to_wav
@@ -55,7 +55,7 @@ class PiperTTS:
         if not Path(model).is_file():
             raise FileNotFoundError(f"Piper voice not found: {model}")
         use_cuda = s.tts_device == "cuda" or (s.tts_device == "auto" and _onnx_has_cuda())
-        threads = s.tts_threads or max(1, available_cores() // s.tts_concurrency)
+        threads = threads_per_job(available_cores(), s.tts_concurrency, s.tts_threads)
         voice = load_voice(model, config or f"{model}.json", use_cuda, threads)
         list(voice.synthesize("Hello."))
         log.info(
