@@ -51,3 +51,14 @@ async def test_piper_speaks_several_sessions_at_once() -> None:
     for first, second in replies:
         assert abs(first - alone) < 0.5 and second > 0.5  # whole speech, not garbled or empty
     await tts.close()
+
+
+def test_piper_pool_threads_sleep_when_idle() -> None:
+    """Spinning ONNX threads would take the cores from concurrent syntheses and whisper."""
+    from tutor_engine.backends.piper_tts import bundled_voice, load_voice
+
+    real_speech_settings()  # skips without the bundled voice
+    voice = load_voice(*bundled_voice(), use_cuda=False, threads=2)
+    options = voice.session.get_session_options()
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert options.intra_op_num_threads == 2

@@ -109,23 +109,100 @@ def choose_compute_type(requested: str, device: str, supported: set[str]) -> str
     return "default"
 
 
-BATCH_SECONDS = 30.0  # clips up to whisper's window are batched (on CUDA); longer ones are not
-NO_SPEECH = 0.6  # a batched clip whose no-speech probability is above this is silence
+WINDOW_SECONDS = 30.0  # whisper's encoder window; longer clips take faster-whisper's own path
+FRAMES_PER_SECOND = 100
+NO_SPEECH = 0.6  # faster-whisper's rule: no-speech probability above this ...
+LOW_LOGPROB = -1.0  # ... and an average log-probability below this is silence
+
+
+def window_frames(seconds: float, minimum_seconds: float) -> int:
+    """Encoder frames for a clip: the clip plus 1 s, at least ``minimum_seconds``, at most 30 s.
+
+    CTranslate2 encodes a window shorter than whisper's 30 s in proportion less time (10 s:
+    ~5x less on CPU); too short a window makes whisper repeat itself, which ``runaway`` sees.
+    """
+    fitted = max(minimum_seconds, seconds + 1.0)
+    return int(min(fitted, WINDOW_SECONDS) * FRAMES_PER_SECOND)
+
+
+def token_budget(seconds: float) -> int:
+    """Most tokens (text and timestamps) a clip may produce: speech stays far below 8 a second."""
+    return 10 + int(8 * seconds)
+
+
+def runaway(tokens: list[int], seconds: float, timestamp_begin: int) -> bool:
+    """Whether a decode went wrong: it used the whole budget (whisper repeating itself) or put
+    a timestamp after the clip's end (speech hallucinated into the silence)."""
+    if len(tokens) >= token_budget(seconds) - 1:
+        return True
+    stamps = [(t - timestamp_begin) / 50 for t in tokens if t >= timestamp_begin]
+    return any(stamp > seconds + 1.0 for stamp in stamps)
+
+
+def transcribe_window(
+    model: Any, clips: list[Any], language: str, beam_size: int, minimum_seconds: float
+) -> list[str | None]:
+    """Clips (each under 30 s) through the encoder and decoder as one batch, in a window fitted
+    to the longest; each is its text, ``""`` for silence, or None where ``runaway`` says the
+    decode went wrong (the caller then takes faster-whisper's full path)."""
+    import ctranslate2
+    import numpy as np
+    from faster_whisper.tokenizer import Tokenizer
+
+    longest = max(len(clip) for clip in clips) / SAMPLE_RATE
+    frames = window_frames(longest, minimum_seconds)
+    samples = frames * model.feature_extractor.hop_length
+    features = np.stack(
+        [
+            model.feature_extractor(
+                np.pad(clip[:samples], (0, samples - len(clip[:samples]))), padding=0
+            )[:, :frames]
+            for clip in clips
+        ]
+    )
+    tokenizer = Tokenizer(
+        model.hf_tokenizer, model.model.is_multilingual, task="transcribe", language=language
+    )
+    prompt = model.get_prompt(tokenizer, [], without_timestamps=False)
+    encoded = model.model.encode(
+        ctranslate2.StorageView.from_array(np.ascontiguousarray(features, dtype=np.float32)),
+        to_cpu=False,
+    )
+    results = model.model.generate(
+        encoded,
+        [list(prompt) for _ in clips],
+        beam_size=beam_size,
+        max_length=len(prompt) + token_budget(longest) + 1,
+        return_scores=True,
+        return_no_speech_prob=True,
+        suppress_blank=True,
+        suppress_tokens=[-1],
+    )
+    texts: list[str | None] = []
+    for clip, result in zip(clips, results, strict=True):
+        tokens = result.sequences_ids[0]
+        if result.no_speech_prob > NO_SPEECH and result.scores[0] < LOW_LOGPROB:
+            texts.append("")
+        elif runaway(tokens, len(clip) / SAMPLE_RATE, tokenizer.timestamp_begin):
+            texts.append(None)
+        else:
+            texts.append(tokenizer.decode([t for t in tokens if t < tokenizer.eot]).strip())
+    return texts
 
 
 class BatchCollector:
     """Recognitions that arrive within ``window`` seconds of the first (at most ``size``) run
     as one ``run(batch)`` call in a thread; each caller gets its own result."""
 
-    def __init__(self, run: Callable[[list[Any]], list[str]], size: int, window: float) -> None:
+    def __init__(self, run: Callable[[list[Any]], list[Any]], size: int, window: float) -> None:
         self.run, self.size, self.window = run, size, window
-        self._pending: list[tuple[Any, asyncio.Future[str]]] = []
+        self._pending: list[tuple[Any, asyncio.Future[Any]]] = []
         self._timer: asyncio.TimerHandle | None = None
-        self._running: set[asyncio.Future[list[str]]] = set()
+        self._running: set[asyncio.Future[list[Any]]] = set()
 
-    async def submit(self, samples: Any) -> str:
+    async def submit(self, samples: Any) -> Any:
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[str] = loop.create_future()
+        future: asyncio.Future[Any] = loop.create_future()
         self._pending.append((samples, future))
         if len(self._pending) >= self.size:
             self._flush()
@@ -146,7 +223,7 @@ class BatchCollector:
         work.add_done_callback(lambda done: _deliver(batch, done))
 
 
-def _deliver(batch: list[tuple[Any, asyncio.Future[str]]], done: asyncio.Future[list[str]]) -> None:
+def _deliver(batch: list[tuple[Any, asyncio.Future[Any]]], done: asyncio.Future[list[Any]]) -> None:
     error = done.exception()
     for i, (_, future) in enumerate(batch):
         if future.done():  # its caller was cancelled
@@ -155,37 +232,6 @@ def _deliver(batch: list[tuple[Any, asyncio.Future[str]]], done: asyncio.Future[
             future.set_exception(error)
         else:
             future.set_result(done.result()[i])
-
-
-def transcribe_batch(model: Any, clips: list[Any], language: str, beam_size: int) -> list[str]:
-    """Several clips (each at most 30 s) through the encoder and decoder as one batch."""
-    import numpy as np
-    from faster_whisper.tokenizer import Tokenizer
-
-    frames = model.feature_extractor.nb_max_frames
-    features = []
-    for clip in clips:
-        feature = model.feature_extractor(clip)[:, :frames]
-        features.append(np.pad(feature, ((0, 0), (0, frames - feature.shape[1]))))
-    tokenizer = Tokenizer(
-        model.hf_tokenizer, model.model.is_multilingual, task="transcribe", language=language
-    )
-    prompt = model.get_prompt(tokenizer, [], without_timestamps=True)
-    results = model.model.generate(
-        model.encode(np.stack(features)),
-        [list(prompt) for _ in clips],
-        beam_size=beam_size,
-        max_length=model.max_length,
-        return_no_speech_prob=True,
-        suppress_blank=True,
-        suppress_tokens=[-1],
-    )
-    return [
-        ""
-        if result.no_speech_prob > NO_SPEECH
-        else tokenizer.decode([t for t in result.sequences_ids[0] if t < tokenizer.eot]).strip()
-        for result in results
-    ]
 
 
 def bundled_model_path() -> str:
@@ -204,17 +250,17 @@ class FasterWhisperASR:
         self.settings = settings
         self._model: Any = None
         self._batches: BatchCollector | None = None  # CUDA: concurrent sessions batched
+        self._language: str | None = None
 
     async def load(self) -> None:
         """Load the model and run it once on a second of silence."""
         self._model = await asyncio.to_thread(self._load)
         s = self.settings
-        language = s.asr_language or ("en" if not self._model.model.is_multilingual else None)
-        if self._model.model.device == "cuda" and s.asr_batch_size > 1 and language:
+        multilingual = self._model.model.is_multilingual
+        self._language = s.asr_language or (None if multilingual else "en")
+        if self._model.model.device == "cuda" and s.asr_batch_size > 1 and self._language:
             self._batches = BatchCollector(
-                lambda clips: transcribe_batch(self._model, clips, language, s.asr_beam_size),
-                s.asr_batch_size,
-                s.asr_batch_window_ms / 1000,
+                self._window, s.asr_batch_size, s.asr_batch_window_ms / 1000
             )
 
     def _load(self) -> Any:
@@ -256,18 +302,52 @@ class FasterWhisperASR:
         return DecodedAudio(samples, len(samples) / SAMPLE_RATE)
 
     async def recognize(self, audio: DecodedAudio) -> str:
-        if self._batches is not None and 0 < audio.seconds <= BATCH_SECONDS:
-            return await self._batches.submit(audio.samples)
-        return await asyncio.to_thread(self._recognize, audio.samples)
+        if self._batches is None:
+            return await asyncio.to_thread(self._recognize, audio.samples)
+        samples = await asyncio.to_thread(self._speech, audio.samples)
+        if not len(samples):
+            return ""
+        text = await self._batches.submit(samples) if self._windowed(samples) else None
+        return text if text is not None else await asyncio.to_thread(self._full, samples)
 
     async def transcribe(self, audio: bytes) -> str:
         return await self.recognize(await self.decode(audio))
 
     def _recognize(self, samples: Any) -> str:
+        samples = self._speech(samples)
         if not len(samples):
             return ""
+        text = self._window([samples])[0] if self._windowed(samples) else None
+        return text if text is not None else self._full(samples)
+
+    def _speech(self, samples: Any) -> Any:
+        """The clip's speech (Silero VAD, as faster-whisper's ``vad_filter``), if enabled."""
+        if not self.settings.asr_vad_filter or not len(samples):
+            return samples
+        import numpy as np
+        from faster_whisper.vad import VadOptions, collect_chunks, get_speech_timestamps
+
+        chunks, _ = collect_chunks(samples, get_speech_timestamps(samples, VadOptions()))
+        return np.concatenate(chunks)
+
+    def _windowed(self, samples: Any) -> bool:
+        """Whether the clip takes the fitted window (a known language, room in whisper's)."""
+        seconds = len(samples) / SAMPLE_RATE
+        return bool(self._language) and window_frames(seconds, self.settings.asr_window_seconds) < (
+            WINDOW_SECONDS * FRAMES_PER_SECOND
+        )
+
+    def _window(self, clips: list[Any]) -> list[str | None]:
+        s = self.settings
+        assert self._language
+        return transcribe_window(
+            self._model, clips, self._language, s.asr_beam_size, s.asr_window_seconds
+        )
+
+    def _full(self, samples: Any) -> str:
+        """faster-whisper's own path: the 30 s window, temperature fallback, long clips."""
         s = self.settings
         segments, _ = self._model.transcribe(
-            samples, language=s.asr_language, beam_size=s.asr_beam_size, vad_filter=s.asr_vad_filter
+            samples, language=s.asr_language, beam_size=s.asr_beam_size
         )
         return " ".join(segment.text.strip() for segment in segments).strip()
