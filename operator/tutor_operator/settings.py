@@ -28,9 +28,6 @@ class OperatorSettings(BaseSettings):
     reconcile_interval: float = Field(
         2.0, gt=0, description="Seconds between engine reconciliations (assignment, scaling)."
     )
-    session_check_interval: float = Field(
-        10.0, gt=0, description="Seconds between checks that each session's engine exists."
-    )
     resync_interval: float = Field(
         20.0,
         gt=0,
