@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 from tutor_contract.cores import available_cores
 
 RESULTS = Path(__file__).parent / "results"
@@ -39,18 +40,21 @@ def wait_http(url: str, timeout: float = 60.0) -> None:
 
 
 @contextlib.contextmanager
-def process(args: Sequence[str], env: dict[str, str], ready_url: str) -> Iterator[None]:
-    """Run a server process until the block exits; wait for ``ready_url`` first."""
+def process(
+    args: Sequence[str], env: dict[str, str], ready_url: str, stop_seconds: float = 15
+) -> Iterator[psutil.Process]:
+    """Run a server process until the block exits; wait for ``ready_url`` first. The block
+    gets it as a psutil process (its RSS, its children)."""
     proc = subprocess.Popen(
         args, env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     try:
         wait_http(ready_url)
-        yield
+        yield psutil.Process(proc.pid)
     finally:
         proc.terminate()
         try:
-            proc.wait(15)
+            proc.wait(stop_seconds)
         except subprocess.TimeoutExpired:
             proc.kill()
 

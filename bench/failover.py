@@ -12,44 +12,21 @@ bench/results/failover.json.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import re
 import signal
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 
 import httpx
 import psutil
 from websockets.sync.client import ClientConnection, connect
 
-from .common import free_port, latency_summary, wait_http, write_result
+from .common import free_port, latency_summary, process, write_result
 
 REPLY_TIMEOUT = 60.0  # seconds for any one reply (the engine start budget is 120 s)
-
-
-@contextlib.contextmanager
-def gateway_process(env: dict[str, str], ready_url: str) -> Iterator[psutil.Process]:
-    """``python -m tutor_gateway`` until the block exits (it stops its engines)."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tutor_gateway"],
-        env={**os.environ, **env},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait_http(ready_url)
-        yield psutil.Process(proc.pid)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 def the_engine(gateway: psutil.Process, not_pid: int | None = None) -> int:
@@ -94,7 +71,9 @@ def main(argv: list[str] | None = None) -> None:
             "LOG_LEVEL": "warning",
             "ENGINE_LOG_LEVEL": "warning",
         }
-        with gateway_process(env, f"{gateway_url}/health") as gateway:
+        with process(
+            [sys.executable, "-m", "tutor_gateway"], env, f"{gateway_url}/health", stop_seconds=30
+        ) as gateway:
             body = httpx.post(
                 f"{gateway_url}/v1/sessions", json={"tutor_id": 1, "student_id": 1}, timeout=30
             ).json()

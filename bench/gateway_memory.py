@@ -20,43 +20,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import gc
 import json
-import os
 import secrets
-import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
 
 import httpx
 import psutil
 from websockets.asyncio.client import ClientConnection, connect
 
-from .common import free_port, wait_http, write_result
+from .common import free_port, process, write_result
 
 GOAL_KIB_PER_CONNECTION = 40
-
-
-@contextlib.contextmanager
-def gateway_process(env: dict[str, str], ready_url: str) -> Iterator[psutil.Process]:
-    """``python -m tutor_gateway`` until the block exits, as a psutil process."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tutor_gateway"],
-        env={**os.environ, **env},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait_http(ready_url)
-        yield psutil.Process(proc.pid)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 async def _sessions(base: str, count: int) -> list[str]:
@@ -150,7 +126,11 @@ def main(argv: list[str] | None = None) -> None:
     base = f"http://127.0.0.1:{port}"
     with (
         tempfile.TemporaryDirectory(prefix="bench-gwmem-") as state_dir,
-        gateway_process({**env, "STATE_DIR": state_dir}, f"{base}/health") as proc,
+        process(
+            [sys.executable, "-m", "tutor_gateway"],
+            {**env, "STATE_DIR": state_dir},
+            f"{base}/health",
+        ) as proc,
     ):
         gc.collect()
         result = asyncio.run(measure(base, proc, args.connections, args.warm, args.settle))
