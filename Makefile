@@ -72,6 +72,10 @@ lint: $(VENV)/.installed-test ## Ruff lint and format check
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+.PHONY: golden
+golden: $(VENV)/.installed-test ## Rewrite the operator's golden manifests (tests/operator/golden) from its builders; review the diff
+	$(PY) -m tests.operator.builders
+
 .PHONY: bench
 bench: $(VENV)/.installed-test browser-deps ## Run the benchmarks; JSON results in bench/results/ (bench/README.md)
 	$(PY) -m bench.relay

@@ -1,10 +1,22 @@
-"""Fixed inputs for the builder tests (shared with the golden-file generator below)."""
+"""Fixed inputs for the builder tests, and the golden manifests built from them.
+
+    make golden   # python -m tests.operator.builders: rewrite tests/operator/golden/*.yaml
+
+Regenerate only after a deliberate change to what the operator builds, and review the diff.
+"""
 
 from __future__ import annotations
 
+import pathlib
+from collections.abc import Callable
 from typing import Any
 
+import yaml
+from tutor_operator import objects
 from tutor_operator.settings import OperatorSettings
+
+GOLDEN = pathlib.Path(__file__).parent / "golden"
+GOLDEN_HEADER = "# Generated from tutor_operator.objects by `make golden`, then reviewed.\n"
 
 
 def settings(**overrides: Any) -> OperatorSettings:
@@ -80,3 +92,43 @@ SHARED_GPU_SPEC = {
     "resources": {"gpuClaimTemplate": "single-gpu"},
     "models": {"tts": {"backend": "coqui", "model": "xtts_v2"}},
 }
+
+
+def default_body() -> dict[str, Any]:
+    """The stored body of the engine the operator creates by default for tutor 7."""
+    default = objects.build_default_engine(7, "tutors", settings())
+    return engine(default["spec"], default["metadata"]["labels"])
+
+
+GOLDEN_BUILDS: dict[str, Callable[[], dict[str, Any]]] = {
+    "default-engine.yaml": lambda: objects.build_default_engine(7, "tutors", settings()),
+    "default-deployment.yaml": lambda: objects.build_engine_deployment(
+        default_body(), settings(), replicas=1
+    ),
+    "default-service.yaml": lambda: objects.build_engine_service(default_body(), settings()),
+    "default-pdb.yaml": lambda: objects.build_engine_pdb(default_body(), settings()),
+    "admin-deployment.yaml": lambda: objects.build_engine_deployment(
+        engine(ADMIN_SPEC), settings(), replicas=2
+    ),
+    "shared-gpu-deployment.yaml": lambda: objects.build_engine_deployment(
+        engine(SHARED_GPU_SPEC), settings(), replicas=1
+    ),
+}
+
+
+def golden(name: str) -> dict[str, Any]:
+    """The stored golden manifest ``name``."""
+    loaded: dict[str, Any] = yaml.safe_load((GOLDEN / name).read_text())
+    return loaded
+
+
+def write_golden() -> None:
+    """Rewrite every golden manifest from the current builders."""
+    for name, build in GOLDEN_BUILDS.items():
+        body = yaml.safe_dump(build(), sort_keys=False, width=1000)
+        (GOLDEN / name).write_text(GOLDEN_HEADER + body)
+        print(f"wrote {GOLDEN / name}")
+
+
+if __name__ == "__main__":
+    write_golden()
