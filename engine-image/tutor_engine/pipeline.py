@@ -29,14 +29,13 @@ from typing import Any
 from opentelemetry import trace
 from tutor_contract import tracing
 
+from .audio import PCM16_RATE, encode_speech, wav_duration
 from .backends import AudioDecodeError, Backends, ChatMessage, DecodedAudio, Usage
-from .backends.mock import wav_duration
 from .config import EngineSettings
 from .history import GuardedHistory, HistoryUnavailable
 from .metrics import EngineMetrics
 from .prompt import build_prompt
 from .protocol import (
-    PCM16_RATE,
     AudioIn,
     SpeechIn,
     TextIn,
@@ -49,7 +48,6 @@ from .protocol import (
     transcription_message,
 )
 from .scheduling import FairSlots, run_holding
-from .speech_out import encode_speech
 from .text import SentenceSplitter
 
 log = logging.getLogger("tutor_engine.pipeline")

@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import base64
 import binascii
-import io
 import json
 import math
-import wave
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
+
+from .audio import PCM16_RATE, pcm16_to_wav
 
 
 def timestamp() -> str:
@@ -98,23 +98,11 @@ AudioStreamIn = AudioStartIn | AudioAppendIn | AudioCommitIn | AudioCancelIn
 AUDIO_STREAM_TYPES = ("audio_start", "audio_append", "audio_commit", "audio_cancel")
 SILENCE_MS_RANGE = (100, 5000)
 
-PCM16_RATE = 16_000
 # Reply audio a connection may ask for with ``options``: WAV files (the default) or raw PCM16.
 OUTPUT_FORMATS = ("wav", "pcm16")
 OUTPUT_RATES = (8_000, 16_000, 22_050, 24_000, 44_100, 48_000)
 # Formats an audio message may name; all but raw PCM are recognised from the bytes anyway.
 AUDIO_FORMATS = ("wav", "webm", "ogg", "mp3", "flac", "m4a", "mp4", "pcm16")
-
-
-def pcm16_to_wav(pcm: bytes, sample_rate: int = PCM16_RATE) -> bytes:
-    """Raw little-endian mono PCM16 wrapped in a WAV header."""
-    buf = io.BytesIO()
-    with wave.open(buf, "wb") as out:
-        out.setnchannels(1)
-        out.setsampwidth(2)
-        out.setframerate(sample_rate)
-        out.writeframes(pcm)
-    return buf.getvalue()
 
 
 class ProtocolError(ValueError):

@@ -10,8 +10,9 @@ import time
 import wave
 
 import pytest
+from tutor_engine.audio import wav_duration
 from tutor_engine.backends import AudioDecodeError
-from tutor_engine.backends.mock import MockASR, make_wav, wav_duration
+from tutor_engine.backends.mock import MockASR, make_wav
 
 TOO_LONG = r"^Audio too long: more than 30 s \(limit 30 s\)$"
 

@@ -16,8 +16,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from tutor_engine.audio import float_to_pcm16
 from tutor_engine.backends import build_backends
-from tutor_engine.backends.coqui_tts import CoquiTTS, float_to_pcm16, model_files
+from tutor_engine.backends.coqui_tts import CoquiTTS, model_files
 from tutor_engine.config import EngineSettings
 
 NO_COQUI = "coqui-tts is not installed here; scripts/test-coqui.sh runs this in .venv-coqui"

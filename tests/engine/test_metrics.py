@@ -16,6 +16,7 @@ import pytest
 import websockets
 from prometheus_client.parser import text_string_to_metric_families
 from tutor_contract.relay import RELAY_HEADER, parse_receipt
+from tutor_engine.audio import wav_duration
 from tutor_engine.backends import Backends
 from tutor_engine.backends.mock import (
     MockASR,
@@ -23,7 +24,6 @@ from tutor_engine.backends.mock import (
     MockTTS,
     make_wav,
     mock_prompt_tokens,
-    wav_duration,
 )
 from tutor_engine.backends.openai_llm import OpenAICompatibleLLM
 from tutor_engine.config import EngineSettings

@@ -9,6 +9,7 @@ import wave
 
 import numpy as np
 import pytest
+from tutor_engine.audio import encode_speech, pcm16_to_wav
 from tutor_engine.protocol import (
     AudioIn,
     OptionsIn,
@@ -18,10 +19,8 @@ from tutor_engine.protocol import (
     final_message,
     interrupted_message,
     parse_client_frame,
-    pcm16_to_wav,
     text_delta_message,
 )
-from tutor_engine.speech_out import encode_speech
 
 
 def parse(payload: object) -> TextIn | AudioIn | OptionsIn:

@@ -35,7 +35,7 @@ async def test_waiters_are_served_by_priority_then_in_order() -> None:
 
 
 async def test_piper_speaks_several_sessions_at_once() -> None:
-    from tutor_engine.backends.mock import wav_duration
+    from tutor_engine.audio import wav_duration
     from tutor_engine.backends.piper_tts import PiperTTS
 
     settings = EngineSettings(_env_file=None, **real_speech_settings(tts_concurrency=2))

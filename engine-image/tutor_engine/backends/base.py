@@ -10,6 +10,8 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
+from ..audio import AudioDecodeError
+
 Role = Literal["system", "user", "assistant"]
 
 
@@ -36,10 +38,6 @@ class DecodedAudio:
 
     samples: Any
     seconds: float
-
-
-class AudioDecodeError(ValueError):
-    """Audio that the ASR backend cannot decode; its text goes back to the client."""
 
 
 def audio_too_long(limit_seconds: float) -> AudioDecodeError:

@@ -15,8 +15,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from ..audio import float_to_pcm16, pcm16_to_wav
 from ..config import EngineSettings
-from ..protocol import pcm16_to_wav
 from ..text import speakable
 
 log = logging.getLogger("tutor_engine.tts")
@@ -81,14 +81,6 @@ def load_by_name(name: str) -> Any:
             f"Coqui model {name} is not in the Coqui cache and could not be downloaded: {e!r}. "
             "Without network, download it elsewhere and set ENGINE_TTS_MODEL to its folder"
         ) from e
-
-
-def float_to_pcm16(samples: Any) -> bytes:
-    """Float samples in [-1, 1] as little-endian PCM16 bytes."""
-    import numpy as np
-
-    clipped = np.clip(np.asarray(samples, dtype=np.float32), -1.0, 1.0)
-    return (clipped * 32767).astype("<i2").tobytes()
 
 
 class CoquiTTS:

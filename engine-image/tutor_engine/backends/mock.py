@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import io
 import math
 import struct
-import wave
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Sequence
 
-from .base import AudioDecodeError, ChatMessage, DecodedAudio, Usage, audio_too_long
+from ..audio import AudioDecodeError, pcm16_to_wav, riff_chunks, wav_duration
+from .base import ChatMessage, DecodedAudio, Usage, audio_too_long
 
 SAMPLE_RATE = 16_000
 SECONDS_PER_CHAR = 0.06
@@ -80,13 +79,7 @@ def make_wav(text: str, sample_rate: int = SAMPLE_RATE) -> bytes:
     """A quiet tone as long as the text takes to say, with the text in an ICMT chunk."""
     frames = max(1, int(len(text) * SECONDS_PER_CHAR * sample_rate))
     pcm = (_tone_second(sample_rate) * (frames // sample_rate + 1))[: frames * 2]
-    buf = io.BytesIO()
-    with wave.open(buf, "wb") as wav:
-        wav.setnchannels(1)
-        wav.setsampwidth(2)
-        wav.setframerate(sample_rate)
-        wav.writeframes(pcm)
-    riff = buf.getvalue()
+    riff = pcm16_to_wav(pcm, sample_rate)
     comment = text.encode("utf-8") + b"\x00"
     if len(comment) % 2:
         comment += b"\x00"
@@ -95,43 +88,16 @@ def make_wav(text: str, sample_rate: int = SAMPLE_RATE) -> bytes:
     return b"RIFF" + struct.pack("<I", len(body)) + body
 
 
-def _riff_chunks(data: bytes, pos: int) -> Iterator[tuple[bytes, bytes]]:
-    """(chunk id, chunk body) pairs of a RIFF chunk list starting at ``pos``."""
-    while pos + 8 <= len(data):
-        size = struct.unpack("<I", data[pos + 4 : pos + 8])[0]
-        yield data[pos : pos + 4], data[pos + 8 : pos + 8 + size]
-        pos += 8 + size + (size & 1)
-
-
 def read_wav_comment(data: bytes) -> str | None:
     """The ICMT text of a RIFF/WAVE file, or None if it has none; raises on non-WAV bytes."""
     if len(data) < 12 or data[:4] != b"RIFF" or data[8:12] != b"WAVE":
         raise AudioDecodeError("Audio is not a WAV file (the mock recogniser reads WAV only)")
-    for chunk_id, body in _riff_chunks(data, 12):
+    for chunk_id, body in riff_chunks(data, 12):
         if chunk_id == b"LIST" and body[:4] == b"INFO":
-            for sub_id, text in _riff_chunks(body, 4):
+            for sub_id, text in riff_chunks(body, 4):
                 if sub_id == b"ICMT":
                     return text.split(b"\x00")[0].decode("utf-8", errors="replace")
     return None
-
-
-def wav_duration(data: bytes) -> float:
-    """Duration in seconds of the samples a PCM WAV file really holds.
-
-    A header may claim hours of audio in a few bytes; the duration counts only the sample
-    frames present, as a decoder would find them, and reads none of them.
-    """
-    try:
-        with wave.open(io.BytesIO(data), "rb") as wav:
-            rate, frame_bytes = wav.getframerate(), wav.getnchannels() * wav.getsampwidth()
-    except (wave.Error, EOFError) as exc:
-        raise AudioDecodeError(f"Audio is not a readable WAV file: {exc}") from exc
-    if rate <= 0 or frame_bytes <= 0:
-        raise AudioDecodeError("Audio is not a readable WAV file: no sample rate or sample size")
-    # The bytes of the data chunk that are really there, whatever its size field says.
-    chunks = _riff_chunks(data, 12)
-    present = next((len(body) for chunk_id, body in chunks if chunk_id == b"data"), 0)
-    return present // frame_bytes / rate
 
 
 class MockASR:

@@ -13,8 +13,8 @@ from typing import Any
 
 from tutor_contract.cores import available_cores, threads_per_job
 
+from ..audio import pcm16_to_wav
 from ..config import EngineSettings
-from ..protocol import pcm16_to_wav
 from ..scheduling import FairSlots, run_holding
 from ..text import speakable
 
