@@ -341,8 +341,9 @@ def session_view(body: Mapping[str, Any]) -> SessionView:
 
 
 def is_expired(session: SessionView, now: dt.datetime) -> bool:
-    """Idle past its timeout: no activity (or, before any, creation) within ``timeout_seconds``."""
-    return (now - _last_seen(session)).total_seconds() > session.timeout_seconds
+    """Idle for its timeout: no activity (or, before any, creation) for ``timeout_seconds`` or
+    more (the gateway's ``policy.is_expired`` draws the same line)."""
+    return (now - _last_seen(session)).total_seconds() >= session.timeout_seconds
 
 
 def _last_seen(session: SessionView) -> dt.datetime:

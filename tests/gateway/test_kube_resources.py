@@ -7,9 +7,9 @@ from tutor_gateway.kube.resources import (
     activity_patch,
     build_session,
     endpoint_of,
+    not_routable_reason,
     seed_status,
     session_of,
-    waiting_reason,
 )
 
 HASH = "a" * 64
@@ -58,7 +58,7 @@ def test_only_active_sessions_are_routable() -> None:
     assert endpoint_of({}) is None
 
 
-def test_waiting_reason_comes_from_the_ready_condition() -> None:
+def test_not_routable_reason_comes_from_the_ready_condition() -> None:
     obj = {
         "status": {
             "phase": "Pending",
@@ -67,8 +67,8 @@ def test_waiting_reason_comes_from_the_ready_condition() -> None:
             ],
         }
     }
-    assert waiting_reason(obj) == "Loading: models"
-    assert waiting_reason({"status": {"phase": "Pending"}}) == "Pending"
+    assert not_routable_reason(obj) == "Loading: models"
+    assert not_routable_reason({"status": {"phase": "Pending"}}) == "Pending"
 
 
 def test_activity_patch_is_rfc3339_with_sub_second_precision() -> None:

@@ -206,6 +206,7 @@ def test_session_view_reads_the_body() -> None:
         (30, None, 60, False),
         (100, 30, 60, False),
         (100, 61, 60, True),
+        (100, 60, 60, True),  # exactly the timeout: expired, as the gateway decides
         (10, 61, 60, True),  # activity, once recorded, counts rather than creation
         (5000, 3599, 3600, False),
     ],

@@ -95,7 +95,7 @@ def endpoint_of(obj: Obj) -> str | None:
     return status.get("endpoint") if status.get("phase") == ACTIVE else None
 
 
-def waiting_reason(obj: Obj) -> str:
+def not_routable_reason(obj: Obj) -> str:
     """Why a session is not routable yet, from its Ready condition (for error messages)."""
     status = obj.get("status") or {}
     for condition in status.get("conditions") or []:

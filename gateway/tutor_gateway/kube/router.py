@@ -18,7 +18,7 @@ from ..engines import EngineEndpoint, EngineUnavailable
 from ..sessions import Session
 from ..startup import EngineState, cluster_engine_state
 from .reflector import Reflector
-from .resources import endpoint_of, engine_name, ready_endpoints, waiting_reason
+from .resources import endpoint_of, engine_name, not_routable_reason, ready_endpoints
 
 log = logging.getLogger("tutor_gateway.kube")
 
@@ -80,7 +80,7 @@ class KubeEngineRouter:
             )
             obj = self.sessions.objects.get(sid)
             if obj is not None and (obj.get("status") or {}).get("phase") == FAILED:
-                raise EngineUnavailable(waiting_reason(obj))
+                raise EngineUnavailable(not_routable_reason(obj))
         return EngineEndpoint(chosen, self.api_key)
 
     def engine_state(self, session: Session) -> EngineState:
