@@ -39,6 +39,20 @@ RELEASE_TIMEOUT = 3.0  # seconds for an engine to answer DELETE /sessions/{id}
 EXIT_WAIT_SECONDS = 1.0
 
 
+async def end_on_engine(
+    http: httpx.AsyncClient, base_url: str, session_id: str, api_key: str
+) -> str | None:
+    """Ask the engine at ``base_url`` to end a session (its history deleted, a tombstone
+    against late writes): None once it has (204), else what went wrong."""
+    try:
+        response = await http.delete(
+            f"{base_url}/sessions/{session_id}", headers={ENGINE_KEY_HEADER: api_key}
+        )
+    except httpx.HTTPError as exc:
+        return str(exc) or type(exc).__name__
+    return None if response.status_code == 204 else f"HTTP {response.status_code}"
+
+
 class EngineUnavailable(Exception):
     """The session's engine could not be started or reached in time."""
 
@@ -212,16 +226,13 @@ class LocalEngines:
             return
         try:
             async with asyncio.timeout(RELEASE_TIMEOUT):
-                response = await self._http.delete(
-                    f"{engine.base_url}/sessions/{session.session_id}",
-                    headers={ENGINE_KEY_HEADER: self.api_key},
+                problem = await end_on_engine(
+                    self._http, engine.base_url, session.session_id, self.api_key
                 )
-        except (TimeoutError, httpx.HTTPError) as exc:
-            problem = str(exc) or type(exc).__name__
-        else:
-            if response.status_code == 204:
-                return
-            problem = f"HTTP {response.status_code}"
+        except TimeoutError:
+            problem = f"no answer within {RELEASE_TIMEOUT}s"
+        if problem is None:
+            return
         log.warning(
             "engine for tutor %s did not drop session %s: %s",
             session.tutor_id,

@@ -5,16 +5,15 @@ conversation lives)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import zlib
 from collections.abc import Callable, Collection, Sequence
 
 import httpx
 from cachetools import TTLCache
-from tutor_contract.crd import ENGINE_KEY_HEADER, FAILED
+from tutor_contract.crd import FAILED
 
-from ..engines import EngineEndpoint, EngineUnavailable
+from ..engines import EngineEndpoint, EngineUnavailable, end_on_engine
 from ..sessions import Session
 from ..startup import EngineState, cluster_engine_state
 from .reflector import Reflector
@@ -118,12 +117,8 @@ class KubeEngineRouter:
         while True:
             engine = self.engines.objects.get(engine_name(session.tutor_id))
             for base in release_candidates(pinned, ready_endpoints(engine)):
-                with contextlib.suppress(httpx.HTTPError):
-                    response = await self.http.delete(
-                        f"{base}/sessions/{sid}", headers={ENGINE_KEY_HEADER: self.api_key}
-                    )
-                    if response.status_code == 204:
-                        return
+                if await end_on_engine(self.http, base, sid, self.api_key) is None:
+                    return
             if asyncio.get_running_loop().time() + delay > deadline:
                 log.warning(
                     "session %s: no engine ended it within %.0fs; its history expires with its TTL",
