@@ -5,6 +5,10 @@ see what the engine's prompt contained; every request body is kept in ``requests
 headers in ``headers``. With ``stream_options.include_usage`` the stream ends, as vLLM's does,
 with a chunk holding no choices and the ``usage``: one prompt token per 4 characters of the
 messages, one completion token per word.
+
+Faults for the next chat requests are queued in ``faults``, one a request: an ``int`` answers
+with that HTTP status (and ``Retry-After-Ms: 1``, so a client's retry comes at once), a ``str``
+is sent as a raw SSE line after the first word, e.g. an error event.
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ def fake_vllm(token_delay: float = 0.0) -> FastAPI:
     app = FastAPI()
     app.state.requests = []
     app.state.headers = []
+    app.state.faults = []
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
@@ -56,6 +61,13 @@ def fake_vllm(token_delay: float = 0.0) -> FastAPI:
         body = await request.json()
         app.state.requests.append(body)
         app.state.headers.append(dict(request.headers))
+        fault = app.state.faults.pop(0) if app.state.faults else None
+        if isinstance(fault, int):
+            return JSONResponse(
+                {"object": "error", "message": "overloaded"},
+                status_code=fault,
+                headers={"Retry-After-Ms": "1"},
+            )
         if body.get("model") != MODEL:
             return JSONResponse(
                 {"object": "error", "message": f"The model `{body.get('model')}` does not exist."},
@@ -72,6 +84,9 @@ def fake_vllm(token_delay: float = 0.0) -> FastAPI:
                 if token_delay:
                     await asyncio.sleep(token_delay)
                 yield chunk({"content": word if i == 0 else " " + word})
+                if fault is not None:
+                    yield f"{fault}\n\n"
+                    return
             yield chunk({}, finish="stop")
             if (body.get("stream_options") or {}).get("include_usage"):
                 prompt = prompt_tokens(body["messages"])

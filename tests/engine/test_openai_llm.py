@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 import websockets
 from tutor_engine.backends.base import ChatMessage
-from tutor_engine.backends.openai_llm import LLMError, OpenAICompatibleLLM, sse_deltas
+from tutor_engine.backends.openai_llm import LLMError, OpenAICompatibleLLM
 from tutor_engine.config import EngineSettings
 
 from .conftest import Running, engine, recv, serve
@@ -19,6 +19,7 @@ def vllm() -> Iterator[Running]:
     app = fake_vllm()
     with serve(app, ready=False) as running:
         running.requests = app.state.requests  # type: ignore[attr-defined]
+        running.faults = app.state.faults  # type: ignore[attr-defined]
         yield running
 
 
@@ -28,15 +29,38 @@ def llm_settings(vllm: Running, **overrides: object) -> EngineSettings:
     )
 
 
-def test_sse_lines() -> None:
-    assert sse_deltas('data: {"choices": [{"delta": {"content": "Hi"}}]}') == ("Hi", False)
-    assert sse_deltas('data: {"choices": [{"delta": {"role": "assistant"}}]}') == (None, False)
-    assert sse_deltas("data: [DONE]") == (None, True)
-    assert sse_deltas("") == (None, False)
-    with pytest.raises(LLMError, match="malformed"):
-        sse_deltas("data: {oops")
-    with pytest.raises(LLMError, match="overloaded"):
-        sse_deltas('data: {"error": {"message": "overloaded"}}')
+async def test_a_failed_answer_is_retried_once_before_the_first_token(vllm: Running) -> None:
+    llm = OpenAICompatibleLLM(llm_settings(vllm, llm_model=MODEL))
+    before = len(vllm.requests)  # type: ignore[attr-defined]
+    vllm.faults.append(503)  # type: ignore[attr-defined]
+    pieces = [p async for p in llm.stream([ChatMessage("user", "hi")])]
+    assert "".join(pieces) == "You asked: hi Material: none."
+    assert len(vllm.requests) - before == 2  # type: ignore[attr-defined]
+    vllm.faults.extend([503, 503])  # type: ignore[attr-defined]
+    with pytest.raises(LLMError, match=r"answered 503: .*overloaded"):
+        [p async for p in llm.stream([ChatMessage("user", "hi")])]
+    await llm.close()
+    assert len(vllm.requests) - before == 4  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("event", "error"),
+    [
+        ('data: {"error": {"message": "overloaded"}}', "LLM server error: overloaded"),
+        ("data: {oops", "malformed"),
+    ],
+)
+async def test_a_stream_broken_midway_raises(vllm: Running, event: str, error: str) -> None:
+    llm = OpenAICompatibleLLM(llm_settings(vllm, llm_model=MODEL))
+    before = len(vllm.requests)  # type: ignore[attr-defined]
+    vllm.faults.append(event)  # type: ignore[attr-defined]
+    pieces: list[str] = []
+    with pytest.raises(LLMError, match=error):
+        async for piece in llm.stream([ChatMessage("user", "hi")]):
+            pieces.append(piece)
+    await llm.close()
+    assert pieces == ["You"]
+    assert len(vllm.requests) - before == 1  # type: ignore[attr-defined]  # no retry midway
 
 
 async def test_streams_tokens_from_the_served_model(vllm: Running) -> None:
