@@ -55,6 +55,10 @@ run: install ## Run the embedded default: the gateway and per-tutor engines on :
 test: $(VENV)/.installed-test browser-deps prometheus-deps ## Install what the tests need and run the whole suite
 	$(PY) -m pytest
 
+.PHONY: test-unit
+test-unit: $(VENV)/.installed-test ## Run only the fast tier (tests marked unit: no processes, servers or models)
+	$(PY) -m pytest -m unit
+
 .PHONY: browser-deps
 browser-deps: ## Chromium, chromedriver and espeak-ng for tests/browser (apt-get, only if missing)
 	@bash scripts/browser-deps.sh

@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 from tutor_contract import cores
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.fixture(autouse=True)
 def eight_cores(monkeypatch: pytest.MonkeyPatch) -> None:

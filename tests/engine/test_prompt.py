@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from tutor_engine.backends.base import ChatMessage
 from tutor_engine.prompt import (
     MESSAGE_OVERHEAD_TOKENS,
@@ -10,6 +11,8 @@ from tutor_engine.prompt import (
     system_prompt,
     trim_history,
 )
+
+pytestmark = pytest.mark.unit
 
 
 def turns(n: int, words: int = 10) -> list[ChatMessage]:

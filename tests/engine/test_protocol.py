@@ -22,6 +22,8 @@ from tutor_engine.protocol import (
     text_delta_message,
 )
 
+pytestmark = pytest.mark.unit
+
 
 def parse(payload: object) -> TextIn | AudioIn | OptionsIn:
     return parse_client_frame(json.dumps(payload), max_bytes=1 << 20, max_text_chars=100)

@@ -7,6 +7,8 @@ import asyncio
 import pytest
 from tutor_engine.scheduling import FairSlots, TurnScheduler, run_holding
 
+pytestmark = pytest.mark.unit
+
 
 async def settle() -> None:
     for _ in range(5):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 from tutor_engine.text import SentenceSplitter, speakable, split_sentences
 
+pytestmark = pytest.mark.unit
+
 
 def stream(text: str, size: int) -> list[str]:
     """Feed ``text`` in pieces of ``size`` characters and collect every sentence."""

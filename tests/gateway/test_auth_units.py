@@ -12,6 +12,8 @@ from tutor_contract.logs import redact
 from tutor_gateway import auth
 from tutor_gateway.tokens import hash_token
 
+pytestmark = pytest.mark.unit
+
 
 class Clock:
     def __init__(self) -> None:

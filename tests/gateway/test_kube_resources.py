@@ -12,6 +12,8 @@ from tutor_gateway.kube.resources import (
     session_of,
 )
 
+pytestmark = pytest.mark.unit
+
 HASH = "a" * 64
 
 

@@ -17,6 +17,8 @@ from tutor_engine.config import EngineSettings
 from tutor_gateway.config import GatewaySettings
 from tutor_operator.settings import OperatorSettings
 
+pytestmark = pytest.mark.unit
+
 SECRET = "s3cr3t-Jq3vX8mN2pL5rT9w"
 
 

@@ -20,6 +20,8 @@ from tutor_gateway.kube.admission import engine_states
 from tutor_gateway.ratelimit import KeyedLimiter, client_key, message_rate_problem
 from tutor_gateway.sessions import Session
 
+pytestmark = pytest.mark.unit
+
 LIMITS = SessionLimits(
     max_sessions=10, max_sessions_per_student=2, max_sessions_per_tutor=3, retry_after=30
 )

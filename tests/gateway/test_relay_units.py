@@ -10,6 +10,8 @@ from tutor_gateway.inbox import FrameInbox
 from tutor_gateway.policy import engine_is_dead
 from tutor_gateway.relay import admit_frame
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.mark.parametrize(
     ("text", "data", "admitted", "problem"),

@@ -13,6 +13,8 @@ from tutor_gateway.policy import expired_sessions, has_capacity, idle_engines
 from tutor_gateway.sessions import CapacityError, SqliteSessionStore
 from tutor_gateway.tokens import hash_token, mint_token, token_matches
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.mark.parametrize(
     ("last", "now", "timeout", "expired"),

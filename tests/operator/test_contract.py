@@ -6,8 +6,11 @@ import ast
 import datetime as dt
 import pathlib
 
+import pytest
 import yaml
 from tutor_contract import crd
+
+pytestmark = pytest.mark.unit
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 # Words Kubernetes itself uses for pods (their phase, their Ready condition): the operator

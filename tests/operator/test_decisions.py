@@ -10,6 +10,8 @@ from tutor_operator import conditions as c
 from tutor_operator import decisions as d
 from tutor_operator import names
 
+pytestmark = pytest.mark.unit
+
 NOW = dt.datetime(2026, 11, 25, 12, 0, 0, tzinfo=dt.UTC)
 SCALING = d.Scaling(
     min_replicas=0,

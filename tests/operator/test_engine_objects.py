@@ -16,6 +16,8 @@ from .builders import (
     settings,
 )
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.mark.parametrize("name", sorted(GOLDEN_BUILDS))
 def test_built_manifest_matches_golden(name: str) -> None:

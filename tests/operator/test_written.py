@@ -5,8 +5,11 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 
+import pytest
 from tutor_operator.decisions import SessionView
 from tutor_operator.reconcile import Written
+
+pytestmark = pytest.mark.unit
 
 KEY = ("tutors", "tutor-7")
 CREATED = dt.datetime(2026, 11, 25, tzinfo=dt.UTC)
