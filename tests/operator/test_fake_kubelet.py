@@ -12,6 +12,7 @@ from tests.support.cluster import ENGINE_KEY, NAMESPACE, KubeClient, wait_for
 from tests.support.kube_emulator import RunningEmulator
 from tests.support.kubelet import (
     FakeKubelet,
+    ReadinessProbe,
     deletion_order,
     fenceposts,
     is_ready,
@@ -193,6 +194,19 @@ def ranked_pod(
 
 def order(*pods: dict, logarithmic: bool = False) -> list[str]:
     return [p["metadata"]["name"] for p in deletion_order(list(pods), NOW, logarithmic)]
+
+
+def test_readiness_changes_after_the_probes_thresholds_in_a_row() -> None:
+    container = {"readinessProbe": {"timeoutSeconds": 3, "failureThreshold": 3}}
+    probe = ReadinessProbe.of(container)
+    assert (probe.timeout, probe.failures, probe.successes) == (3.0, 3, 1)
+    assert [probe.observe(ok) for ok in (False, True)] == [False, True]  # ready at once
+    # One or two slow or failed probes (a loaded node) keep the pod ready; three in a row do not.
+    assert [probe.observe(ok) for ok in (False, False, True, False, False)] == [False] * 5
+    assert probe.ready and probe.observe(False) and not probe.ready
+    strict = ReadinessProbe.of({"readinessProbe": {"successThreshold": 2}})
+    assert [strict.observe(ok) for ok in (True, False, True, True)] == [False, False, False, True]
+    assert ReadinessProbe.of({}) == ReadinessProbe(timeout=1.0, failures=3, successes=1)
 
 
 def test_scale_down_order_is_the_replicasets_ranking() -> None:

@@ -5,9 +5,9 @@ replica it creates a Pod (template labels, ``pod-template-hash``, owner referenc
 Deployment), "schedules" it against a pretend node (GPU capacity summed over the pod's
 containers, node labels) and binds it there (``pods/binding``), starts the first container as
 ``python -m tutor_engine --host 127.A.B.N --port <containerPort>`` with its environment
-(secrets resolved through the API) on its own loopback address, probes ``/readyz`` and
-reports phase, podIP, conditions and container states back on the Pod's status, and replicas
-on the Deployment's status.
+(secrets resolved through the API) on its own loopback address, probes ``/readyz`` (with the
+container's ``readinessProbe`` thresholds) and reports phase, podIP, conditions and container
+states back on the Pod's status, and replicas on the Deployment's status.
 
 Which pods go, as the real controllers decide it (``deletion_order``, ``rollout_step``):
 
@@ -240,6 +240,37 @@ def rollout_step(
 def _log_failure(task: asyncio.Task[None]) -> None:
     if not task.cancelled() and task.exception() is not None:
         log.error("fake kubelet: a pod's run failed", exc_info=task.exception())
+
+
+@dataclasses.dataclass
+class ReadinessProbe:
+    """A container's readinessProbe as a kubelet applies it (the API server's defaults
+    without one): readiness changes after ``failures`` failed or ``successes`` passed probes
+    in a row, each waiting at most ``timeout`` seconds."""
+
+    timeout: float = 1.0
+    failures: int = 3
+    successes: int = 1
+    ready: bool = False
+    streak: int = 0  # probes in a row whose result disagrees with ``ready``
+
+    @classmethod
+    def of(cls, container: dict[str, Any]) -> ReadinessProbe:
+        """The probe ``container`` declares, not ready yet."""
+        spec = container.get("readinessProbe") or {}
+        return cls(
+            timeout=float(spec.get("timeoutSeconds", cls.timeout)),
+            failures=int(spec.get("failureThreshold", cls.failures)),
+            successes=int(spec.get("successThreshold", cls.successes)),
+        )
+
+    def observe(self, ok: bool) -> bool:
+        """Count one probe's result; whether readiness changed with it."""
+        self.streak = 0 if ok == self.ready else self.streak + 1
+        if self.streak < (self.successes if ok else self.failures):
+            return False
+        self.ready, self.streak = ok, 0
+        return True
 
 
 @dataclasses.dataclass
@@ -738,21 +769,29 @@ class FakeKubelet:
         restarts: int,
         last_state: dict[str, Any] | None,
     ) -> None:
-        """Probe /readyz until the process exits, reporting each readiness change."""
+        """Probe /readyz until the process exits, reporting each readiness change.
+
+        As a kubelet does, with the container's ``readinessProbe`` thresholds: each probe
+        waits ``timeoutSeconds``, and readiness changes after ``failureThreshold`` failures
+        or ``successThreshold`` successes in a row (``periodSeconds`` is ``PROBE_INTERVAL``
+        here, so tests need not wait seconds between probes)."""
         assert self._session is not None and run.process is not None
         url = f"http://{run.ip}:{port}/readyz"
+        probe = ReadinessProbe.of(container)
         scheduled = {"type": "PodScheduled", "status": "True"}
         while run.process.returncode is None:
             try:
-                timeout = aiohttp.ClientTimeout(total=2)
+                timeout = aiohttp.ClientTimeout(total=probe.timeout)
                 async with self._session.get(url, timeout=timeout) as response:
-                    ready = response.status == 200
-            except (aiohttp.ClientError, TimeoutError):
-                ready = False
-            if ready != run.ready:
-                self._set_ready(run, ready)
+                    ok, why = response.status == 200, f"HTTP {response.status}"
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                ok, why = False, type(exc).__name__
+            if probe.observe(ok):
+                if not ok:
+                    log.info("fake kubelet: pod %s not ready (readiness probe: %s)", run.name, why)
+                self._set_ready(run, ok)
                 started = {"startedAt": _now()}
-                state = self._container(container, "running", started, restarts, ready, last_state)
+                state = self._container(container, "running", started, restarts, ok, last_state)
                 status = {
                     "conditions": self._conditions(scheduled, run),
                     "containerStatuses": [state, *run.sidecars],
