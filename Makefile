@@ -72,9 +72,10 @@ test-coqui: ## Coqui TTS backend tests in their own venv (.venv-coqui, ~1.9 GB, 
 	bash scripts/test-coqui.sh
 
 .PHONY: lint
-lint: $(VENV)/.installed-test ## Ruff lint and format check
+lint: $(VENV)/.installed-test ## Ruff lint and format check, mypy over the packages
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 .PHONY: golden
 golden: $(VENV)/.installed-test ## Rewrite the operator's golden manifests (tests/operator/golden) from its builders; review the diff
