@@ -1,4 +1,5 @@
-"""Fixtures shared by every test tier."""
+"""Fixtures shared by every test tier; the cluster ones (API emulator, fake kubelet, operator)
+come from ``tests.support.cluster`` as a plugin."""
 
 from __future__ import annotations
 
@@ -15,15 +16,27 @@ from tutor_gateway.server import uvicorn_options
 from .servers import RunningServer, loopback_socket, serve
 from .support.redis_server import RedisServer
 
+pytest_plugins = ["tests.support.cluster"]
+
 GatewayFactory = Callable[..., RunningServer]
 
 
 @pytest.fixture
-def gateway_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayFactory]:
-    """Start local-mode gateways with settings overrides; all are stopped after the test."""
+def gateway_factory(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[GatewayFactory]:
+    """Start gateways with settings overrides; all are stopped after the test.
+
+    A gateway on the test's API emulator (``kube_api_url`` its ``kube_api``'s) authenticates as
+    the chart's gateway ServiceAccount, so it runs under the chart's RBAC like the operator.
+    """
     with contextlib.ExitStack() as stack:
 
         def start(**overrides: Any) -> RunningServer:
+            if "kube_api" in request.fixturenames and overrides.get("kube_api_url"):
+                api = request.getfixturevalue("kube_api")
+                if overrides["kube_api_url"] == api.url:
+                    overrides.setdefault("kube_api_token", api.tokens["gateway"])
             sock = loopback_socket()
             port = sock.getsockname()[1]
             overrides.setdefault("websocket_url", f"ws://127.0.0.1:{port}/ws")

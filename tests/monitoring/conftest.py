@@ -1,24 +1,17 @@
 """The real-Prometheus tier: Debian's ``prometheus`` and ``promtool`` (``make test`` installs
 them with scripts/prometheus-deps.sh). Without them these tests skip and say why; in CI (``$CI``
 set) they fail instead. The cluster fixtures (API emulator, fake kubelet, operator) are the
-ones tests/cluster uses, under the chart's RBAC.
+ones tests/cluster uses (the ``tests.support.cluster`` plugin), under the chart's RBAC.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any
 
 import pytest
 
-from tests.conftest import GatewayFactory
-from tests.servers import RunningServer
-from tests.support.cluster import kube, kube_api, kubelet, operator_factory
-from tests.support.kube_emulator import RunningEmulator
-
 from .promql import prometheus_binaries
 
-__all__ = ["kube", "kube_api", "kubelet", "operator_factory"]
 DEPS_HINT = "run `make prometheus-deps` (apt-get install prometheus)"
 
 
@@ -44,15 +37,3 @@ def promtool() -> str:
     if binary is None:
         _missing("no promtool binary on PATH")
     return binary  # type: ignore[return-value]
-
-
-@pytest.fixture
-def gateway_factory(gateway_factory: GatewayFactory, kube_api: RunningEmulator) -> GatewayFactory:
-    """The shared factory, with the gateway's token for gateways on this emulator."""
-
-    def start(**overrides: Any) -> RunningServer:
-        if overrides.get("kube_api_url") == kube_api.url:
-            overrides.setdefault("kube_api_token", kube_api.tokens["gateway"])
-        return gateway_factory(**overrides)
-
-    return start
