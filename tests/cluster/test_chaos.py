@@ -511,11 +511,10 @@ def children_problems(kube: KubeClient) -> list[str]:
     """One Deployment and Service (at most one PDB) per TutorEngine; no more live pods than
     replicas; the engine's status counts the ready pods that exist."""
     engines = {e["metadata"]["name"]: e for e in kube.list("tutorengines")}
-    pdb_path = f"/apis/policy/v1/namespaces/{kube.namespace}/poddisruptionbudgets"
     children = {
         "Deployment": kube.list("deployments"),
         "Service": kube.list("services"),
-        "PodDisruptionBudget": kube.http.get(pdb_path).json()["items"],
+        "PodDisruptionBudget": kube.list("poddisruptionbudgets"),
     }
     problems = []
     for kind, objects in children.items():

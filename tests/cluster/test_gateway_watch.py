@@ -18,11 +18,12 @@ from tests.gateway.helpers import create_session, open_ws, recv
 from tests.servers import RunningServer
 from tests.support.cluster import NAMESPACE, KubeClient, wait_for
 from tests.support.kube_emulator import RunningEmulator
+from tests.support.paths import rest_path
 
 from .api_proxy import ApiProxy
 from .test_gateway_cluster import cluster_gateway
 
-SESSIONS = f"/apis/tutor.vts.dev/v1alpha1/namespaces/{NAMESPACE}/tutorsessions"
+SESSIONS = rest_path("tutorsessions", NAMESPACE)
 # Quick recovery for tests: short API timeout and back-off.
 FAST = {
     "kube_api_timeout_seconds": 2,

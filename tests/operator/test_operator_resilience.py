@@ -111,10 +111,7 @@ def test_a_scale_down_removes_the_empty_pod_and_busy_pods_are_guarded(
         )
 
     wait_for(lambda: marked(busy) and marked(next(iter(old_pod))), 20, "the busy marks")
-    pdb_path = f"/apis/policy/v1/namespaces/{kube.namespace}/poddisruptionbudgets/tutor-32"
-    pdb = wait_for(
-        lambda: (r := kube.http.get(pdb_path)).status_code == 200 and r.json(), 20, "the PDB"
-    )
+    pdb = wait_for(lambda: kube.get("poddisruptionbudgets", "tutor-32"), 20, "the PDB")
     assert pdb["spec"]["selector"]["matchLabels"][names.LABEL_BUSY] == "true"
     assert pdb["spec"]["maxUnavailable"] == 0
 

@@ -35,15 +35,11 @@ import pytest
 from .chart_rbac import chart_rbac
 from .kube_emulator import ADMIN_TOKEN, KubeEmulator, RunningEmulator
 from .kubelet import FakeKubelet
+from .paths import rest_path
 
 NAMESPACE = "tutors"
 ENGINE_KEY = "test-engine-key"
 ENGINE_KEY_SECRET = "tutor-engine-key"
-API_VERSIONS = {
-    "tutorsessions": "tutor.vts.dev/v1alpha1",
-    "tutorengines": "tutor.vts.dev/v1alpha1",
-    "deployments": "apps/v1",
-}
 # Operator settings for tests: mock backends, fast reconciliation, long idle timeouts.
 OPERATOR_ENV = {
     "TUTOR_OPERATOR_RECONCILE_INTERVAL": "0.5",
@@ -88,9 +84,7 @@ class KubeClient:
 
     def path(self, plural: str, name: str | None = None, sub: str | None = None) -> str:
         """The REST path of a namespaced collection or object."""
-        api_version = API_VERSIONS.get(plural, "v1")
-        root = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
-        return "/".join(p for p in (root, "namespaces", self.namespace, plural, name, sub) if p)
+        return rest_path(plural, self.namespace, name, sub)
 
     def create(self, plural: str, body: dict[str, Any]) -> httpx.Response:
         return self.http.post(self.path(plural), json=body)

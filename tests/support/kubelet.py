@@ -62,10 +62,9 @@ from typing import Any
 import aiohttp
 
 from .kube_emulator import ADMIN_TOKEN
+from .paths import rest_path
 
 log = logging.getLogger(__name__)
-DEPLOYMENTS = "/apis/apps/v1/namespaces/{ns}/deployments"
-PODS = "/api/v1/namespaces/{ns}/pods"
 HASH_LABEL = "pod-template-hash"
 DELETION_COST = "controller.kubernetes.io/pod-deletion-cost"
 NODE = "fake-node"
@@ -380,8 +379,10 @@ class FakeKubelet:
             timeout=aiohttp.ClientTimeout(total=None), headers=headers
         )
         self._tasks = [
-            asyncio.create_task(self._watch(DEPLOYMENTS, self._on_deployment)),
-            asyncio.create_task(self._watch(PODS, self._on_pod, self._on_pods_listed)),
+            asyncio.create_task(self._watch(self._path("deployments"), self._on_deployment)),
+            asyncio.create_task(
+                self._watch(self._path("pods"), self._on_pod, self._on_pods_listed)
+            ),
         ]
 
     async def _stop(self) -> None:
@@ -394,6 +395,9 @@ class FakeKubelet:
             await self._session.close()
 
     # -- API --
+
+    def _path(self, plural: str, name: str | None = None) -> str:
+        return rest_path(plural, self.namespace, name)
 
     async def _api(
         self,
@@ -430,8 +434,7 @@ class FakeKubelet:
                 if line.strip():
                     yield json.loads(line)
 
-    async def _watch(self, template: str, handler: Any, listed: Any = None) -> None:
-        path = template.format(ns=self.namespace)
+    async def _watch(self, path: str, handler: Any, listed: Any = None) -> None:
         while True:
             try:
                 code, listing = await self._api("GET", path)
@@ -488,7 +491,7 @@ class FakeKubelet:
         deployment = self._deployments.get(name)
         if deployment is None:
             return
-        code, listing = await self._api("GET", PODS.format(ns=self.namespace))
+        code, listing = await self._api("GET", self._path("pods"))
         if code != 200:
             raise RuntimeError(f"cannot list pods: {listing.get('message')}")
         uid = deployment["metadata"]["uid"]
@@ -522,7 +525,7 @@ class FakeKubelet:
             logarithmic=self.logarithmic_scale_down,
         )
         for pod in victims:
-            await self._api("DELETE", f"{PODS.format(ns=self.namespace)}/{pod['metadata']['name']}")
+            await self._api("DELETE", self._path("pods", pod["metadata"]["name"]))
         for _ in range(creates):
             await self._create_pod(deployment, wanted_hash)
         ready = sum(map(is_ready, active))
@@ -534,7 +537,7 @@ class FakeKubelet:
             "availableReplicas": ready,
             "unavailableReplicas": max(desired - ready, 0) or None,
         }
-        await self._patch_status(f"{DEPLOYMENTS.format(ns=self.namespace)}/{name}", status)
+        await self._patch_status(self._path("deployments", name), status)
 
     async def _create_pod(self, deployment: dict[str, Any], wanted_hash: str) -> None:
         meta, template = deployment["metadata"], deployment["spec"]["template"]
@@ -558,7 +561,7 @@ class FakeKubelet:
             },
             "spec": copy.deepcopy(template["spec"]),
         }
-        code, created = await self._api("POST", PODS.format(ns=self.namespace), pod)
+        code, created = await self._api("POST", self._path("pods"), pod)
         if code != 201:
             log.error("fake kubelet: cannot create a pod: %s", created)
             return
@@ -604,7 +607,7 @@ class FakeKubelet:
     async def _shut_down(self, run: PodRun) -> None:
         """A deleted pod: stop its process within the grace period, then remove the Pod."""
         await self._terminate(run, keep=True)
-        path = f"{PODS.format(ns=self.namespace)}/{run.name}"
+        path = self._path("pods", run.name)
         body = {"gracePeriodSeconds": 0, "preconditions": {"uid": run.uid}}
         await self._api("DELETE", path, body, params={"gracePeriodSeconds": "0"})
         self.pods.pop(run.name, None)
@@ -626,16 +629,14 @@ class FakeKubelet:
                 env[item["name"]] = item["value"]
                 continue
             ref = item["valueFrom"]["secretKeyRef"]
-            code, secret = await self._api(
-                "GET", f"/api/v1/namespaces/{self.namespace}/secrets/{ref['name']}"
-            )
+            code, secret = await self._api("GET", self._path("secrets", ref["name"]))
             if code != 200 or ref["key"] not in (secret.get("data") or {}):
                 raise LookupError(f'secret "{ref["name"]}" or its key "{ref["key"]}" not found')
             env[item["name"]] = base64.b64decode(secret["data"][ref["key"]]).decode()
         return env
 
     async def _run_pod(self, run: PodRun, pod: dict[str, Any]) -> None:
-        path = f"{PODS.format(ns=self.namespace)}/{run.name}"
+        path = self._path("pods", run.name)
         spec = pod["spec"]
         container, *sidecars = spec["containers"]
         while reason := self._schedulable(run, spec):
