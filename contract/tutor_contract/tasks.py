@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable
+from typing import Any
 
 
-async def cancel_and_wait(tasks: Iterable[asyncio.Future[object] | None]) -> None:
+async def cancel_and_wait(tasks: Iterable[asyncio.Future[Any] | None]) -> None:
     """Cancel every task (``None`` entries are skipped) and wait for all of them to finish.
 
     Their results and exceptions are consumed (an ended task's failure was its own to log),

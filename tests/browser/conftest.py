@@ -19,7 +19,6 @@ import re
 import shutil
 import subprocess
 import threading
-import time
 import wave
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
@@ -38,6 +37,7 @@ from tests.support.processes import (
     stop_server,
     wait_ready,
 )
+from tests.support.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = Path(os.environ.get("TEST_ARTIFACTS_DIR", ROOT / "test-artifacts")) / "browser"
@@ -113,16 +113,15 @@ def speech_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerP
 def wait_until(
     condition: Callable[[], Any], timeout: float, what: str, gateway: ServerProcess | None = None
 ) -> Any:
-    """Poll ``condition`` until it returns something truthy; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
+    """Poll ``condition`` until it returns something truthy; fail after ``timeout`` seconds, or
+    at once with its log if ``gateway`` exits meanwhile."""
+
+    def check() -> Any:
         if gateway is not None and gateway.process.poll() is not None:
             pytest.fail(f"gateway exited while waiting for {what}:\n{gateway.log()[-3000:]}")
-        if value := condition():
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(0.1)
+        return condition()
+
+    return wait_for(check, timeout, what)
 
 
 @pytest.fixture(scope="session")

@@ -12,11 +12,12 @@ import dataclasses
 import os
 import re
 import subprocess
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+
+from tests.support import waiting
 
 KUBECONFIG = os.environ.get("TUTOR_E2E_KUBECONFIG", "")
 
@@ -33,13 +34,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 def wait_for(check: Callable[[], Any], timeout: float, what: str) -> Any:
-    """Poll ``check`` every second until it returns something truthy; fail after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while not (result := check()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(1)
-    return result
+    """Poll ``check`` every second (a real cluster is slow) until it returns something truthy."""
+    return waiting.wait_for(check, timeout, what, interval=1.0)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -25,7 +25,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -36,6 +35,7 @@ from .chart_rbac import chart_rbac
 from .kube_emulator import ADMIN_TOKEN, KubeEmulator, RunningEmulator
 from .kubelet import FakeKubelet
 from .paths import rest_path
+from .waiting import wait_for as wait_for  # the tests' waiting helper, re-exported
 
 NAMESPACE = "tutors"
 ENGINE_KEY = "test-engine-key"
@@ -54,18 +54,6 @@ OPERATOR_ENV = {
     # tests start several operators); tests/cluster/test_operator_metrics.py does.
     "TUTOR_OPERATOR_METRICS_PORT": "0",
 }
-
-
-def wait_for(check: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
-    """Poll ``check`` every 0.1 s until it returns something truthy; fail after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.1)
 
 
 class KubeClient:
