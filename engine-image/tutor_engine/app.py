@@ -18,12 +18,14 @@ from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Annotated, Any
 
-from fastapi import FastAPI, Header, HTTPException, Path, Request, WebSocket, WebSocketDisconnect
+from fastapi import FastAPI, Header, HTTPException, Path, Query, WebSocket, WebSocketDisconnect
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BeforeValidator
 from starlette.websockets import WebSocketDisconnected
 from tutor_contract import logs, tracing
 from tutor_contract.relay import RELAY_HEADER
+from tutor_contract.tasks import cancel_and_wait
 
 from .backends import Backend, Backends, build_backends
 from .config import EngineSettings
@@ -41,6 +43,8 @@ log = logging.getLogger("tutor_engine")
 CLOSE_UNAUTHORIZED = 4401
 PARSE_THREADS = 2  # large frames parsed at once, engine-wide (each connection parses in order)
 SESSION_ID = Path(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._-]+$")
+# ?stream=1: on for 1, true, yes, on (any case), off for anything else, never an error.
+OPT_IN = BeforeValidator(lambda value: str(value).lower() in ("1", "true", "yes", "on"))
 
 
 class EngineState:
@@ -192,9 +196,7 @@ def create_app(
         try:
             yield
         finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await cancel_and_wait(tasks)
             state.parse_executor.shutdown(wait=False, cancel_futures=True)
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(state.settings.history_timeout_seconds):
@@ -255,7 +257,9 @@ def create_app(
         return Response(status_code=204)
 
     @app.websocket("/ws/{session_id}")
-    async def conversation(websocket: WebSocket, session_id: str) -> None:
+    async def conversation(
+        websocket: WebSocket, session_id: str, stream: Annotated[bool, Query(), OPT_IN] = False
+    ) -> None:
         # Every line logged for this connection (its turns included) names the session; the
         # connection's task, and with it the binding, ends with the connection.
         logs.bind(session=session_id)
@@ -270,7 +274,7 @@ def create_app(
             await websocket.send_json(error_message("Invalid engine key"))
             await websocket.close(CLOSE_UNAUTHORIZED, "invalid engine key")
             return
-        conv = Conversation(session_id, stream=_truthy(websocket.query_params.get("stream")))
+        conv = Conversation(session_id, stream=stream)
         if kb_id := websocket.query_params.get("kb_id"):
             try:
                 conv.kb_id = check_kb_id(kb_id)
@@ -285,12 +289,4 @@ def create_app(
         finally:
             state.metrics.connections.dec()
 
-    @app.exception_handler(HTTPException)
-    async def http_error(_: Request, exc: HTTPException) -> JSONResponse:
-        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code)
-
     return app
-
-
-def _truthy(value: str | None) -> bool:
-    return (value or "").lower() in ("1", "true", "yes", "on")

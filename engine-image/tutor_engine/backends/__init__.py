@@ -6,7 +6,7 @@ import importlib
 import importlib.util
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..config import EngineSettings
 from .base import ASR, LLM, TTS, AudioDecodeError, Backend, ChatMessage, DecodedAudio, Usage
@@ -63,7 +63,7 @@ class Backends:
         return (("llm", self.llm), ("asr", self.asr), ("tts", self.tts), *extra)
 
 
-def _real(kind: str, name: str, settings: EngineSettings):  # type: ignore[no-untyped-def]
+def _real(kind: str, name: str, settings: EngineSettings) -> Any:  # a backend, imported by name
     module_name, _, class_name = _REAL[(kind, name)].partition(":")
     return getattr(importlib.import_module(module_name), class_name)(settings)
 

@@ -8,7 +8,6 @@ W3C ``traceparent`` of the current span when tracing is on.
 
 from __future__ import annotations
 
-import asyncio
 import errno
 import logging
 import socket
@@ -17,6 +16,8 @@ from collections.abc import AsyncIterator, Sequence
 
 import httpx
 import openai
+import tenacity
+from openai.types.chat import ChatCompletionMessageParam
 from tutor_contract import tracing
 
 from ..config import EngineSettings
@@ -71,6 +72,15 @@ def describe_failure(exc: BaseException) -> tuple[str, str]:
     return kind, str(exc.__cause__ or exc) or type(exc).__name__
 
 
+def _message_param(message: ChatMessage) -> ChatCompletionMessageParam:
+    """``message`` as the SDK's typed message."""
+    if message.role == "system":
+        return {"role": "system", "content": message.content}
+    if message.role == "user":
+        return {"role": "user", "content": message.content}
+    return {"role": "assistant", "content": message.content}
+
+
 class OpenAICompatibleLLM:
     """Streams chat completions from ``ENGINE_LLM_BASE_URL`` (e.g. ``http://127.0.0.1:8001/v1``)."""
 
@@ -98,20 +108,26 @@ class OpenAICompatibleLLM:
         """Wait for the server to list its models, pick one if unset, and warm it up."""
         wait = self.settings.llm_wait_seconds
         deadline = time.monotonic() + wait
-        # This loop is the retry: each failure is reported on /readyz as it happens.
-        client = self._client.with_options(max_retries=0)
-        while True:
-            try:
-                page = await client.models.list()
-                break
-            except openai.APIError as exc:
-                kind, why = describe_failure(exc)
-                self.problem = f"LLM server {self.origin} {kind}: {why}"
-                if time.monotonic() >= deadline:
-                    raise LLMError(
-                        f"{self.problem} (waited {wait:.0f}s, ENGINE_LLM_WAIT_SECONDS)"
-                    ) from exc
-                await asyncio.sleep(min(2.0, max(0.1, deadline - time.monotonic())))
+
+        def note(attempt: tenacity.RetryCallState) -> None:  # shown on /readyz as it happens
+            failure = attempt.outcome.exception() if attempt.outcome else None
+            assert failure is not None  # only failures are retried
+            kind, why = describe_failure(failure)
+            self.problem = f"LLM server {self.origin} {kind}: {why}"
+
+        client = self._client.with_options(max_retries=0)  # retried here, every 2 s
+        try:
+            async for attempt in tenacity.AsyncRetrying(
+                retry=tenacity.retry_if_exception_type(openai.APIError),
+                stop=tenacity.stop_after_delay(wait),
+                wait=lambda _: min(2.0, max(0.1, deadline - time.monotonic())),
+                after=note,
+                reraise=True,
+            ):
+                with attempt:
+                    page = await client.models.list()
+        except openai.APIError as exc:
+            raise LLMError(f"{self.problem} (waited {wait:.0f}s, ENGINE_LLM_WAIT_SECONDS)") from exc
         self.problem = None
         served = [m.id for m in page.data]
         if not self.model:
@@ -139,7 +155,7 @@ class OpenAICompatibleLLM:
         try:
             chunks = await self._client.chat.completions.create(
                 model=self.model,
-                messages=[{"role": m.role, "content": m.content} for m in messages],
+                messages=[_message_param(m) for m in messages],
                 max_tokens=max_tokens,
                 temperature=self.settings.llm_temperature,
                 stream=True,
