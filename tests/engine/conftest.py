@@ -5,67 +5,46 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import threading
-import time
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from fastapi import FastAPI
 from tutor_engine.app import create_app
 from tutor_engine.backends import Backends
 from tutor_engine.config import EngineSettings
 from tutor_engine.transport import WS_PROTOCOL
 
+from tests.servers import RunningServer
+from tests.servers import serve as serve_app
+from tests.support.waiting import wait_for
+
 from .stores import StoreKit, redis_kit, sqlite_kit
 
 
-@dataclass
-class Running:
-    """A server running in a thread: its base URLs."""
-
-    http: str
-    ws: str
-
-
 @contextlib.contextmanager
-def serve(app: FastAPI, ready: bool = True, timeout: float = 60.0) -> Iterator[Running]:
-    """Serve ``app`` on a free port; wait for /readyz to pass unless ``ready`` is False."""
+def serve(app: FastAPI, ready: bool = True, timeout: float = 60.0) -> Iterator[RunningServer]:
+    """Serve ``app`` on a free port as ``python -m tutor_engine`` does; wait for /readyz to pass
+    unless ``ready`` is False."""
     engine_state = getattr(app.state, "engine", None)
     max_size = engine_state.settings.max_message_bytes * 2 if engine_state else 16 * 2**20
-    config = uvicorn.Config(
-        app,
-        host="127.0.0.1",
-        port=0,
-        log_level="warning",
-        ws_ping_interval=None,
-        ws=WS_PROTOCOL,  # as python -m tutor_engine serves it
-        ws_max_size=max_size,
-        ws_per_message_deflate=False,
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + timeout
-    while not server.started:
-        assert thread.is_alive(), "server thread died"
-        assert time.monotonic() < deadline, "server did not start"
-        time.sleep(0.02)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    running = Running(http=f"http://127.0.0.1:{port}", ws=f"ws://127.0.0.1:{port}")
-    try:
+    options: dict[str, Any] = {
+        "ws_ping_interval": None,
+        "ws": WS_PROTOCOL,
+        "ws_max_size": max_size,
+        "ws_per_message_deflate": False,
+    }
+    with serve_app(app, startup_timeout=timeout, **options) as running:
         if ready:
-            while httpx.get(f"{running.http}/readyz").status_code != 200:
-                assert time.monotonic() < deadline, httpx.get(f"{running.http}/readyz").text
-                time.sleep(0.05)
+            wait_for(
+                lambda: httpx.get(f"{running.http}/readyz").status_code == 200,
+                timeout,
+                "the engine's /readyz",
+                interval=0.05,
+            )
         yield running
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
 
 
 def engine(backends: Backends | None = None, **settings: Any) -> FastAPI:
@@ -88,7 +67,7 @@ async def recv_until(ws: Any, kind: str) -> list[dict[str, Any]]:
 
 
 @pytest.fixture
-def mock_engine() -> Iterator[Running]:
+def mock_engine() -> Iterator[RunningServer]:
     with serve(engine()) as running:
         yield running
 

@@ -22,7 +22,9 @@ from tutor_engine.protocol import (
 )
 from tutor_engine.vad import Endpointer, VadConfig
 
-from .conftest import Running, engine, recv, recv_until, serve
+from tests.servers import RunningServer
+
+from .conftest import engine, recv, recv_until, serve
 from .speech import real_speech_settings, words
 
 RATE = 16_000
@@ -150,13 +152,13 @@ def test_audio_stream_messages_parse_and_bad_ones_name_the_rule() -> None:
 
 
 @pytest.fixture
-def engine_1s() -> Iterator[Running]:
+def engine_1s() -> Iterator[RunningServer]:
     with serve(engine(max_audio_seconds=1.0)) as running:
         yield running
 
 
 async def test_chunks_without_audio_start_get_one_error_then_the_stream_works(
-    engine_1s: Running,
+    engine_1s: RunningServer,
 ) -> None:
     async with websockets.connect(f"{engine_1s.ws}/ws/a1") as ws:
         for chunk in chunks(tone(0.1), 20):
@@ -193,7 +195,9 @@ async def test_chunks_without_audio_start_get_one_error_then_the_stream_works(
         assert (await recv(ws))["content"] == "(speech, 0.25 seconds)"
 
 
-async def test_a_commit_without_a_stream_says_to_send_audio_start(mock_engine: Running) -> None:
+async def test_a_commit_without_a_stream_says_to_send_audio_start(
+    mock_engine: RunningServer,
+) -> None:
     async with websockets.connect(f"{mock_engine.ws}/ws/a3") as ws:
         await ws.send('{"type": "audio_commit"}')
         assert "No audio stream is open" in (await recv(ws))["content"]
@@ -236,7 +240,7 @@ def question_pcm(name: str) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def voice_engine() -> Iterator[Running]:
+def voice_engine() -> Iterator[RunningServer]:
     settings = real_speech_settings(tutor_id=4, llm_mock_token_seconds=0.15)
     with serve(engine(**settings)) as running:
         yield running
@@ -244,7 +248,7 @@ def voice_engine() -> Iterator[Running]:
 
 @pytest.mark.slow
 async def test_vad_ends_a_spoken_question_and_speech_barges_in_on_the_reply(
-    voice_engine: Running,
+    voice_engine: RunningServer,
 ) -> None:
     question = question_pcm("short")
     async with websockets.connect(f"{voice_engine.ws}/ws/v1", max_size=None) as ws:
@@ -273,7 +277,7 @@ async def test_vad_ends_a_spoken_question_and_speech_barges_in_on_the_reply(
 
 @pytest.mark.slow
 async def test_seconds_of_audio_in_one_frame_go_through_the_vad_alike(
-    voice_engine: Running,
+    voice_engine: RunningServer,
 ) -> None:
     # Over LARGE_AUDIO_CHUNK_BYTES: the VAD runs in a thread, with the same events and text.
     async with websockets.connect(f"{voice_engine.ws}/ws/v1", max_size=None) as ws:

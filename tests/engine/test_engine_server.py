@@ -12,7 +12,9 @@ import websockets
 from tutor_engine.backends import Backends
 from tutor_engine.backends.mock import MockASR, MockLLM, MockTTS, make_wav, read_wav_comment
 
-from .conftest import Running, engine, recv, serve
+from tests.servers import RunningServer
+
+from .conftest import engine, recv, serve
 
 SEED_KEYS = {
     "text": {"type", "content", "role", "timestamp"},
@@ -26,7 +28,7 @@ def audio_frame(wav: bytes) -> str:
     return json.dumps({"type": "audio", "data": base64.b64encode(wav).decode()})
 
 
-async def test_a_plain_client_gets_exactly_the_seed_messages(mock_engine: Running) -> None:
+async def test_a_plain_client_gets_exactly_the_seed_messages(mock_engine: RunningServer) -> None:
     async with websockets.connect(f"{mock_engine.ws}/ws/s1?kb_id=math-101") as ws:
         await ws.send('{"type": "text", "content": "What is Python?"}')
         text = await recv(ws)
@@ -44,7 +46,7 @@ async def test_a_plain_client_gets_exactly_the_seed_messages(mock_engine: Runnin
 
 
 async def test_bad_input_gets_an_error_and_the_connection_stays_usable(
-    mock_engine: Running,
+    mock_engine: RunningServer,
 ) -> None:
     async with websockets.connect(f"{mock_engine.ws}/ws/s2") as ws:
         for bad in ("not json", '{"type": "video"}', '{"type": "audio", "data": "AAAA"}'):
@@ -56,7 +58,9 @@ async def test_bad_input_gets_an_error_and_the_connection_stays_usable(
         assert (await recv(ws))["type"] == "text"
 
 
-async def test_an_invalid_kb_id_is_reported_and_the_session_goes_on(mock_engine: Running) -> None:
+async def test_an_invalid_kb_id_is_reported_and_the_session_goes_on(
+    mock_engine: RunningServer,
+) -> None:
     async with websockets.connect(f"{mock_engine.ws}/ws/s3?kb_id=../etc") as ws:
         assert "Invalid kb_id" in (await recv(ws))["content"]
         await ws.send('{"type": "text", "content": "hello"}')
@@ -105,7 +109,7 @@ async def test_a_model_that_fails_to_load_shows_in_readyz_and_refuses_sessions()
         assert "voice.onnx not found" in refused.value.response.body.decode()
 
 
-def test_metrics_export_stage_timings(mock_engine: Running) -> None:
+def test_metrics_export_stage_timings(mock_engine: RunningServer) -> None:
     text = httpx.get(f"{mock_engine.http}/metrics").text
     assert 'tutor_engine_ready{tutor_id="0"} 1.0' in text
     assert "tutor_engine_stage_seconds" in text

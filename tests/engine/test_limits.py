@@ -18,7 +18,9 @@ from fastapi import FastAPI
 from tutor_engine.backends import Backends
 from tutor_engine.backends.mock import MockASR, MockLLM, MockTTS
 
-from .conftest import Running, engine, recv, recv_until, serve
+from tests.servers import RunningServer
+
+from .conftest import engine, recv, recv_until, serve
 
 REJECTED = "frame rejected"
 
@@ -30,7 +32,7 @@ def slow_engine(delay_s: float = 0.05, **settings: Any) -> FastAPI:
 
 
 @pytest.fixture
-def small_engine() -> Iterator[Running]:
+def small_engine() -> Iterator[RunningServer]:
     with serve(engine(max_message_bytes=64 * 1024)) as running:
         yield running
 
@@ -47,7 +49,7 @@ BAD_FRAMES: list[tuple[str | bytes, str]] = [
 
 
 async def test_every_bad_frame_gets_an_error_one_log_line_and_the_connection_goes_on(
-    small_engine: Running, caplog: pytest.LogCaptureFixture
+    small_engine: RunningServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="tutor_engine")
     async with websockets.connect(f"{small_engine.ws}/ws/bad", max_size=None) as ws:
@@ -71,7 +73,7 @@ async def test_every_bad_frame_gets_an_error_one_log_line_and_the_connection_goe
 
 
 async def test_a_frame_over_twice_the_limit_is_closed_by_the_transport(
-    small_engine: Running,
+    small_engine: RunningServer,
 ) -> None:
     async with websockets.connect(f"{small_engine.ws}/ws/huge", max_size=None) as ws:
         await ws.send("x" * (2 * 64 * 1024 + 1))
@@ -186,7 +188,7 @@ async def test_an_audio_turn_is_refused_when_its_transcript_is_too_long() -> Non
             assert error["type"] == "error" and error["content"].startswith("Speech too long")
 
 
-def test_health_answers_while_a_connection_floods_large_frames(mock_engine: Running) -> None:
+def test_health_answers_while_a_connection_floods_large_frames(mock_engine: RunningServer) -> None:
     from websockets.sync.client import connect
 
     frame = "[" + ",".join(["{}"] * (2 * 2**20 // 3)) + "]"  # 2 MiB of tiny objects

@@ -29,7 +29,9 @@ from tutor_engine.backends.openai_llm import OpenAICompatibleLLM
 from tutor_engine.config import EngineSettings
 from tutor_engine.prompt import build_prompt
 
-from .conftest import Running, engine, recv, serve
+from tests.servers import RunningServer
+
+from .conftest import engine, recv, serve
 from .fake_vllm import fake_vllm, prompt_tokens
 
 RELAY = {RELAY_HEADER: "1"}
@@ -91,7 +93,7 @@ def mock_backends(**llm: Any) -> Backends:
 
 
 @pytest.fixture
-def running() -> Iterator[Running]:
+def running() -> Iterator[RunningServer]:
     with serve(engine(mock_backends(), tutor_id=int(TUTOR))) as running:
         yield running
 
@@ -118,7 +120,7 @@ class Scrape:
         return {s: self.count("tutor_engine_stage_seconds", stage=s) for s in STAGES}
 
 
-def scrape(running: Running) -> Scrape:
+def scrape(running: RunningServer) -> Scrape:
     return Scrape(httpx.get(f"{running.http}/metrics").text)
 
 
@@ -140,7 +142,7 @@ async def until_done(ws: Any, seq: int) -> list[dict[str, Any]]:
 
 
 def test_every_series_is_named_as_the_contract_says_and_labelled_by_tutor(
-    running: Running,
+    running: RunningServer,
 ) -> None:
     metrics = scrape(running)
     engine_families = {  # less the _created timestamps prometheus_client adds
@@ -177,7 +179,7 @@ def test_every_series_is_named_as_the_contract_says_and_labelled_by_tutor(
 
 
 async def test_whole_replies_count_each_stage_once_per_turn_tokens_and_audio(
-    running: Running,
+    running: RunningServer,
 ) -> None:
     frame, wav = audio_frame(QUESTION)
     async with websockets.connect(f"{running.ws}/ws/m1?kb_id=sky", additional_headers=RELAY) as ws:
@@ -240,7 +242,7 @@ async def test_whole_replies_count_each_stage_once_per_turn_tokens_and_audio(
 
 
 async def test_streamed_replies_measure_the_first_chunk_and_all_synthesis_once(
-    running: Running,
+    running: RunningServer,
 ) -> None:
     frame, _ = audio_frame("Explain recursion. Then explain iteration, please.")
     url = f"{running.ws}/ws/m2?stream=1"
@@ -287,14 +289,16 @@ async def test_errors_by_reason_and_interruptions_are_counted() -> None:
 
 
 @pytest.fixture(scope="module")
-def vllm() -> Iterator[Running]:
+def vllm() -> Iterator[RunningServer]:
     app = fake_vllm()
     with serve(app, ready=False) as running:
         running.requests = app.state.requests  # type: ignore[attr-defined]
         yield running
 
 
-async def test_tokens_are_the_usage_an_openai_compatible_server_reports(vllm: Running) -> None:
+async def test_tokens_are_the_usage_an_openai_compatible_server_reports(
+    vllm: RunningServer,
+) -> None:
     settings = EngineSettings(_env_file=None, llm_backend="openai", llm_base_url=f"{vllm.http}/v1")
     backends = Backends(llm=OpenAICompatibleLLM(settings), asr=MockASR(), tts=MockTTS())
     with serve(engine(backends, tutor_id=int(TUTOR))) as running:

@@ -10,12 +10,14 @@ from tutor_engine.backends.base import ChatMessage
 from tutor_engine.backends.openai_llm import LLMError, OpenAICompatibleLLM
 from tutor_engine.config import EngineSettings
 
-from .conftest import Running, engine, recv, serve
+from tests.servers import RunningServer
+
+from .conftest import engine, recv, serve
 from .fake_vllm import MODEL, fake_vllm
 
 
 @pytest.fixture(scope="module")
-def vllm() -> Iterator[Running]:
+def vllm() -> Iterator[RunningServer]:
     app = fake_vllm()
     with serve(app, ready=False) as running:
         running.requests = app.state.requests  # type: ignore[attr-defined]
@@ -23,13 +25,13 @@ def vllm() -> Iterator[Running]:
         yield running
 
 
-def llm_settings(vllm: Running, **overrides: object) -> EngineSettings:
+def llm_settings(vllm: RunningServer, **overrides: object) -> EngineSettings:
     return EngineSettings(
         _env_file=None, llm_backend="openai", llm_base_url=f"{vllm.http}/v1", **overrides
     )
 
 
-async def test_a_failed_answer_is_retried_once_before_the_first_token(vllm: Running) -> None:
+async def test_a_failed_answer_is_retried_once_before_the_first_token(vllm: RunningServer) -> None:
     llm = OpenAICompatibleLLM(llm_settings(vllm, llm_model=MODEL))
     before = len(vllm.requests)  # type: ignore[attr-defined]
     vllm.faults.append(503)  # type: ignore[attr-defined]
@@ -50,7 +52,7 @@ async def test_a_failed_answer_is_retried_once_before_the_first_token(vllm: Runn
         ("data: {oops", "malformed"),
     ],
 )
-async def test_a_stream_broken_midway_raises(vllm: Running, event: str, error: str) -> None:
+async def test_a_stream_broken_midway_raises(vllm: RunningServer, event: str, error: str) -> None:
     llm = OpenAICompatibleLLM(llm_settings(vllm, llm_model=MODEL))
     before = len(vllm.requests)  # type: ignore[attr-defined]
     vllm.faults.append(event)  # type: ignore[attr-defined]
@@ -63,7 +65,7 @@ async def test_a_stream_broken_midway_raises(vllm: Running, event: str, error: s
     assert len(vllm.requests) - before == 1  # type: ignore[attr-defined]  # no retry midway
 
 
-async def test_streams_tokens_from_the_served_model(vllm: Running) -> None:
+async def test_streams_tokens_from_the_served_model(vllm: RunningServer) -> None:
     llm = OpenAICompatibleLLM(llm_settings(vllm, llm_max_tokens=64))
     await llm.load()
     assert llm.model == MODEL  # picked from /v1/models
@@ -75,14 +77,14 @@ async def test_streams_tokens_from_the_served_model(vllm: Running) -> None:
     assert (request["stream"], request["max_tokens"], request["model"]) == (True, 64, MODEL)
 
 
-async def test_a_model_the_server_does_not_serve_fails_loading(vllm: Running) -> None:
+async def test_a_model_the_server_does_not_serve_fails_loading(vllm: RunningServer) -> None:
     llm = OpenAICompatibleLLM(llm_settings(vllm, llm_model="gpt-17"))
     with pytest.raises(LLMError, match="does not serve 'gpt-17'"):
         await llm.load()
     await llm.close()
 
 
-async def test_an_error_status_is_raised_with_its_detail(vllm: Running) -> None:
+async def test_an_error_status_is_raised_with_its_detail(vllm: RunningServer) -> None:
     llm = OpenAICompatibleLLM(llm_settings(vllm, llm_model="gpt-17"))
     with pytest.raises(LLMError, match=r"answered 404: .*does not exist"):
         [p async for p in llm.stream([ChatMessage("user", "hi")])]
@@ -103,7 +105,9 @@ async def test_an_unreachable_server_fails_loading_after_the_wait() -> None:
     await llm.close()
 
 
-async def test_the_engine_answers_with_the_served_model_and_keeps_history(vllm: Running) -> None:
+async def test_the_engine_answers_with_the_served_model_and_keeps_history(
+    vllm: RunningServer,
+) -> None:
     app = engine(
         llm_backend="openai", llm_base_url=f"{vllm.http}/v1", system_prompt="You are Tutor Ada."
     )

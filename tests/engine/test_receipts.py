@@ -14,14 +14,16 @@ from tutor_contract.relay import RECEIPT_PREFIX, RELAY_HEADER, parse_receipt
 from tutor_engine.backends import Backends
 from tutor_engine.backends.mock import MockASR, MockLLM, MockTTS
 
-from .conftest import Running, engine, serve
+from tests.servers import RunningServer
+
+from .conftest import engine, serve
 
 RELAY = {RELAY_HEADER: "1"}
 TEXT = '{{"type": "text", "content": "{}"}}'
 
 
 @pytest.fixture
-def slow_engine() -> Iterator[Running]:
+def slow_engine() -> Iterator[RunningServer]:
     """The mock LLM takes 0.1 s per word (about 2 s a reply), so turns can be cut."""
     backends = Backends(llm=MockLLM(3, delay_s=0.1), asr=MockASR(), tts=MockTTS())
     with serve(engine(backends, tutor_id=3)) as running:
@@ -57,7 +59,9 @@ async def read_until_all(ws: Any, wanted: set[str]) -> list[str]:
     return seen
 
 
-async def test_text_turns_are_started_then_done_after_their_reply(mock_engine: Running) -> None:
+async def test_text_turns_are_started_then_done_after_their_reply(
+    mock_engine: RunningServer,
+) -> None:
     async with websockets.connect(f"{mock_engine.ws}/ws/r1", additional_headers=RELAY) as ws:
         await ws.send(TEXT.format("one"))
         await ws.send(TEXT.format("two"))
@@ -66,7 +70,7 @@ async def test_text_turns_are_started_then_done_after_their_reply(mock_engine: R
         ]  # fmt: skip
 
 
-async def test_rejected_frames_and_options_get_only_done(mock_engine: Running) -> None:
+async def test_rejected_frames_and_options_get_only_done(mock_engine: RunningServer) -> None:
     async with websockets.connect(f"{mock_engine.ws}/ws/r2", additional_headers=RELAY) as ws:
         await ws.send("not json")
         await ws.send(b"\x00binary")
@@ -79,7 +83,7 @@ async def test_rejected_frames_and_options_get_only_done(mock_engine: Running) -
 
 
 async def test_a_barge_in_settles_the_cut_reply_before_the_next_starts(
-    slow_engine: Running,
+    slow_engine: RunningServer,
 ) -> None:
     url = f"{slow_engine.ws}/ws/r3?stream=1"
     async with websockets.connect(url, additional_headers=RELAY) as ws:
@@ -95,7 +99,7 @@ async def test_a_barge_in_settles_the_cut_reply_before_the_next_starts(
 
 
 async def test_delete_settles_queued_frames_then_the_cancelled_turn(
-    slow_engine: Running,
+    slow_engine: RunningServer,
 ) -> None:
     async with websockets.connect(f"{slow_engine.ws}/ws/r4", additional_headers=RELAY) as ws:
         for text in ("first", "second", "third"):
@@ -113,7 +117,7 @@ async def test_delete_settles_queued_frames_then_the_cancelled_turn(
         assert await read_until(ws, "done 5") == ["started 5", "error", "done 5"]
 
 
-async def test_without_the_header_no_receipt_is_ever_sent(slow_engine: Running) -> None:
+async def test_without_the_header_no_receipt_is_ever_sent(slow_engine: RunningServer) -> None:
     async with websockets.connect(f"{slow_engine.ws}/ws/r5") as ws:
         await ws.send("not json")
         await ws.send(TEXT.format("plain"))

@@ -20,11 +20,13 @@ from tutor_engine.backends.mock import (
 )
 from tutor_engine.text import split_sentences
 
-from .conftest import Running, engine, recv, recv_until, serve
+from tests.servers import RunningServer
+
+from .conftest import engine, recv, recv_until, serve
 
 
 @pytest.fixture
-def slow_engine() -> Iterator[Running]:
+def slow_engine() -> Iterator[RunningServer]:
     """Mock backends whose LLM takes 50 ms per word, so a reply can be interrupted."""
     backends = Backends(llm=MockLLM(7, delay_s=0.05), asr=MockASR(), tts=MockTTS())
     with serve(engine(backends, tutor_id=7)) as running:
@@ -36,7 +38,7 @@ def audio_frame(text: str) -> str:
 
 
 async def test_opting_in_by_first_message_streams_deltas_chunks_and_a_final(
-    mock_engine: Running,
+    mock_engine: RunningServer,
 ) -> None:
     async with websockets.connect(f"{mock_engine.ws}/ws/st1") as ws:
         await ws.send('{"type": "options", "stream": true}')
@@ -66,7 +68,9 @@ async def test_opting_in_by_first_message_streams_deltas_chunks_and_a_final(
     assert not [e for e in events if e["type"] == "audio"]
 
 
-async def test_opting_in_by_query_parameter_and_text_gets_no_audio(mock_engine: Running) -> None:
+async def test_opting_in_by_query_parameter_and_text_gets_no_audio(
+    mock_engine: RunningServer,
+) -> None:
     async with websockets.connect(f"{mock_engine.ws}/ws/st2?stream=1") as ws:
         await ws.send('{"type": "text", "content": "hi"}')
         events = await recv_until(ws, "text")
@@ -74,7 +78,7 @@ async def test_opting_in_by_query_parameter_and_text_gets_no_audio(mock_engine: 
     assert events[-1]["final"] is True
 
 
-async def test_opting_out_again_restores_the_seed_messages(mock_engine: Running) -> None:
+async def test_opting_out_again_restores_the_seed_messages(mock_engine: RunningServer) -> None:
     async with websockets.connect(f"{mock_engine.ws}/ws/st3?stream=true") as ws:
         await ws.send('{"type": "options", "stream": false}')
         assert (await recv(ws))["stream"] is False
@@ -82,7 +86,7 @@ async def test_opting_out_again_restores_the_seed_messages(mock_engine: Running)
         assert set(await recv(ws)) == {"type", "content", "role", "timestamp"}
 
 
-async def test_a_new_message_interrupts_the_reply_in_flight(slow_engine: Running) -> None:
+async def test_a_new_message_interrupts_the_reply_in_flight(slow_engine: RunningServer) -> None:
     async with websockets.connect(f"{slow_engine.ws}/ws/barge?stream=1") as ws:
         await ws.send('{"type": "text", "content": "Tell me a long story"}')
         first = await recv(ws)
@@ -101,7 +105,7 @@ async def test_a_new_message_interrupts_the_reply_in_flight(slow_engine: Running
     assert "This is turn 2, with 2 earlier messages" in after[-1]["content"]
 
 
-async def test_a_plain_client_is_never_interrupted(slow_engine: Running) -> None:
+async def test_a_plain_client_is_never_interrupted(slow_engine: RunningServer) -> None:
     async with websockets.connect(f"{slow_engine.ws}/ws/plain") as ws:
         await ws.send('{"type": "text", "content": "one"}')
         await ws.send('{"type": "text", "content": "two"}')
@@ -124,7 +128,7 @@ def mock_samples(text: str, rate: int) -> int:
 
 
 async def test_streamed_audio_chunks_can_be_raw_pcm16_at_a_chosen_rate(
-    mock_engine: Running,
+    mock_engine: RunningServer,
 ) -> None:
     async with websockets.connect(f"{mock_engine.ws}/ws/pcm1") as ws:
         await ws.send('{"type": "options", "stream": true, "audio_format": "pcm16"}')
@@ -149,7 +153,7 @@ async def test_streamed_audio_chunks_can_be_raw_pcm16_at_a_chosen_rate(
 
 
 async def test_plain_clients_get_pcm16_too_and_wav_again_when_they_ask(
-    mock_engine: Running,
+    mock_engine: RunningServer,
 ) -> None:
     async with websockets.connect(f"{mock_engine.ws}/ws/pcm2") as ws:
         await ws.send('{"type": "options", "audio_format": "pcm16", "sample_rate": 8000}')
@@ -167,7 +171,7 @@ async def test_plain_clients_get_pcm16_too_and_wav_again_when_they_ask(
 
 
 async def test_bad_audio_options_get_an_error_naming_the_allowed_values(
-    mock_engine: Running,
+    mock_engine: RunningServer,
 ) -> None:
     async with websockets.connect(f"{mock_engine.ws}/ws/pcm3?stream=1") as ws:
         await ws.send('{"type": "options", "audio_format": "pcm16", "sample_rate": 44000}')

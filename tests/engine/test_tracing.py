@@ -23,9 +23,10 @@ from tutor_engine.backends.mock import MockASR, MockTTS, make_wav
 from tutor_engine.backends.openai_llm import OpenAICompatibleLLM
 from tutor_engine.config import EngineSettings
 
+from tests.servers import RunningServer
 from tests.support.tracing import recorded_spans
 
-from .conftest import Running, engine, serve
+from .conftest import engine, serve
 from .fake_vllm import fake_vllm
 from .test_metrics import FakeKnowledge
 
@@ -40,7 +41,7 @@ def spans() -> Iterator[InMemorySpanExporter]:
 
 
 @pytest.fixture(scope="module")
-def vllm() -> Iterator[Running]:
+def vllm() -> Iterator[RunningServer]:
     app = fake_vllm()
     with serve(app, ready=False) as running:
         running.requests = app.state.headers  # type: ignore[attr-defined]
@@ -48,7 +49,7 @@ def vllm() -> Iterator[Running]:
 
 
 @pytest.fixture
-def running(vllm: Running, spans: InMemorySpanExporter) -> Iterator[Running]:
+def running(vllm: RunningServer, spans: InMemorySpanExporter) -> Iterator[RunningServer]:
     settings = EngineSettings(_env_file=None, llm_backend="openai", llm_base_url=f"{vllm.http}/v1")
     backends = Backends(
         llm=OpenAICompatibleLLM(settings),
@@ -94,7 +95,7 @@ def by_name(spans: InMemorySpanExporter) -> dict[str, list[ReadableSpan]]:
 
 
 async def test_a_turn_is_a_child_of_the_gateway_span_with_its_stages_and_llm_request(
-    running: Running, vllm: Running, spans: InMemorySpanExporter
+    running: RunningServer, vllm: RunningServer, spans: InMemorySpanExporter
 ) -> None:
     trace_id, gateway_span, carrier = gateway_context()
     audio = base64.b64encode(make_wav("Why is the sky blue?")).decode()
@@ -136,7 +137,7 @@ async def test_a_turn_is_a_child_of_the_gateway_span_with_its_stages_and_llm_req
 
 
 async def test_a_context_applies_to_the_next_client_frame_only(
-    running: Running, spans: InMemorySpanExporter
+    running: RunningServer, spans: InMemorySpanExporter
 ) -> None:
     trace_id, gateway_span, carrier = gateway_context()
     async with websockets.connect(f"{running.ws}/ws/t2", additional_headers=RELAY) as ws:
@@ -158,7 +159,7 @@ async def test_a_context_applies_to_the_next_client_frame_only(
 
 
 async def test_a_trace_frame_from_a_client_is_an_ordinary_bad_message(
-    running: Running, spans: InMemorySpanExporter
+    running: RunningServer, spans: InMemorySpanExporter
 ) -> None:
     # Without the relay header (a client, not the gateway) it is not consumed: it is a frame
     # like any other, answered with an error, and the next turn starts a trace of its own.

@@ -14,7 +14,9 @@ from tutor_engine.backends.faster_whisper_asr import FasterWhisperASR
 from tutor_engine.backends.piper_tts import PiperTTS
 from tutor_engine.config import EngineSettings
 
-from .conftest import Running, engine, recv, recv_until, serve
+from tests.servers import RunningServer
+
+from .conftest import engine, recv, recv_until, serve
 from .speech import encode, real_speech_settings, words
 
 pytestmark = pytest.mark.slow
@@ -23,7 +25,7 @@ QUESTION = "How many legs does a spider have?"
 
 
 @pytest.fixture(scope="module")
-def voice_engine() -> Iterator[Running]:
+def voice_engine() -> Iterator[RunningServer]:
     with serve(engine(**real_speech_settings(tutor_id=3))) as running:
         yield running
 
@@ -46,14 +48,14 @@ async def hear(wav_b64: str) -> str:
     return await asr.transcribe(base64.b64decode(wav_b64))
 
 
-def test_readyz_lists_the_real_models(voice_engine: Running) -> None:
+def test_readyz_lists_the_real_models(voice_engine: RunningServer) -> None:
     body = httpx.get(f"{voice_engine.http}/readyz").json()
     assert body["ready"] is True
     assert body["backends"] == {"mock-llm": True, "faster-whisper": True, "piper": True}
 
 
 async def test_spoken_question_gets_seed_messages_and_a_spoken_reply(
-    voice_engine: Running, question_webm: bytes
+    voice_engine: RunningServer, question_webm: bytes
 ) -> None:
     async with websockets.connect(f"{voice_engine.ws}/ws/v1", max_size=None) as ws:
         await ws.send(frame(question_webm))
@@ -66,7 +68,7 @@ async def test_spoken_question_gets_seed_messages_and_a_spoken_reply(
 
 
 async def test_streaming_client_gets_one_spoken_chunk_per_sentence(
-    voice_engine: Running, question_webm: bytes
+    voice_engine: RunningServer, question_webm: bytes
 ) -> None:
     async with websockets.connect(f"{voice_engine.ws}/ws/v2?stream=1", max_size=None) as ws:
         await ws.send(frame(question_webm))
@@ -77,7 +79,7 @@ async def test_streaming_client_gets_one_spoken_chunk_per_sentence(
 
 
 async def test_silence_and_garbage_get_errors_and_the_session_goes_on(
-    voice_engine: Running,
+    voice_engine: RunningServer,
 ) -> None:
     silence = frame(b"\x00\x00" * 16000).replace('"audio"', '"audio", "format": "pcm16"')
     async with websockets.connect(f"{voice_engine.ws}/ws/v3") as ws:
