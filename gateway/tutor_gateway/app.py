@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
-import secrets
 from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, FastAPI, Request
@@ -16,59 +14,12 @@ from tutor_contract import tracing
 from . import auth
 from .api import demo, docs, errors, health, responses, sessions, ws
 from .config import GatewaySettings
-from .engine_registry import EngineRegistry
-from .engines import LocalEngines
 from .http_metrics import RequestMetrics
+from .local.mode import local_mode
 from .ratelimit import RequestRateLimit
-from .service import Gateway, LocalHousekeeping
-from .sessions import SqliteSessionStore, StoreUnavailable
+from .sessions import StoreUnavailable
 
 log = logging.getLogger("tutor_gateway")
-
-
-@contextlib.asynccontextmanager
-async def _local_mode(settings: GatewaySettings) -> AsyncIterator[Gateway]:
-    """Sessions in STATE_DIR/sessions.db and one engine process per tutor on this machine."""
-    store = await SqliteSessionStore.open(
-        settings.session_db_path(),
-        settings.max_sessions,
-        activity_interval=min(
-            settings.activity_patch_interval_seconds, settings.session_timeout_seconds / 4
-        ),
-    )
-    try:
-        registry = EngineRegistry(settings.state_dir)
-        await asyncio.to_thread(registry.stop_stale)  # engines a dead gateway of this dir left
-        engines = LocalEngines(
-            api_key=settings.engine_api_key or secrets.token_urlsafe(32),
-            start_timeout=settings.engine_start_timeout_seconds,
-            idle_timeout=settings.engine_idle_timeout_seconds,
-            command=settings.engine_command,
-            liveness_timeout=settings.engine_liveness_timeout_seconds,
-            max_concurrent_starts=settings.max_concurrent_cold_starts,
-            registry=registry,
-            engine_env=settings.local_engine_env(),
-        )
-        gateway = Gateway(settings, store, engines)
-        timers = LocalHousekeeping(store, engines, settings)
-        await timers.sweep()  # sessions that expired while no gateway ran
-        housekeeping = asyncio.create_task(timers.run())
-        try:
-            yield gateway
-        finally:
-            housekeeping.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await housekeeping
-            await engines.close()
-    finally:
-        await store.close()
-
-
-def cluster_mode(settings: GatewaySettings) -> contextlib.AbstractAsyncContextManager[Gateway]:
-    """The cluster mode, imported only when chosen (it needs the ``kube`` extra)."""
-    from .kube.mode import cluster_mode as mode
-
-    return mode(settings)
 
 
 def create_app(settings: GatewaySettings | None = None) -> FastAPI:
@@ -77,7 +28,10 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        mode = cluster_mode if settings.gateway_mode == "kubernetes" else _local_mode
+        if settings.gateway_mode == "kubernetes":
+            from .kube.mode import cluster_mode as mode  # only when chosen: needs the kube extra
+        else:
+            mode = local_mode
         async with mode(settings) as gateway:
             app.state.gateway = gateway
             log.info(

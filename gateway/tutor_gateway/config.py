@@ -265,35 +265,20 @@ class GatewaySettings(BaseSettings):
     )
 
     @model_validator(mode="after")
-    def _check_bounds(self) -> GatewaySettings:
+    def _derive_and_check(self) -> GatewaySettings:
+        """Fill the settings derived from others; check the bounds between them."""
         if self.max_queued_bytes < self.max_message_bytes:
             raise ValueError("MAX_QUEUED_BYTES must be at least MAX_MESSAGE_BYTES")
-        return self
-
-    @model_validator(mode="after")
-    def _transport_limits(self) -> GatewaySettings:
         if self.ws_max_frame_bytes is None:
             self.ws_max_frame_bytes = 2 * self.max_message_bytes
         if self.ws_max_frame_bytes < self.max_message_bytes:
             raise ValueError("WS_MAX_FRAME_BYTES must be at least MAX_MESSAGE_BYTES")
-        return self
-
-    @model_validator(mode="after")
-    def _admission_limits(self) -> GatewaySettings:
         if self.max_sessions_per_tutor is None:
             self.max_sessions_per_tutor = self.max_sessions
-        return self
-
-    @model_validator(mode="after")
-    def _kube_watch_bounds(self) -> GatewaySettings:
         if self.kube_watch_stale_seconds is None:
             self.kube_watch_stale_seconds = float(self.kube_watch_timeout_seconds + 15)
         if self.kube_retry_max_seconds < self.kube_retry_initial_seconds:
             raise ValueError("KUBE_RETRY_MAX_SECONDS must be at least KUBE_RETRY_INITIAL_SECONDS")
-        return self
-
-    @model_validator(mode="after")
-    def _default_websocket_url(self) -> GatewaySettings:
         if not self.websocket_url:
             self.websocket_url = f"ws://localhost:{self.management_api_port}/ws"
         self.websocket_url = self.websocket_url.rstrip("/")

@@ -34,12 +34,15 @@ import logging
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 from opentelemetry import trace
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
+from tenacity import wait_exponential
 from tutor_contract import tracing
 from tutor_contract.crd import ENGINE_KEY_HEADER
 from tutor_contract.relay import RELAY_HEADER, parse_receipt, trace_frame
+from tutor_contract.tasks import cancel_and_wait
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
@@ -53,6 +56,7 @@ from .frames import (
 )
 from .inbox import MAX_UNRECEIPTED_FRAMES, FrameInbox, Loss
 from .metrics import CLIENT_TO_ENGINE, ENGINE_TO_CLIENT, WAIT_READY, WAIT_TIMEOUT, GatewayMetrics
+from .retry import Backoff
 from .sessions import Session
 from .startup import StatusFeed, engine_state_of, unavailable_detail, wants_events
 
@@ -205,28 +209,20 @@ class Relay:
 
     async def run(self) -> None:
         """Relay until the client leaves, the engine ends, or ``terminate`` is called."""
-        tasks = [
-            asyncio.create_task(self._read_client()),
-            asyncio.create_task(self._bridge()),
-        ]
+        reader = asyncio.create_task(self._read_client())
+        bridge = asyncio.create_task(self._bridge())
         loop = asyncio.get_running_loop()
         self._activity_timer = loop.call_later(
             self.limits.activity_interval_seconds, self._activity_due
         )
-        bridge = tasks[1]
         try:
-            done, _ = await asyncio.wait(
-                {*tasks, self._terminated}, return_when=asyncio.FIRST_COMPLETED
-            )
+            waiting: set[asyncio.Future[Any]] = {reader, bridge, self._terminated}
+            done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
         finally:
             self._unwatch()
             if self._activity_timer is not None:
                 self._activity_timer.cancel()
-            if self._recording is not None:
-                tasks.append(self._recording)
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await cancel_and_wait([reader, bridge, self._recording])
             self._inbox.clear()
         if self._terminated.done():
             await self._close(self._terminated.result())
@@ -330,7 +326,7 @@ class Relay:
         loop = asyncio.get_running_loop()
         budget = self.limits.engine_wait_seconds
         deadline = loop.time() + budget
-        delay = 0.1
+        backoff = Backoff(wait_exponential(multiplier=0.1, max=2.0))
         self._watch()
         self._wait_started = loop.time()
         while True:
@@ -347,12 +343,13 @@ class Relay:
                 lost_at = loop.time()
                 await self._lost(lost_at)
                 if connection_served(outcome.heard, lost_at - outcome.opened_at, budget):
-                    deadline, delay = lost_at + budget, 0.1
+                    deadline = lost_at + budget
+                    backoff.reset()
                     continue
+            delay = backoff.next()
             if loop.time() + delay >= deadline:
                 return self._unavailable(f"not reachable within {budget:.0f}s")
             await asyncio.sleep(delay)
-            delay = min(delay * 2, 2.0)
 
     async def _lost(self, lost_at: float) -> None:
         """The engine went away while relaying: end the reply in flight, keep the rest."""
@@ -489,16 +486,13 @@ class Relay:
         try:
             await asyncio.wait({forward, backward}, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            forward.cancel()
-            backward.cancel()
-            await asyncio.gather(forward, backward, return_exceptions=True)
+            await cancel_and_wait([forward, backward])
             if turns is not None:
                 turns.end_all()
         for task in (forward, backward):
-            if not task.cancelled() and task.exception() is not None:
-                exc = task.exception()
-                if not isinstance(exc, ConnectionClosed):
-                    raise exc  # type: ignore[misc]
+            exc = None if task.cancelled() else task.exception()
+            if exc is not None and not isinstance(exc, ConnectionClosed):
+                raise exc
         close = upstream.protocol.close_rcvd
         if close is None or close.code in ENGINE_GONE_CODES:
             return attempt

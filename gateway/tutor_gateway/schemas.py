@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic.json_schema import JsonDict
 from pydantic_core import PydanticCustomError
 from tutor_contract.crd import LOADING, PENDING
 from tutor_contract.knowledge import KB_ID_RULE, is_valid_kb_id
@@ -47,7 +48,7 @@ class CreateSessionRequest(BaseModel):
         return kb_id
 
 
-CREATE_SESSION_EXAMPLE = {
+CREATE_SESSION_EXAMPLE: JsonDict = {
     "session_id": "550e8400-e29b-41d4-a716-446655440000",
     "engine_url": "ws://localhost:9000/ws/ws/550e8400-e29b-41d4-a716-446655440000",
     "engine_token": "kq3Xv8mN2pL5rT9wY4zB6cD1fG7hJ0sA5eR8tU2iO4w",
@@ -70,7 +71,7 @@ class _EngineStateLike(Protocol):
     def as_json(self) -> dict[str, Any]: ...
 
 
-ENGINE_EXAMPLE = {
+ENGINE_EXAMPLE: JsonDict = {
     "phase": PENDING,
     "reason": LOADING,
     "message": "pod tutor-1-7d9c5b-x2x4k: engine is loading its models",
@@ -99,7 +100,7 @@ class EngineInfo(BaseModel):
     )
 
 
-SESSION_EXAMPLE = {
+SESSION_EXAMPLE: JsonDict = {
     "session_id": "550e8400-e29b-41d4-a716-446655440000",
     "tutor_id": 1,
     "student_id": 1,
@@ -141,7 +142,7 @@ class SessionInfo(BaseModel):
         )
 
 
-SESSION_LIST_EXAMPLE = {"total": 1, "sessions": [SESSION_EXAMPLE]}
+SESSION_LIST_EXAMPLE: JsonDict = {"total": 1, "sessions": [SESSION_EXAMPLE]}
 
 
 class SessionList(BaseModel):
@@ -153,7 +154,7 @@ class SessionList(BaseModel):
     sessions: list[SessionInfo]
 
 
-HEALTH_EXAMPLE = {
+HEALTH_EXAMPLE: JsonDict = {
     "status": "healthy",
     "service": "GPU Server Management API",
     "active_sessions": 0,

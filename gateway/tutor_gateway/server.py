@@ -266,12 +266,13 @@ class GatewayWebSocketProtocol(WebSocketsSansIOProtocol):
         await super().send(message)
         if message["type"] == "websocket.accept" and self.handshake_complete:
             # The upgrade's request and response are not read again (~4 KiB of headers).
-            self.request = self.response = None
+            del self.request, self.response
 
     def handle_connect(self, event: Any) -> None:
         super().handle_connect(event)
         if self.response.status_code == 101:
-            self.scope["extensions"]["tutor.close_now"] = self.close_now
+            extensions: dict[str, Any] = self.scope["extensions"]  # ASGI types: dicts only
+            extensions["tutor.close_now"] = self.close_now
 
     def close_now(self, code: int, reason: str) -> None:
         """Queue a close frame even behind a full send buffer, and drop the connection if the

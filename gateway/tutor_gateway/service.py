@@ -4,19 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .admission import LimitExceeded, Refusal, SessionLimits, session_refusal
 from .config import GatewaySettings
-from .connections import Connections
-from .engines import EngineRouter, LocalEngines
+from .engines import EngineRouter
 from .frames import CLOSE_SESSION_ENDED, CLOSE_SESSION_EXPIRED
 from .metrics import GatewayMetrics, count_states
-from .policy import expired_sessions
 from .ratelimit import KeyedLimiter, audio_rate_problem, message_rate_problem
-from .relay import Ending
+from .relay import Ending, Relay
 from .sessions import CapacityError, EndReason, Session, SessionStore, StoreUnavailable
 from .startup import engine_state_of
 from .tokens import hash_token, mint_token
@@ -28,10 +25,41 @@ ENDINGS: dict[EndReason, Ending] = {
     "deleted": Ending(CLOSE_SESSION_ENDED, "session ended", "Session ended"),
 }
 
-__all__ = ["CapacityError", "Gateway", "LimitExceeded"]
-
 # Cluster mode: may a new session of this tutor cause a cold start, beside these live ones?
 ColdStartCheck = Callable[[int, list[Session]], Refusal | None]
+
+
+class Connections:
+    """The open client connections (relays) of each session, oldest first, so expiry,
+    deletion and takeover can close them."""
+
+    def __init__(self, per_session: int) -> None:
+        self.per_session = per_session
+        self._relays: dict[str, dict[Relay, None]] = {}
+
+    def add(self, session_id: str, relay: Relay) -> list[Relay]:
+        """Register a new connection; return the oldest ones it displaces past the limit."""
+        relays = self._relays.setdefault(session_id, {})
+        relays[relay] = None
+        excess = len(relays) - self.per_session
+        return list(relays)[:excess] if excess > 0 else []
+
+    def remove(self, session_id: str, relay: Relay) -> None:
+        relays = self._relays.get(session_id)
+        if relays is not None:
+            relays.pop(relay, None)
+            if not relays:
+                del self._relays[session_id]
+
+    def terminate(self, session_id: str, ending: Ending) -> int:
+        """End every connection of a session; return how many there were."""
+        relays = list(self._relays.get(session_id, {}))
+        for relay in relays:
+            relay.terminate(ending)
+        return len(relays)
+
+    def __len__(self) -> int:
+        return sum(len(r) for r in self._relays.values())
 
 
 @dataclass
@@ -137,38 +165,3 @@ class Gateway:
         closed = self.connections.terminate(session.session_id, ENDINGS[reason])
         log.info("session %s %s (%d connections closed)", session.session_id[:8], reason, closed)
         await self.router.release(session)
-
-
-@dataclass
-class LocalHousekeeping:
-    """Local mode's timers: expire idle sessions, stop engines with no sessions."""
-
-    store: SessionStore
-    engines: LocalEngines
-    settings: GatewaySettings
-
-    async def sweep(self, now: float | None = None) -> None:
-        """One pass: expire sessions past SESSION_TIMEOUT_SECONDS (their engines told at once,
-        each within a bound), then stop idle engines."""
-        sessions = await self.store.list()
-        now = time.time() if now is None else now
-        activity = {s.session_id: s.last_activity for s in sessions}
-        expired = expired_sessions(activity, now, self.settings.session_timeout_seconds)
-        ending = [self.store.delete(sid, reason="expired") for sid in expired]
-        for result in await asyncio.gather(*ending, return_exceptions=True):
-            if isinstance(result, BaseException):
-                raise result  # once every other one has finished
-        busy = {s.tutor_id for s in await self.store.list()}
-        await self.engines.stop_idle(busy)
-
-    async def run(self) -> None:
-        """Sweep forever at the configured interval (cancelled at shutdown)."""
-        interval = min(
-            self.settings.reaper_interval_seconds, self.settings.session_timeout_seconds / 4
-        )
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                await self.sweep()
-            except Exception:
-                log.exception("housekeeping pass failed")

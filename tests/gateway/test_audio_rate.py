@@ -8,9 +8,9 @@ import asyncio
 from pathlib import Path
 
 from tutor_gateway.config import GatewaySettings
+from tutor_gateway.local.store import SqliteSessionStore
 from tutor_gateway.ratelimit import KeyedLimiter
 from tutor_gateway.service import Gateway
-from tutor_gateway.sessions import SqliteSessionStore
 
 from .helpers import create_session, open_ws, recv
 

@@ -22,7 +22,8 @@ from typing import Any
 import httpx
 import psutil
 import pytest
-from tutor_gateway.engines import EngineEndpoint, LocalEngines
+from tutor_gateway.engines import EngineEndpoint
+from tutor_gateway.local.engines import LocalEngines
 from tutor_gateway.relay import REPLY_CUT
 from tutor_gateway.sessions import Session
 from websockets.sync.client import ClientConnection

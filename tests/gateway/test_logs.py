@@ -24,8 +24,8 @@ import psutil
 import pytest
 from websockets.sync.client import connect
 
-from tests.support.cluster import wait_for
 from tests.support.processes import ServerProcess, stop_server
+from tests.support.waiting import wait_for
 
 from ..abuse.conftest import GatewayStarter, gateway_process  # noqa: F401
 from .helpers import say

@@ -16,8 +16,8 @@ from tests.conftest import GatewayFactory
 from tests.gateway.helpers import create_session, open_ws
 from tests.gateway.test_websocket import closed_with
 from tests.servers import RunningServer
-from tests.support.cluster import wait_for
 from tests.support.metrics import Scrape, scrape
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -23,7 +23,7 @@ from typing import Any
 import httpx
 import psutil
 import pytest
-from tutor_gateway.engine_registry import (
+from tutor_gateway.local.registry import (
     START_TIME_SLACK,
     EngineRecord,
     EngineRegistry,

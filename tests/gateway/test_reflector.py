@@ -11,6 +11,7 @@ import asyncio
 import collections
 import contextlib
 import json
+import random
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -18,8 +19,9 @@ from typing import Any
 import aiohttp.web
 import httpx2
 import pytest
-from tutor_gateway.kube.reflector import Backoff, Reflector, WatchSettings
+from tutor_gateway.kube.reflector import Reflector, WatchSettings
 from tutor_gateway.kube.resources import TutorSession
+from tutor_gateway.retry import Backoff, jittered
 
 NAMESPACE = "tutors"
 PATH = f"/apis/tutor.vts.dev/v1alpha1/namespaces/{NAMESPACE}/tutorsessions"
@@ -272,9 +274,14 @@ async def test_an_error_before_the_first_list_is_retried() -> None:
         assert len(api.lists()) == 3
 
 
-def test_backoff_doubles_with_jitter_up_to_the_maximum_and_resets() -> None:
-    low, high = Backoff(0.5, 4, rng=lambda: 0.0), Backoff(0.5, 4, rng=lambda: 1.0)
+def test_backoff_doubles_with_jitter_up_to_the_maximum_and_resets(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(random, "uniform", lambda low, high: low)  # the jitter's lowest draw
+    low = Backoff(jittered(0.5, 4))
     assert [low.next() for _ in range(6)] == [0.25, 0.5, 1, 2, 2, 2]
+    monkeypatch.setattr(random, "uniform", lambda low, high: high)  # its highest
+    high = Backoff(jittered(0.5, 4))
     assert [high.next() for _ in range(6)] == [0.5, 1, 2, 4, 4, 4]
-    low.reset()
-    assert low.next() == 0.25
+    high.reset()
+    assert high.failures == 0 and high.next() == 0.5 and high.failures == 1

@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from tutor_gateway.connections import Connections
 from tutor_gateway.inbox import FrameInbox
 from tutor_gateway.policy import engine_is_dead
 from tutor_gateway.relay import admit_frame
+from tutor_gateway.service import Connections
 
 pytestmark = pytest.mark.unit
 

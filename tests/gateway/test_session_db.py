@@ -23,18 +23,19 @@ from typing import Any
 import httpx
 import psutil
 import pytest
-from tutor_gateway import engines as engines_module
 from tutor_gateway.config import GatewaySettings, engine_session_ttl
-from tutor_gateway.engines import EngineEndpoint, LocalEngine, LocalEngines
-from tutor_gateway.service import Gateway, LocalHousekeeping
-from tutor_gateway.sessions import (
+from tutor_gateway.engines import EngineEndpoint
+from tutor_gateway.local import engines as engines_module
+from tutor_gateway.local.engines import LocalEngine, LocalEngines
+from tutor_gateway.local.mode import LocalHousekeeping
+from tutor_gateway.local.store import (
     SCHEMA_VERSION,
-    CapacityError,
-    Session,
     SessionDbError,
     SqliteSessionStore,
     migrations_from,
 )
+from tutor_gateway.service import Gateway
+from tutor_gateway.sessions import CapacityError, Session
 from tutor_gateway.tokens import hash_token
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect

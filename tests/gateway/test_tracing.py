@@ -29,9 +29,9 @@ from tests.engine.conftest import engine as engine_app
 from tests.engine.conftest import serve as serve_engine
 from tests.gateway.helpers import create_session, open_ws
 from tests.servers import RunningServer
-from tests.support.cluster import wait_for
 from tests.support.metrics import scrape
 from tests.support.tracing import recorded_spans
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -9,8 +9,9 @@ import logging
 import pytest
 from tutor_contract.logs import RedactTokens, redact
 from tutor_gateway.config import GatewaySettings
+from tutor_gateway.local.store import SqliteSessionStore
 from tutor_gateway.policy import expired_sessions, has_capacity, idle_engines
-from tutor_gateway.sessions import CapacityError, SqliteSessionStore
+from tutor_gateway.sessions import CapacityError
 from tutor_gateway.tokens import hash_token, mint_token, token_matches
 
 pytestmark = pytest.mark.unit

@@ -12,12 +12,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 from tutor_contract.knowledge import KB_ID_RULE
 
-from ..schemas import (
-    CREATE_SESSION_EXAMPLE,
-    HEALTH_EXAMPLE,
-    SESSION_EXAMPLE,
-    SESSION_LIST_EXAMPLE,
-)
+from ..schemas import CREATE_SESSION_EXAMPLE, HEALTH_EXAMPLE, SESSION_EXAMPLE, SESSION_LIST_EXAMPLE
 
 JSON = "application/json"
 
@@ -169,10 +164,12 @@ def validation(**named: tuple[str, Any]) -> dict[str, Any]:
     }
 
 
-# Every /v1 (and /mgmt/v1) call may get these.
-MANAGEMENT = {401: UNAUTHORIZED, 429: RATE_LIMITED, 503: STORE_UNAVAILABLE}
+Responses = dict[int | str, dict[str, Any]]  # FastAPI's ``responses=``, by status code
 
-CREATE = {
+# Every /v1 (and /mgmt/v1) call may get these.
+MANAGEMENT: Responses = {401: UNAUTHORIZED, 429: RATE_LIMITED, 503: STORE_UNAVAILABLE}
+
+CREATE: Responses = {
     201: success(
         "The session: where the browser connects, with its token.", CREATE_SESSION_EXAMPLE
     ),
@@ -212,18 +209,18 @@ CREATE = {
         store=STORE_EXAMPLE,
     ),
 }
-LIST = {200: success("Every live session.", SESSION_LIST_EXAMPLE)}
-GET = {
+LIST: Responses = {200: success("Every live session.", SESSION_LIST_EXAMPLE)}
+GET: Responses = {
     200: success("The session's state.", SESSION_EXAMPLE),
     404: NOT_FOUND,
     422: validation(long_id=("a session id over 64 characters", VALIDATION_PATH)),
 }
-DELETE = {
+DELETE: Responses = {
     204: {"description": "Ended: its WebSockets are closed (4410); no body."},
     404: NOT_FOUND,
     422: validation(long_id=("a session id over 64 characters", VALIDATION_PATH)),
 }
-HEALTH = {200: success("The gateway answers.", HEALTH_EXAMPLE)}
+HEALTH: Responses = {200: success("The gateway answers.", HEALTH_EXAMPLE)}
 
 # Examples for error responses a route declares without one (see fill_examples).
 FALLBACK = {

@@ -12,6 +12,7 @@ import httpx2
 from lightkube import AsyncClient, KubeConfig
 from lightkube.config.client_adapter import AsyncClient as AdapterClient
 from lightkube.config.client_adapter import ConnectionParams
+from tutor_contract.tasks import cancel_and_wait
 
 from ..config import GatewaySettings
 from ..service import Gateway
@@ -94,9 +95,7 @@ async def cluster_mode(settings: GatewaySettings) -> AsyncIterator[Gateway]:
         log.info("watching TutorSessions in namespace %s", namespace)
         yield gateway
     finally:
-        for watcher in watchers:
-            watcher.cancel()
-        await asyncio.gather(*watchers, return_exceptions=True)
+        await cancel_and_wait(watchers)
         await router.close()
         await http.aclose()
         await watch_http.aclose()

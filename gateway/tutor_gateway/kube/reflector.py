@@ -23,12 +23,13 @@ import asyncio
 import dataclasses
 import json
 import logging
-import random
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx2
 from lightkube.core.resource import api_info
+
+from ..retry import Backoff, jittered
 
 log = logging.getLogger("tutor_gateway.kube")
 
@@ -46,25 +47,6 @@ class WatchSettings:
     stale_seconds: float = 75.0  # nothing at all on a watch for this long: drop it, re-list
     retry_initial: float = 0.5
     retry_max: float = 30.0
-
-
-class Backoff:
-    """Exponential back-off with jitter: the n-th delay is uniform in [d/2, d],
-    d = min(maximum, initial * 2**n); ``reset`` after a healthy period."""
-
-    def __init__(
-        self, initial: float, maximum: float, rng: Callable[[], float] = random.random
-    ) -> None:
-        self.initial, self.maximum, self._rng = initial, maximum, rng
-        self.failures = 0
-
-    def next(self) -> float:
-        ceiling = min(self.maximum, self.initial * 2**self.failures)
-        self.failures += 1
-        return ceiling / 2 + self._rng() * ceiling / 2
-
-    def reset(self) -> None:
-        self.failures = 0
 
 
 class WatchGone(Exception):
@@ -114,7 +96,6 @@ class Reflector:
         resource: Any,
         namespace: str,
         settings: WatchSettings | None = None,
-        rng: Callable[[], float] = random.random,
     ) -> None:
         self.http = http
         self.kind = api_info(resource).resource.kind
@@ -127,7 +108,7 @@ class Reflector:
         self.changed = asyncio.Condition()
         self.lists = 0  # completed lists (the first and every re-list)
         self._listeners: list[Listener] = []
-        self._backoff = Backoff(self.settings.retry_initial, self.settings.retry_max, rng)
+        self._backoff = Backoff(jittered(self.settings.retry_initial, self.settings.retry_max))
         self._watch_events = 0  # events and bookmarks received on the current watch
 
     def add_listener(self, listener: Listener) -> None:
@@ -253,9 +234,7 @@ class Reflector:
                 else:
                     self._backoff.reset()
                     continue
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
+            except Exception as exc:  # not CancelledError (a BaseException): that ends the loop
                 listed = False
                 delay = self._delay(exc)
             if delay:

@@ -11,9 +11,12 @@ from collections.abc import Callable, Collection, Sequence
 
 import httpx
 from cachetools import TTLCache
+from tenacity import wait_exponential
 from tutor_contract.crd import FAILED
+from tutor_contract.tasks import cancel_and_wait
 
 from ..engines import EngineEndpoint, EngineUnavailable, end_on_engine
+from ..retry import Backoff
 from ..sessions import Session
 from ..startup import EngineState, cluster_engine_state
 from .reflector import Reflector
@@ -94,9 +97,7 @@ class KubeEngineRouter:
                 waits, timeout=WAIT_SLICE_SECONDS, return_when=asyncio.FIRST_COMPLETED
             )
         finally:
-            for wait in waits:
-                wait.cancel()
-            await asyncio.gather(*waits, return_exceptions=True)
+            await cancel_and_wait(waits)
 
     async def release(self, session: Session) -> None:
         """Have an engine of the tutor end the deleted or expired session (history deleted,
@@ -113,12 +114,13 @@ class KubeEngineRouter:
     async def _release(self, session: Session, pinned: str | None) -> None:
         sid = session.session_id
         deadline = asyncio.get_running_loop().time() + RELEASE_DEADLINE_SECONDS
-        delay = 0.5
+        backoff = Backoff(wait_exponential(multiplier=0.5, max=10.0))
         while True:
             engine = self.engines.objects.get(engine_name(session.tutor_id))
             for base in release_candidates(pinned, ready_endpoints(engine)):
                 if await end_on_engine(self.http, base, sid, self.api_key) is None:
                     return
+            delay = backoff.next()
             if asyncio.get_running_loop().time() + delay > deadline:
                 log.warning(
                     "session %s: no engine ended it within %.0fs; its history expires with its TTL",
@@ -127,13 +129,10 @@ class KubeEngineRouter:
                 )
                 return
             await asyncio.sleep(delay)
-            delay = min(delay * 2, 10.0)
 
     async def close(self) -> None:
         """Stop releases still trying (at shutdown)."""
-        for task in list(self._releasing):
-            task.cancel()
-        await asyncio.gather(*self._releasing, return_exceptions=True)
+        await cancel_and_wait(list(self._releasing))
 
     def report_failure(self, session: Session, endpoint: EngineEndpoint) -> None:
         """Avoid this endpoint for the session a while: another ready pod serves it meanwhile."""

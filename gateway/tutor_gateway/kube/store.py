@@ -16,7 +16,7 @@ from lightkube.types import PatchType
 from tutor_contract.crd import EXPIRED
 
 from ..policy import has_capacity
-from ..sessions import CapacityError, EndReason, RemovalListener, Session, StoreUnavailable
+from ..sessions import CapacityError, Endings, EndReason, Session, StoreUnavailable
 from .reflector import Obj, Reflector
 from .resources import TutorSession, activity_patch, build_session, session_of
 
@@ -37,7 +37,7 @@ def _api(action: str) -> Iterator[None]:
         raise StoreUnavailable(f"Kubernetes API unreachable ({action}): {detail}") from exc
 
 
-class KubeSessionStore:
+class KubeSessionStore(Endings):
     """The SessionStore of the cluster mode. Every gateway replica sees the same sessions."""
 
     def __init__(
@@ -50,6 +50,7 @@ class KubeSessionStore:
         activity_interval: float,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        super().__init__(10_000, 24 * 3600, time.monotonic)
         self.client = client
         self.reflector = reflector
         self.namespace = namespace
@@ -58,8 +59,6 @@ class KubeSessionStore:
         self.activity_interval = activity_interval
         self._clock = clock
         self._patched: TTLCache[str, float] = TTLCache(100_000, max(activity_interval, 1) * 4)
-        self._ended: TTLCache[str, EndReason] = TTLCache(10_000, 24 * 3600)
-        self._listeners: list[RemovalListener] = []
         reflector.add_listener(self._on_event)
 
     async def _on_event(self, event: str, obj: Obj) -> None:
@@ -67,10 +66,7 @@ class KubeSessionStore:
             return
         status = obj.get("status") or {}
         reason: EndReason = "expired" if status.get("phase") == EXPIRED else "deleted"
-        session = session_of(obj, self._clock())
-        self._ended[session.session_id] = reason
-        for listener in self._listeners:
-            await listener(session, reason)
+        await self._removed(session_of(obj, self._clock()), reason)
 
     def _live(self) -> list[Obj]:
         return [o for o in self.reflector.objects.values() if not _ending(o)]
@@ -83,10 +79,9 @@ class KubeSessionStore:
         body = build_session(
             str(uuid.uuid4()), tutor_id, student_id, kb_id, token_hash, self.session_timeout
         )
+        body["metadata"]["namespace"] = self.namespace  # where lightkube creates it
         with _api("create the session"):
-            created = await self.client.create(
-                TutorSession.from_dict(body), namespace=self.namespace
-            )
+            created = await self.client.create(TutorSession.from_dict(body))
         obj = created.to_dict()
         self.reflector.objects.setdefault(obj["metadata"]["name"], obj)
         return session_of(obj, self._clock())
@@ -140,12 +135,6 @@ class KubeSessionStore:
             )
         except httpx2.HTTPError as exc:
             log.warning("could not record activity on %s: %s", session_id[:8], exc)
-
-    def ended_reason(self, session_id: str) -> EndReason | None:
-        return self._ended.get(session_id)
-
-    def add_removal_listener(self, listener: RemovalListener) -> None:
-        self._listeners.append(listener)
 
 
 def _ending(obj: Obj) -> bool:

@@ -1,0 +1,1 @@
+"""The gateway's local mode (the embedded default): a SQLite session store, engine processes."""
