@@ -9,8 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +23,7 @@ from websockets.sync.client import connect
 
 from tests.conftest import GatewayFactory
 from tests.servers import RunningServer
+from tests.support.waiting import wait_for
 
 from ..abuse.conftest import GatewayStarter, ServerProcess, gateway_process  # noqa: F401
 from .helpers import recv, say
@@ -56,13 +55,6 @@ def create(server: RunningServer | ServerProcess, key: str, prefix: str = "/v1")
     )
     assert response.status_code == 201, response.text
     return response.json()
-
-
-def eventually(check: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
 
 
 @pytest.fixture
@@ -150,14 +142,14 @@ def test_keys_rotate_through_the_file_without_a_restart(
 
     # 1. Add the new key: both work.
     keys.write_text(f"{KEY_A}\n{KEY_B}\n")
-    eventually(lambda: httpx.get(url, headers=bearer(KEY_B)).status_code == 200)
+    wait_for(lambda: httpx.get(url, headers=bearer(KEY_B)).status_code == 200, 5, "key B accepted")
     assert httpx.get(url, headers=bearer(KEY_A)).status_code == 200
     # 2. The Web Server switches; 3. remove the old key (replaced atomically, as a Secret volume).
     create(server, KEY_B)
     replacement = tmp_path / "management-keys.new"
     replacement.write_text(f"{KEY_B}\n")
     os.replace(replacement, keys)
-    eventually(lambda: httpx.get(url, headers=bearer(KEY_A)).status_code == 401)
+    wait_for(lambda: httpx.get(url, headers=bearer(KEY_A)).status_code == 401, 5, "key A refused")
     assert_refused(httpx.get(url, headers=bearer(KEY_A)), INVALID)
     listed = httpx.get(url, headers=bearer(KEY_B))
     assert listed.status_code == 200 and listed.json()["total"] == 1  # same process, same state

@@ -20,6 +20,7 @@ from tutor_gateway.config import GatewaySettings
 from websockets.exceptions import ConnectionClosed
 
 from tests.servers import RunningServer, serve
+from tests.support.waiting import wait_for
 
 from .helpers import create_session, open_ws, recv, say
 from .test_websocket import closed_with
@@ -29,13 +30,6 @@ def engines(server: RunningServer) -> dict[int, int]:
     """Running engine processes of a gateway: tutor id → pid."""
     running = server.app.state.gateway.router.running
     return {tutor: engine.process.pid for tutor, engine in running.items()}
-
-
-def wait_until(predicate, timeout: float = 30.0, interval: float = 0.1) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(interval)
 
 
 def pid_alive(pid: int) -> bool:
@@ -121,7 +115,7 @@ def test_idle_engine_stops_and_restarts_on_demand(gateway_factory) -> None:
     time.sleep(1.5)
     assert engines(server) == {7: pid}, "an engine with a live session is kept"
     httpx.delete(f"{server.http}/v1/sessions/{session['session_id']}")
-    wait_until(lambda: 7 not in engines(server) and not pid_alive(pid))
+    wait_for(lambda: 7 not in engines(server) and not pid_alive(pid), 30, "engine 7 stopped")
     again = create_session(server, tutor_id=7)
     with open_ws(server, again) as ws:
         assert say(ws, "wake up")["type"] == "text"

@@ -37,6 +37,7 @@ from tests.abuse.conftest import (
     recv_json,
 )
 from tests.support.metrics import scrape
+from tests.support.waiting import wait_for
 
 from .test_websocket import SEED_TIME, closed_with
 
@@ -46,21 +47,13 @@ SLOW = {"ENGINE_LLM_MOCK_TOKEN_SECONDS": "0.1"}  # per word of the reply
 LONG = " ".join(["word"] * 40)  # its reply takes ~5 s
 
 
-def wait_until(predicate: Any, timeout: float = 60.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (value := predicate()):
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.05)
-    return value
-
-
 def start(gateway_process: GatewayStarter, tmp_path: Path, **env: Any) -> ServerProcess:  # noqa: F811
     return gateway_process(STATE_DIR=tmp_path / "state", **env)
 
 
 def the_engine(gateway: ServerProcess) -> int:
     """The pid of the gateway's one engine, once there is exactly one."""
-    return wait_until(lambda: len(pids := gateway.children()) == 1 and pids[0])
+    return wait_for(lambda: len(pids := gateway.children()) == 1 and pids[0], 60, "one engine")
 
 
 def engine_port(pid: int) -> int:
@@ -80,8 +73,8 @@ def first_tokens(port: int) -> float:
 def kill_mid_reply(gateway: ServerProcess) -> int:
     """SIGKILL the engine once its turn is under way (see the module docstring); its pid."""
     pid = the_engine(gateway)
-    port = wait_until(lambda: engine_port(pid) if psutil.pid_exists(pid) else None)
-    wait_until(lambda: first_tokens(port) >= 1)
+    port = wait_for(lambda: engine_port(pid) if psutil.pid_exists(pid) else None, 60, "its port")
+    wait_for(lambda: first_tokens(port) >= 1, 60, "a first token")
     time.sleep(0.5)
     os.kill(pid, signal.SIGKILL)
     return pid

@@ -40,6 +40,7 @@ from tests.support.processes import (
     gateway_env,
     start_server,
 )
+from tests.support.waiting import wait_for
 
 GONE_WITHIN = 15.0  # seconds: the bound for engines to disappear after their gateway died
 
@@ -59,15 +60,6 @@ def gone(pid: int) -> bool:
         return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return True
-
-
-def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> float:
-    """Poll ``condition`` until it holds; return the seconds it took (fail after ``timeout``)."""
-    started = time.monotonic()
-    while not condition():
-        assert time.monotonic() - started < timeout, f"{what}: not within {timeout}s"
-        time.sleep(0.05)
-    return time.monotonic() - started
 
 
 @pytest.fixture
@@ -348,7 +340,9 @@ def test_the_parent_watch_ends_the_child_when_its_parent_dies(
         else:
             parent.kill()
             parent.wait()
-        took = wait_for(lambda: gone(child), GONE_WITHIN, "child gone")
+        started = time.monotonic()
+        wait_for(lambda: gone(child), GONE_WITHIN, "child gone", interval=0.05)
+        took = time.monotonic() - started
         print(f"\n{mode}: child gone {took:.2f}s after its parent")
         if reason:
             assert reason in child_log.read_text()

@@ -23,8 +23,10 @@ from tutor_gateway.kube.reflector import Reflector, WatchSettings
 from tutor_gateway.kube.resources import TutorSession
 from tutor_gateway.retry import Backoff, jittered
 
+from tests.support.paths import rest_path
+
 NAMESPACE = "tutors"
-PATH = f"/apis/tutor.vts.dev/v1alpha1/namespaces/{NAMESPACE}/tutorsessions"
+PATH = rest_path("tutorsessions", NAMESPACE)
 HANG = "hang"  # a watch script: answer 200, then send nothing and never close
 
 

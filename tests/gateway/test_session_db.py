@@ -16,7 +16,7 @@ import os
 import socket
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +48,7 @@ from tests.support.processes import (
     launch_server,
     wait_ready,
 )
+from tests.support.waiting import wait_for
 
 # --- Pure parts and the store on its own -------------------------------------------------
 
@@ -289,13 +290,6 @@ def test_telling_an_engine_that_does_not_answer_is_bounded(
 
 
 # --- Real gateway processes restarted on the same STATE_DIR ------------------------------
-
-
-def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"{what}: not within {timeout}s"
-        time.sleep(0.05)
 
 
 def stop_cleanly(gateway: ServerProcess) -> None:
