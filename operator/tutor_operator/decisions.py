@@ -226,12 +226,11 @@ def pod_view(pod: Mapping[str, Any]) -> PodView:
     Crashing, ...; or gone) and read the marks the operator put on it."""
     meta, status = pod.get("metadata") or {}, pod.get("status") or {}
     name = meta.get("name", "")
-    marks = {
-        "busy": (meta.get("labels") or {}).get(LABEL_BUSY) == "true",
-        "cost": _int((meta.get("annotations") or {}).get(DELETION_COST)),
-    }
     view = _pod_state(name, meta, status, pod)
-    return dataclasses.replace(view, **marks)
+    busy = (meta.get("labels") or {}).get(LABEL_BUSY) == "true"
+    return dataclasses.replace(
+        view, busy=busy, cost=_int((meta.get("annotations") or {}).get(DELETION_COST))
+    )
 
 
 def _int(text: str | None) -> int:
@@ -445,8 +444,10 @@ def plan_engine(
     load = Counter(s.pod for s in live if s.pod in usable)
 
     idle_since = None if live else (parse_time(status.get("idleSince")) or now)
-    idle_expired = idle_since is not None and (
-        (now - idle_since).total_seconds() >= scaling.idle_timeout
+    idle_expired = (
+        idle_since is not None
+        and scaling is not None
+        and ((now - idle_since).total_seconds() >= scaling.idle_timeout)
     )
     if error or scaling is None:
         error = error or "no scaling parameters"

@@ -9,6 +9,7 @@ import logging
 from typing import Any
 
 import kopf
+from tutor_contract.tasks import cancel_and_wait
 
 from . import GROUP, VERSION
 from .decisions import pod_view, session_view
@@ -37,6 +38,7 @@ from .reconcile import (
 
 ENGINES = (GROUP, VERSION, ENGINE_PLURAL)
 SESSIONS = (GROUP, VERSION, SESSION_PLURAL)
+NS = str | None  # a namespace as kopf types it; set for every resource watched here
 OWNED = {LABEL_ENGINE: kopf.PRESENT, LABEL_MANAGED_BY: MANAGER}
 
 
@@ -93,37 +95,36 @@ def register(registry: kopf.OperatorRegistry, ctx: Context) -> None:
 
     @kopf.on.cleanup(registry=registry)
     async def cleanup(**_: Any) -> None:
-        for task in loop:
-            task.cancel()
-        await asyncio.gather(*loop, return_exceptions=True)
+        await cancel_and_wait(loop)
         await ctx.readiness.close()
         await ctx.api.close()
 
     # Indices, all keyed by (namespace, engine name), each value an ``Entry``.
     @kopf.index(*SESSIONS, registry=registry, id="session_index")
-    async def index_session(namespace: str, spec: Any, body: Any, **_: Any) -> Any:
+    async def index_session(namespace: NS, spec: Any, body: Any, **_: Any) -> Any:
         tutor_id = spec.get("tutorId")
         if not isinstance(tutor_id, int) or tutor_id < 0:
             return None
         return {(namespace, engine_name(tutor_id)): entry(body, session_view(body))}
 
     @kopf.index("v1", "pods", registry=registry, id="pod_index", labels=OWNED)
-    async def index_pod(namespace: str, labels: Any, body: Any, **_: Any) -> Any:
+    async def index_pod(namespace: NS, labels: Any, body: Any, **_: Any) -> Any:
         return {(namespace, labels[LABEL_ENGINE]): entry(body, pod_view(body))}
 
     @kopf.index("apps", "v1", "deployments", registry=registry, id="deployment_index", labels=OWNED)
-    async def index_deployment(namespace: str, name: str, spec: Any, body: Any, **_: Any) -> Any:
+    async def index_deployment(namespace: NS, name: str, spec: Any, body: Any, **_: Any) -> Any:
         annotations = dict(body["metadata"].get("annotations") or {})
         view = DeploymentView(spec.get("replicas", 1), annotations)
         return {(namespace, name): entry(body, view)}
 
     @kopf.index("v1", "services", registry=registry, id="service_index", labels=OWNED)
-    async def index_service(namespace: str, name: str, body: Any, **_: Any) -> Any:
+    async def index_service(namespace: NS, name: str, body: Any, **_: Any) -> Any:
         return {(namespace, name): entry(body, name)}
 
     # Pods: a pod that stops or starts serving moves sessions and endpoints at once.
     @kopf.on.event("v1", "pods", registry=registry, id="pod_event", labels=OWNED)
-    async def pod_event(event: Any, namespace: str, labels: Any, body: Any, **kwargs: Any) -> None:
+    async def pod_event(event: Any, namespace: NS, labels: Any, body: Any, **kwargs: Any) -> None:
+        assert namespace is not None  # kopf passes it for namespaced resources
         key = (namespace, labels[LABEL_ENGINE])
         gone = event["type"] == "DELETED"
         with contextlib.suppress(kopf.PermanentError, kopf.TemporaryError):  # engine status
@@ -132,19 +133,20 @@ def register(registry: kopf.OperatorRegistry, ctx: Context) -> None:
     @kopf.index(
         "policy", "v1", "poddisruptionbudgets", registry=registry, id="pdb_index", labels=OWNED
     )
-    async def index_pdb(namespace: str, name: str, body: Any, **_: Any) -> Any:
+    async def index_pdb(namespace: NS, name: str, body: Any, **_: Any) -> Any:
         return {(namespace, name): entry(body, name)}
 
     @kopf.index(*ENGINES, registry=registry, id="engine_index")
-    async def index_engine(namespace: str, name: str, body: Any, **_: Any) -> Any:
+    async def index_engine(namespace: NS, name: str, body: Any, **_: Any) -> Any:
         return {(namespace, name): entry(body, copy.deepcopy(dict(body)))}
 
     # Sessions: make sure their engine exists, then let it place them right away.
     @kopf.on.resume(*SESSIONS, registry=registry, id="session")
     @kopf.on.create(*SESSIONS, registry=registry, id="session")
     async def session_seen(
-        namespace: str, name: str, spec: Any, labels: Any, patch: kopf.Patch, **kwargs: Any
+        namespace: NS, name: str, spec: Any, labels: Any, patch: kopf.Patch, **kwargs: Any
     ) -> None:
+        assert namespace is not None  # kopf passes it for namespaced resources
         tutor_id = spec["tutorId"]
         if labels.get(LABEL_TUTOR_ID) != str(tutor_id):
             patch.metadata.labels[LABEL_TUTOR_ID] = str(tutor_id)
@@ -171,16 +173,18 @@ def register(registry: kopf.OperatorRegistry, ctx: Context) -> None:
     @kopf.on.create(*ENGINES, registry=registry, id="engine")
     @kopf.on.update(*ENGINES, registry=registry, id="engine", field="spec")
     async def engine_changed(
-        namespace: str, name: str, body: Any, reason: Any, **kwargs: Any
+        namespace: NS, name: str, body: Any, reason: Any, **kwargs: Any
     ) -> None:
+        assert namespace is not None  # kopf passes it for namespaced resources
         ctx.started.add((namespace, name))
         changed = reason == kopf.Reason.UPDATE
         await reconcile_engine(ctx, body, _indices(ctx, kwargs), changed=changed)
 
     @kopf.on.event(*ENGINES, registry=registry, id="engine_gone")
     async def engine_gone(
-        event: Any, namespace: str, name: str, spec: Any, body: Any, **kwargs: Any
+        event: Any, namespace: NS, name: str, spec: Any, body: Any, **kwargs: Any
     ) -> None:
+        assert namespace is not None  # kopf passes it for namespaced resources
         ctx.metrics.engine_event(event["type"], body)
         if event["type"] != "DELETED":
             return

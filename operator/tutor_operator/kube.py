@@ -224,7 +224,8 @@ class KubeApi:
     ) -> dict[str, Any] | None:
         """POST ``body``; the created object, or ``None`` if it already exists."""
         obj = kind.resource.from_dict(dict(body))
-        call = self.client.create(obj, namespace=namespace)
+        # lightkube's overloads omit ``namespace`` for namespaced resources; its call takes it.
+        call = self.client.create(obj, namespace=namespace)  # type: ignore[call-overload]
         what = f"{kind.plural} {namespace}/{body['metadata']['name']}"
         created = await self._call("create", kind, what, call, exists_ok=True)
         return None if created is None else _body(created)
@@ -272,7 +273,8 @@ class KubeApi:
 
     async def replace(self, kind: Kind, namespace: str, body: Mapping[str, Any]) -> dict[str, Any]:
         """PUT ``body`` (naming its ``resourceVersion``: ``Conflict`` if it moved on)."""
-        call = self.client.replace(kind.resource.from_dict(dict(body)), namespace=namespace)
+        obj = kind.resource.from_dict(dict(body))
+        call = self.client.replace(obj, namespace=namespace)  # type: ignore[call-overload]
         what = f"{kind.plural} {namespace}/{body['metadata']['name']}"
         return _body(await self._call("update", kind, what, call))
 

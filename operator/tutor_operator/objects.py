@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import json
 import math
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import kopf
 
@@ -146,16 +147,71 @@ def effective_spec(spec: Mapping[str, Any], settings: OperatorSettings) -> dict[
     return merged
 
 
-def runs_llm_server(spec: Mapping[str, Any], settings: OperatorSettings) -> bool:
-    """Whether an (effective) spec gets the vLLM sidecar: openai backend, no ``baseUrl``."""
+class SpecError(ValueError):
+    """A permanent problem with an engine's spec that the schema may not catch."""
+
+
+@dataclasses.dataclass(frozen=True)
+class EngineSpec:
+    """A TutorEngine resolved against the defaults once, with the facts its builders share."""
+
+    body: kopf.Body  # the TutorEngine: the owner of what is built from it
+    name: str
+    spec: dict[str, Any]  # the effective spec (``effective_spec``)
+    settings: OperatorSettings
+    sidecar: bool  # the pod runs the vLLM sidecar
+    claim: str  # the DRA ResourceClaimTemplate both containers share, or empty
+    gpu_holder: str | None  # the container that requests device-plugin GPUs (``resolve``)
+    engine_gpu: bool  # the engine container sees the pod's GPU
+
+
+def resolve(engine: Mapping[str, Any], settings: OperatorSettings) -> EngineSpec:
+    """Merge a TutorEngine body with the defaults and derive its GPU and sidecar facts.
+
+    The device plugin gives each device to exactly one container, so with the sidecar the
+    GPUs are vLLM's; a DRA claim (``gpuClaimTemplate``) is shared by both containers instead.
+    Raises ``SpecError`` for a spec that cannot be built.
+    """
+    name = (engine.get("metadata") or {}).get("name")
+    raw = engine.get("spec") or {}
+    tutor_id = raw.get("tutorId")
+    if not isinstance(tutor_id, int) or isinstance(tutor_id, bool) or tutor_id < 0:
+        raise SpecError(f"spec.tutorId must be a non-negative integer, not {tutor_id!r}")
+    if name != engine_name(tutor_id):
+        raise SpecError(f"a TutorEngine for tutor {tutor_id} must be named {engine_name(tutor_id)}")
+    if raw.get("minReplicas", 0) > raw.get("maxReplicas", raw.get("minReplicas", 0)):
+        raise SpecError("spec.minReplicas must not exceed spec.maxReplicas")
+    spec = effective_spec(raw, settings)
     llm = spec["models"]["llm"]
-    return settings.vllm_enabled and llm.get("backend") == "openai" and not llm.get("baseUrl")
+    wants_sidecar = llm["backend"] == "openai" and not llm["baseUrl"]  # else no vLLM sidecar
+    if wants_sidecar and not settings.vllm_enabled:
+        raise SpecError("spec.models.llm.baseUrl is required: the operator runs no vLLM sidecar")
+    sidecar = wants_sidecar and settings.vllm_enabled
+    if sidecar and llm["server"]["port"] == spec["port"]:
+        raise SpecError("spec.models.llm.server.port must differ from spec.port (one pod network)")
+    claim = spec["resources"].get("gpuClaimTemplate") or ""
+    holder = None
+    if spec["resources"]["gpuCount"] and not claim:
+        holder = LLM_CONTAINER if sidecar else CONTAINER
+    sees_gpu = bool(claim) or holder == CONTAINER
+    body = kopf.Body(cast(kopf.RawBody, dict(engine)))
+    return EngineSpec(body, name, spec, settings, sidecar, claim, holder, sees_gpu)
 
 
-def engine_scaling(engine: Mapping[str, Any], settings: OperatorSettings) -> Scaling:
-    """The scaling parameters of a TutorEngine body."""
-    spec = effective_spec(engine["spec"], settings)
-    labels = (engine.get("metadata") or {}).get("labels") or {}
+def checked(
+    engine: Mapping[str, Any], settings: OperatorSettings
+) -> tuple[EngineSpec | None, str | None]:
+    """``resolve``'s result, or ``None`` and what it finds wrong with the spec."""
+    try:
+        return resolve(engine, settings), None
+    except SpecError as exc:
+        return None, str(exc)
+
+
+def engine_scaling(engine: EngineSpec) -> Scaling:
+    """The scaling parameters of a resolved TutorEngine."""
+    spec = engine.spec
+    labels = engine.body.metadata.labels
     return Scaling(
         min_replicas=spec["minReplicas"],
         max_replicas=spec["maxReplicas"],
@@ -164,26 +220,6 @@ def engine_scaling(engine: Mapping[str, Any], settings: OperatorSettings) -> Sca
         idle_policy=spec["idlePolicy"],
         deletable=labels.get(LABEL_ORIGIN) == ORIGIN_DEFAULTS,
     )
-
-
-def spec_error(engine: Mapping[str, Any], settings: OperatorSettings) -> str | None:
-    """A permanent problem with an engine's spec that the schema may not catch, or ``None``."""
-    name = (engine.get("metadata") or {}).get("name")
-    spec = engine.get("spec") or {}
-    tutor_id = spec.get("tutorId")
-    if not isinstance(tutor_id, int) or isinstance(tutor_id, bool) or tutor_id < 0:
-        return f"spec.tutorId must be a non-negative integer, not {tutor_id!r}"
-    if name != engine_name(tutor_id):
-        return f"a TutorEngine for tutor {tutor_id} must be named {engine_name(tutor_id)}"
-    if spec.get("minReplicas", 0) > spec.get("maxReplicas", spec.get("minReplicas", 0)):
-        return "spec.minReplicas must not exceed spec.maxReplicas"
-    full = effective_spec(spec, settings)
-    llm = full["models"]["llm"]
-    if llm["backend"] == "openai" and not llm["baseUrl"] and not settings.vllm_enabled:
-        return "spec.models.llm.baseUrl is required: the operator runs no vLLM sidecar"
-    if runs_llm_server(full, settings) and llm["server"]["port"] == full["port"]:
-        return "spec.models.llm.server.port must differ from spec.port (one pod network)"
-    return None
 
 
 def build_default_engine(tutor_id: int, namespace: str, settings: OperatorSettings) -> dict:
@@ -200,7 +236,7 @@ def build_default_engine(tutor_id: int, namespace: str, settings: OperatorSettin
     }
 
 
-def engine_env(spec: Mapping[str, Any], settings: OperatorSettings) -> list[dict[str, Any]]:
+def engine_env(engine: EngineSpec) -> list[dict[str, Any]]:
     """The engine container's environment: identity, models, API key, history store and
     drain, then ``spec.env``.
 
@@ -208,6 +244,7 @@ def engine_env(spec: Mapping[str, Any], settings: OperatorSettings) -> list[dict
     cannot see the pod's GPU (the sidecar holds it) runs its speech models on the CPU.
     Secrets (the API key, the store's password) are references, never values.
     """
+    spec, settings = engine.spec, engine.settings
     env: dict[str, dict[str, Any]] = {}
 
     def put(name: str, value: Any) -> None:
@@ -222,7 +259,7 @@ def engine_env(spec: Mapping[str, Any], settings: OperatorSettings) -> list[dict
         value = spec["models"].get(part, {}).get(field)
         if value not in (None, ""):
             put(name, value)
-    if runs_llm_server(spec, settings):
+    if engine.sidecar:
         server = spec["models"]["llm"]["server"]
         put("ENGINE_LLM_BASE_URL", f"http://127.0.0.1:{server['port']}/v1")
         put("ENGINE_LLM_MODEL", spec["models"]["llm"]["model"] or server["model"])
@@ -233,7 +270,7 @@ def engine_env(spec: Mapping[str, Any], settings: OperatorSettings) -> list[dict
                 "name": "ENGINE_LLM_API_KEY",
                 "valueFrom": {"secretKeyRef": ref},
             }
-    if not _engine_sees_gpu(spec, settings):
+    if not engine.engine_gpu:
         put("ENGINE_ASR_DEVICE", "cpu")
         put("ENGINE_TTS_DEVICE", "cpu")
     if settings.api_key_secret:
@@ -278,33 +315,14 @@ def _sleep(seconds: int) -> dict[str, Any]:
     return {"lifecycle": {"preStop": {"exec": {"command": ["sleep", str(seconds)]}}}}
 
 
-def _gpu_holder(spec: Mapping[str, Any], settings: OperatorSettings) -> str | None:
-    """The one container that requests the pod's device-plugin GPUs, or ``None``.
-
-    The device plugin gives each device to exactly one container, so with the sidecar it is
-    vLLM's. A DRA claim (``gpuClaimTemplate``) is shared by both containers instead.
-    """
-    res = spec["resources"]
-    if not res["gpuCount"] or res.get("gpuClaimTemplate"):
-        return None
-    return LLM_CONTAINER if runs_llm_server(spec, settings) else CONTAINER
-
-
-def _engine_sees_gpu(spec: Mapping[str, Any], settings: OperatorSettings) -> bool:
-    res = spec["resources"]
-    if res.get("gpuClaimTemplate"):
-        return True
-    return bool(res["gpuCount"]) and _gpu_holder(spec, settings) == CONTAINER
-
-
-def _resources(cpu: str, memory: str, spec: Mapping[str, Any], gpus: bool) -> dict[str, Any]:
-    res = spec["resources"]
+def _resources(cpu: str, memory: str, engine: EngineSpec, container: str) -> dict[str, Any]:
+    res = engine.spec["resources"]
     requests = {"cpu": cpu, "memory": memory}
     limits = {"memory": memory}
     resources: dict[str, Any] = {"requests": requests, "limits": limits}
-    if res.get("gpuClaimTemplate"):
+    if engine.claim:
         resources["claims"] = [{"name": _GPU_CLAIM}]
-    elif gpus:
+    elif engine.gpu_holder == container:
         requests[res["gpuResourceName"]] = limits[res["gpuResourceName"]] = str(res["gpuCount"])
     return resources
 
@@ -337,28 +355,29 @@ _SECURITY = {
 }
 
 
-def gpu_memory_utilization(spec: Mapping[str, Any], settings: OperatorSettings) -> float:
+def gpu_memory_utilization(engine: EngineSpec) -> float:
     """vLLM's ``--gpu-memory-utilization``: the spec's, else what the GPU's sharing leaves."""
-    server = spec["models"]["llm"]["server"]
+    server = engine.spec["models"]["llm"]["server"]
     if server.get("gpuMemoryUtilization") is not None:
         return float(server["gpuMemoryUtilization"])
-    if not _engine_sees_gpu(spec, settings):
+    if not engine.engine_gpu:
         return VLLM_GPU_ALONE
-    xtts = spec["models"]["tts"].get("backend") == "coqui"
+    xtts = engine.spec["models"]["tts"].get("backend") == "coqui"
     return VLLM_GPU_SHARED_XTTS if xtts else VLLM_GPU_SHARED
 
 
-def vllm_args(spec: Mapping[str, Any], settings: OperatorSettings) -> list[str]:
+def vllm_args(engine: EngineSpec) -> list[str]:
     """The vLLM server's command line (the image's entry point is the OpenAI server)."""
+    spec = engine.spec
     llm = spec["models"]["llm"]
     server = llm["server"]
     args = [
         f"--model={server['model']}",
         # Only the engine, over the pod's loopback (probes exec inside); all addresses when
         # Prometheus scrapes its /metrics (vllm_metrics: /v1 then needs the engine key).
-        f"--host={'0.0.0.0' if settings.vllm_metrics else '127.0.0.1'}",
+        f"--host={'0.0.0.0' if engine.settings.vllm_metrics else '127.0.0.1'}",
         f"--port={server['port']}",
-        f"--gpu-memory-utilization={gpu_memory_utilization(spec, settings):.2f}",
+        f"--gpu-memory-utilization={gpu_memory_utilization(engine):.2f}",
         f"--tensor-parallel-size={max(1, spec['resources']['gpuCount'])}",
     ]
     if llm.get("model") and llm["model"] != server["model"]:
@@ -368,17 +387,16 @@ def vllm_args(spec: Mapping[str, Any], settings: OperatorSettings) -> list[str]:
     return args + list(server.get("args") or [])
 
 
-def build_llm_container(
-    spec: Mapping[str, Any], settings: OperatorSettings, stop_after: int = 0
-) -> dict[str, Any]:
+def build_llm_container(engine: EngineSpec, stop_after: int = 0) -> dict[str, Any]:
     """The vLLM sidecar: OpenAI API on the pod's loopback for the engine container.
 
     Every container of a stopping pod gets SIGTERM at once (after its own preStop hook), so
     the sidecar pauses ``stop_after`` seconds, the engine's preStop and drain: the turns the
     engine finishes meanwhile still have their LLM.
     """
-    server = spec["models"]["llm"]["server"]
-    env = [
+    settings = engine.settings
+    server = engine.spec["models"]["llm"]["server"]
+    env: list[dict[str, Any]] = [
         {"name": "HOME", "value": "/tmp"},
         {"name": "HF_HOME", "value": "/cache/huggingface"},
         {"name": "VLLM_NO_USAGE_STATS", "value": "1"},
@@ -394,15 +412,14 @@ def build_llm_container(
         if settings.api_key_secret:
             ref = {"name": settings.api_key_secret, "key": settings.api_key_secret_key}
             env.append({"name": "VLLM_API_KEY", "valueFrom": {"secretKeyRef": ref}})
-    holder = _gpu_holder(spec, settings) == LLM_CONTAINER
     return {
         "name": LLM_CONTAINER,
         "image": server["image"],
         "imagePullPolicy": "IfNotPresent",
         **exposed,
-        "args": vllm_args(spec, settings),
+        "args": vllm_args(engine),
         "env": env,
-        "resources": _resources(server["cpu"], server["memory"], spec, holder),
+        "resources": _resources(server["cpu"], server["memory"], engine, LLM_CONTAINER),
         # Downloading and loading weights may take long: model_load_seconds to first /health.
         "startupProbe": _loopback_probe(
             server["port"], STARTUP_PERIOD, startup_failures(settings.model_load_seconds)
@@ -420,8 +437,9 @@ def build_llm_container(
     }
 
 
-def _llm_volumes(spec: Mapping[str, Any], settings: OperatorSettings) -> list[dict[str, Any]]:
-    claim = spec["models"]["llm"]["server"].get("cacheClaim")
+def _llm_volumes(engine: EngineSpec) -> list[dict[str, Any]]:
+    settings = engine.settings
+    claim = engine.spec["models"]["llm"]["server"].get("cacheClaim")
     cache = (
         {"persistentVolumeClaim": {"claimName": claim}}
         if claim
@@ -434,20 +452,16 @@ def _llm_volumes(spec: Mapping[str, Any], settings: OperatorSettings) -> list[di
     ]
 
 
-def build_engine_deployment(
-    engine: Mapping[str, Any], settings: OperatorSettings, replicas: int
-) -> dict[str, Any]:
+def build_engine_deployment(engine: EngineSpec, replicas: int) -> dict[str, Any]:
     """The Deployment of an engine's pods, owned by the TutorEngine.
 
     A stopping pod pauses (preStop) so routing to it stops, then the engine drains; its grace
     period covers both (``termination_grace_seconds``).
     """
-    name = engine["metadata"]["name"]
-    spec = effective_spec(engine["spec"], settings)
+    name, spec, settings = engine.name, engine.spec, engine.settings
     labels = engine_labels(name, spec["tutorId"])
     res = spec["resources"]
-    engine_gpus = _gpu_holder(spec, settings) == CONTAINER
-    env = engine_env(spec, settings)
+    env = engine_env(engine)
     prestop, drain = settings.prestop_seconds, drain_seconds(env, settings.drain_seconds)
     containers = [
         {
@@ -456,7 +470,7 @@ def build_engine_deployment(
             "imagePullPolicy": "IfNotPresent",
             "ports": [{"name": PORT_NAME, "containerPort": spec["port"], "protocol": "TCP"}],
             "env": env,
-            "resources": _resources(res["cpu"], res["memory"], spec, engine_gpus),
+            "resources": _resources(res["cpu"], res["memory"], engine, CONTAINER),
             "startupProbe": _probe("/healthz", 5, 60),
             "livenessProbe": _probe("/healthz", 10, 6),
             "readinessProbe": _probe("/readyz", 5, 3),
@@ -469,9 +483,9 @@ def build_engine_deployment(
         }
     ]
     volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {}}]
-    if runs_llm_server(spec, settings):
-        containers.append(build_llm_container(spec, settings, stop_after=prestop + drain))
-        volumes += _llm_volumes(spec, settings)
+    if engine.sidecar:
+        containers.append(build_llm_container(engine, stop_after=prestop + drain))
+        volumes += _llm_volumes(engine)
     pod_spec: dict[str, Any] = {
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
@@ -489,11 +503,11 @@ def build_engine_deployment(
         "volumes": volumes,
     }
     pod_spec.update(_placement(spec, name))
-    if res.get("gpuClaimTemplate"):
+    if engine.claim:
         pod_spec["resourceClaims"] = [
-            {"name": _GPU_CLAIM, "resourceClaimTemplateName": res["gpuClaimTemplate"]}
+            {"name": _GPU_CLAIM, "resourceClaimTemplateName": engine.claim}
         ]
-    deployment = {
+    deployment: dict[str, Any] = {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
         "metadata": {"name": name, "labels": labels, "annotations": {}},
@@ -519,7 +533,7 @@ def build_engine_deployment(
             },
         },
     }
-    kopf.adopt(deployment, owner=dict(engine))
+    kopf.adopt(deployment, owner=engine.body)
     deployment["metadata"]["annotations"] = {
         SPEC_HASH: spec_hash(spec),
         TEMPLATE_HASH: template_hash(deployment["spec"]["template"]),
@@ -527,10 +541,9 @@ def build_engine_deployment(
     return deployment
 
 
-def build_engine_service(engine: Mapping[str, Any], settings: OperatorSettings) -> dict[str, Any]:
+def build_engine_service(engine: EngineSpec) -> dict[str, Any]:
     """A ClusterIP Service over an engine's pods (debugging, metrics), owned by the TutorEngine."""
-    name = engine["metadata"]["name"]
-    spec = effective_spec(engine["spec"], settings)
+    name, spec = engine.name, engine.spec
     service = {
         "apiVersion": "v1",
         "kind": "Service",
@@ -548,19 +561,18 @@ def build_engine_service(engine: Mapping[str, Any], settings: OperatorSettings) 
             ],
         },
     }
-    kopf.adopt(service, owner=dict(engine))
+    kopf.adopt(service, owner=engine.body)
     return service
 
 
-def build_engine_pdb(engine: Mapping[str, Any], settings: OperatorSettings) -> dict[str, Any]:
+def build_engine_pdb(engine: EngineSpec) -> dict[str, Any]:
     """A PodDisruptionBudget that keeps an engine's busy pods (those holding sessions).
 
     The operator labels a pod ``tutor.vts.dev/busy=true`` while sessions are pinned to it, so
     drains and autoscalers may evict idle pods but not busy ones; a busy pod that is not
     ready (crash-looping, say) may still be evicted (``unhealthyPodEvictionPolicy``).
     """
-    name = engine["metadata"]["name"]
-    spec = effective_spec(engine["spec"], settings)
+    name, spec = engine.name, engine.spec
     pdb = {
         "apiVersion": "policy/v1",
         "kind": "PodDisruptionBudget",
@@ -571,7 +583,7 @@ def build_engine_pdb(engine: Mapping[str, Any], settings: OperatorSettings) -> d
             "unhealthyPodEvictionPolicy": "AlwaysAllow",
         },
     }
-    kopf.adopt(pdb, owner=dict(engine))
+    kopf.adopt(pdb, owner=engine.body)
     return pdb
 
 

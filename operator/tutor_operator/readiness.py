@@ -17,12 +17,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import httpx
+from tutor_contract.tasks import cancel_and_wait
 
 from . import conditions as c
 from .decisions import MESSAGE_CHARS, PodView
@@ -88,7 +90,7 @@ class EngineReadiness:
                 continue
             task = asyncio.create_task(self._ask(name, str(endpoint)), name=f"readyz {name}")
             self._running[name] = task
-            task.add_done_callback(lambda _, name=name: self._running.pop(name, None))
+            task.add_done_callback(functools.partial(self._running.pop, name))  # pop(name, task)
         return [
             with_detail(p, self._seen[p.name].detail) if p.name in self._seen else p for p in pods
         ]
@@ -106,9 +108,7 @@ class EngineReadiness:
         self._seen[name] = _Seen(self._clock(), detail)
 
     async def close(self) -> None:
-        for task in list(self._running.values()):
-            task.cancel()
-        await asyncio.gather(*self._running.values(), return_exceptions=True)
+        await cancel_and_wait(list(self._running.values()))
         if self._http is not None:
             with contextlib.suppress(Exception):
                 await self._http.aclose()

@@ -16,6 +16,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any, Generic, TypeVar
 
 import kopf
+from tutor_contract.tasks import cancel_and_wait
 
 from . import conditions as c
 from .decisions import (
@@ -48,13 +49,14 @@ from .names import (
     format_time,
 )
 from .objects import (
+    EngineSpec,
     build_default_engine,
     build_engine_deployment,
     build_engine_pdb,
     build_engine_service,
+    checked,
     deployment_replacement,
     engine_scaling,
-    spec_error,
 )
 from .readiness import EngineReadiness
 from .settings import OperatorSettings
@@ -268,18 +270,18 @@ async def _reconcile(
     namespace, name = key
     engine_rv = str(engine["metadata"].get("resourceVersion"))
     engine = ctx.written.engine(key, engine)
-    error = spec_error(engine, ctx.settings)
+    resolved, error = checked(engine, ctx.settings)
     deployment = indices.deployment_of(key)
     current = None if deployment is None else deployment.replicas
     sessions = ctx.written.sessions_of(key, indices.sessions_of(key))
-    built = None if error else build_engine_deployment(engine, ctx.settings, 0)
+    built = None if resolved is None else build_engine_deployment(resolved, 0)
     template = _Template(busy=any(not s.deleting for s in sessions), changed=changed)
     if built is not None and deployment is not None:
         template.action = template.decide(deployment.annotations, built)
     plan = plan_engine(
         name=name,
         generation=engine["metadata"].get("generation"),
-        scaling=None if error else engine_scaling(engine, ctx.settings),
+        scaling=None if resolved is None else engine_scaling(resolved),
         sessions=sessions,
         pods=ctx.readiness.views(indices.pods_of(key)),
         current_replicas=current or 0,
@@ -289,10 +291,10 @@ async def _reconcile(
         rollout=template.action == REPLACE,
     )
     template.ready = plan.rollout_ready
-    if built is not None and not plan.delete_engine:
+    if resolved is not None and built is not None and not plan.delete_engine:
         for pod, marks in plan.pod_patches.items():
             await ctx.api.patch(PODS, namespace, pod, marks)
-        await _ensure_children(ctx, engine, indices, key, built, plan.replicas, current, template)
+        await _ensure_children(ctx, resolved, indices, key, built, plan.replicas, current, template)
     indexed = {s.name: s.resource_version for s in indices.sessions_of(key)}
     views = {s.name: s for s in sessions}
     for session, patch in plan.session_patches.items():
@@ -312,11 +314,11 @@ async def _reconcile(
         log.info("deleting idle TutorEngine %s/%s", namespace, name)
         await ctx.api.delete(ENGINES, namespace, name)
     elif plan.status_patch:
-        after = await ctx.api.patch(
+        patched = await ctx.api.patch(
             ENGINES, namespace, name, {"status": plan.status_patch}, subresource="status"
         )
-        if after is not None:
-            ctx.written.engines[key] = (engine_rv, after)
+        if patched is not None:
+            ctx.written.engines[key] = (engine_rv, patched)
     if error:
         raise kopf.PermanentError(error)
     return plan
@@ -389,7 +391,7 @@ async def _patch_session(
 
 async def _ensure_children(
     ctx: Context,
-    engine: Mapping[str, Any],
+    engine: EngineSpec,
     indices: Indices,
     key: Key,
     built: dict[str, Any],
@@ -410,9 +412,9 @@ async def _ensure_children(
         log.info("scaling %s/%s to %d replicas", namespace, name, replicas)
         await ctx.api.patch(DEPLOYMENTS, namespace, name, {"spec": {"replicas": replicas}})
     if not indices.has_service(key):
-        await ctx.api.create(SERVICES, namespace, build_engine_service(engine, ctx.settings))
+        await ctx.api.create(SERVICES, namespace, build_engine_service(engine))
     if ctx.settings.disruption_budget and not indices.has_pdb(key):
-        await ctx.api.create(PDBS, namespace, build_engine_pdb(engine, ctx.settings))
+        await ctx.api.create(PDBS, namespace, build_engine_pdb(engine))
 
 
 async def _write_template(
@@ -499,9 +501,7 @@ async def run_engines(ctx: Context, indices: Indices) -> None:
                 running.pop(key)
             await asyncio.sleep(settings.reconcile_interval)
     finally:
-        for task in [*running.values(), *([resyncing] if resyncing else [])]:
-            task.cancel()
-        await asyncio.gather(*running.values(), return_exceptions=True)
+        await cancel_and_wait([*running.values(), resyncing])
 
 
 async def _tick(ctx: Context, engine: Mapping[str, Any], indices: Indices) -> None:

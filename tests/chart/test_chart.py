@@ -201,7 +201,7 @@ def _engine_pod(settings: OperatorSettings) -> dict:
     """The Deployment the operator builds from these settings for a tutor's first session."""
     engine = objects.build_default_engine(1, NAMESPACE, settings)
     engine["metadata"]["uid"] = "00000000-0000-0000-0000-000000000001"
-    deployment = objects.build_engine_deployment(engine, settings, replicas=1)
+    deployment = objects.build_engine_deployment(objects.resolve(engine, settings), replicas=1)
     kubernetes_validate.validate(deployment, KUBE_VERSION, strict=True)
     return deployment["spec"]["template"]["spec"]
 
@@ -260,7 +260,7 @@ def test_only_the_gateway_operator_and_prometheus_reach_engine_pods_on_their_por
     engine = objects.build_default_engine(1, NAMESPACE, settings)
     engine["spec"]["port"] = 8123
     engine["metadata"]["uid"] = "u"
-    pod = objects.build_engine_deployment(engine, settings, 1)["spec"]["template"]
+    pod = objects.build_engine_deployment(objects.resolve(engine, settings), 1)["spec"]["template"]
     engine_c = pod["spec"]["containers"][0]
     assert engine_c["ports"] == [{"name": "http", "containerPort": 8123, "protocol": "TCP"}]
     assert pod["metadata"]["annotations"]["prometheus.io/port"] == "8123"

@@ -22,7 +22,7 @@ def _engine_pod(operator_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -
     settings = OperatorSettings(_env_file=None)
     engine = objects.build_default_engine(1, NAMESPACE, settings)
     engine["metadata"]["uid"] = "u"
-    deployment = objects.build_engine_deployment(engine, settings, 1)
+    deployment = objects.build_engine_deployment(objects.resolve(engine, settings), 1)
     return {c["name"]: c for c in deployment["spec"]["template"]["spec"]["containers"]}
 
 

@@ -64,7 +64,9 @@ def engine_pod(settings: OperatorSettings) -> dict:
     """The pod template the operator builds from these settings for a tutor's first session."""
     engine = objects.build_default_engine(3, NAMESPACE, settings)
     engine["metadata"]["uid"] = "00000000-0000-0000-0000-000000000003"
-    return objects.build_engine_deployment(engine, settings, replicas=1)["spec"]["template"]
+    return objects.build_engine_deployment(objects.resolve(engine, settings), replicas=1)["spec"][
+        "template"
+    ]
 
 
 def rules_file() -> dict:

@@ -103,15 +103,19 @@ def default_body() -> dict[str, Any]:
 GOLDEN_BUILDS: dict[str, Callable[[], dict[str, Any]]] = {
     "default-engine.yaml": lambda: objects.build_default_engine(7, "tutors", settings()),
     "default-deployment.yaml": lambda: objects.build_engine_deployment(
-        default_body(), settings(), replicas=1
+        objects.resolve(default_body(), settings()), replicas=1
     ),
-    "default-service.yaml": lambda: objects.build_engine_service(default_body(), settings()),
-    "default-pdb.yaml": lambda: objects.build_engine_pdb(default_body(), settings()),
+    "default-service.yaml": lambda: objects.build_engine_service(
+        objects.resolve(default_body(), settings())
+    ),
+    "default-pdb.yaml": lambda: objects.build_engine_pdb(
+        objects.resolve(default_body(), settings())
+    ),
     "admin-deployment.yaml": lambda: objects.build_engine_deployment(
-        engine(ADMIN_SPEC), settings(), replicas=2
+        objects.resolve(engine(ADMIN_SPEC), settings()), replicas=2
     ),
     "shared-gpu-deployment.yaml": lambda: objects.build_engine_deployment(
-        engine(SHARED_GPU_SPEC), settings(), replicas=1
+        objects.resolve(engine(SHARED_GPU_SPEC), settings()), replicas=1
     ),
 }
 

@@ -29,13 +29,15 @@ def test_every_golden_file_has_a_builder() -> None:
 
 
 def test_default_pdb_keeps_only_busy_pods_and_lets_unhealthy_ones_go() -> None:
-    pdb = objects.build_engine_pdb(default_body(), settings())
+    pdb = objects.build_engine_pdb(objects.resolve(default_body(), settings()))
     assert pdb["spec"]["selector"]["matchLabels"][names.LABEL_BUSY] == "true"
     assert pdb["spec"]["maxUnavailable"] == 0
 
 
 def test_vllm_listens_on_loopback_and_is_probed_from_inside() -> None:
-    vllm = containers(objects.build_engine_deployment(default_body(), settings(), 1))["vllm"]
+    vllm = containers(
+        objects.build_engine_deployment(objects.resolve(default_body(), settings()), 1)
+    )["vllm"]
     assert "--host=127.0.0.1" in vllm["args"] and "ports" not in vllm
     for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
         command = vllm[probe]["exec"]["command"]
@@ -48,7 +50,7 @@ def test_the_spec_hash_ignores_new_empty_fields_and_follows_real_changes() -> No
     # A newer operator adds fields with empty defaults: the same engine keeps its digest.
     assert objects.spec_hash({**spec, "newField": [], "other": {"nested": ""}}) == digest
     assert objects.spec_hash({**spec, "nodeSelector": {"pool": "a100"}}) != digest
-    built = objects.build_engine_deployment(default_body(), settings(), 1)
+    built = objects.build_engine_deployment(objects.resolve(default_body(), settings()), 1)
     annotations = built["metadata"]["annotations"]
     assert annotations[names.SPEC_HASH] == objects.spec_hash(
         objects.effective_spec(default_body()["spec"], settings())
@@ -66,7 +68,9 @@ def env_of(container: dict) -> dict[str, str | None]:
 
 
 def test_admin_engine_keeps_its_models_resources_and_env() -> None:
-    built = objects.build_engine_deployment(engine(ADMIN_SPEC), settings(), replicas=2)
+    built = objects.build_engine_deployment(
+        objects.resolve(engine(ADMIN_SPEC), settings()), replicas=2
+    )
     engine_c, vllm = containers(built)["engine"], containers(built)["vllm"]
     env = env_of(engine_c)
     assert env["ENGINE_LLM_MODEL"] == "qwen2.5-14b-instruct"
@@ -89,7 +93,9 @@ def test_admin_engine_keeps_its_models_resources_and_env() -> None:
 
 
 def test_a_dra_claim_gives_both_containers_the_same_gpu() -> None:
-    built = objects.build_engine_deployment(engine(SHARED_GPU_SPEC), settings(), replicas=1)
+    built = objects.build_engine_deployment(
+        objects.resolve(engine(SHARED_GPU_SPEC), settings()), replicas=1
+    )
     pod = built["spec"]["template"]["spec"]
     assert pod["resourceClaims"] == [{"name": "gpu", "resourceClaimTemplateName": "single-gpu"}]
     for container in pod["containers"]:
@@ -118,7 +124,7 @@ def test_the_sidecar_rule_and_who_holds_the_gpu(
     models: dict, resources: dict, overrides: dict, holder: str | None, utilization: str | None
 ) -> None:
     spec = {"tutorId": 1, "models": models, "resources": resources}
-    built = objects.build_engine_deployment(engine(spec), settings(**overrides), 1)
+    built = objects.build_engine_deployment(objects.resolve(engine(spec), settings(**overrides)), 1)
     by_name = containers(built)
     holders = [n for n, c in by_name.items() if "nvidia.com/gpu" in c["resources"]["limits"]]
     assert holders == ([holder] if holder else [])
@@ -133,7 +139,7 @@ def test_the_sidecar_rule_and_who_holds_the_gpu(
 
 def test_an_external_llm_url_replaces_the_sidecar() -> None:
     spec = {"tutorId": 1, "models": {"llm": {"baseUrl": "http://llm.shared:8000/v1"}}}
-    built = objects.build_engine_deployment(engine(spec), settings(), 1)
+    built = objects.build_engine_deployment(objects.resolve(engine(spec), settings()), 1)
     assert list(containers(built)) == ["engine"]
     env = env_of(containers(built)["engine"])
     assert env["ENGINE_LLM_BASE_URL"] == "http://llm.shared:8000/v1"
@@ -152,7 +158,7 @@ def test_settings_shape_every_default_engine() -> None:
         llm_model="",
     )
     built = objects.build_engine_deployment(
-        engine(objects.default_engine_spec(3, custom)), custom, 0
+        objects.resolve(engine(objects.default_engine_spec(3, custom)), custom), 0
     )
     pod = built["spec"]["template"]["spec"]
     container = pod["containers"][0]
@@ -166,7 +172,7 @@ def test_settings_shape_every_default_engine() -> None:
 
 def test_extra_env_overrides_by_name() -> None:
     spec = {"tutorId": 1, "env": [{"name": "ENGINE_PORT", "value": "9000"}]}
-    built = objects.build_engine_deployment(engine(spec), settings(), 1)
+    built = objects.build_engine_deployment(objects.resolve(engine(spec), settings()), 1)
     env = built["spec"]["template"]["spec"]["containers"][0]["env"]
     assert [e["value"] for e in env if e["name"] == "ENGINE_PORT"] == ["9000"]
 
@@ -177,13 +183,13 @@ def test_a_replacement_drops_removed_fields_and_keeps_what_others_own() -> None:
         "nodeSelector": {"pool": "a100", "zone": "a"},
         "resources": {"gpuClaimTemplate": "single-gpu"},
     }
-    live = objects.build_engine_deployment(engine(before), settings(), 2)
+    live = objects.build_engine_deployment(objects.resolve(engine(before), settings()), 2)
     live["metadata"].update(resourceVersion="41", uid="u-1", finalizers=["x/y"])
     live["metadata"]["annotations"]["deployment.kubernetes.io/revision"] = "3"
     live["metadata"]["labels"]["team"] = "math"
     live["status"] = {"replicas": 2}
     after = {"tutorId": 1, "nodeSelector": {"pool": "a100"}}  # zone and the DRA claim gone
-    built = objects.build_engine_deployment(engine(after), settings(), 0)
+    built = objects.build_engine_deployment(objects.resolve(engine(after), settings()), 0)
     new = objects.deployment_replacement(live, built, 2)
     pod = new["spec"]["template"]["spec"]
     assert pod["nodeSelector"] == {"pool": "a100"}
@@ -198,7 +204,9 @@ def test_a_replacement_drops_removed_fields_and_keeps_what_others_own() -> None:
 
 
 def test_placement_fields_reach_the_pod_only_when_set() -> None:
-    bare = objects.build_engine_deployment(default_body(), settings(), 1)["spec"]["template"]
+    bare = objects.build_engine_deployment(objects.resolve(default_body(), settings()), 1)["spec"][
+        "template"
+    ]
     for field in (
         "imagePullSecrets",
         "serviceAccountName",
@@ -215,7 +223,9 @@ def test_placement_fields_reach_the_pod_only_when_set() -> None:
             {"maxSkew": 1, "topologyKey": "zone", "whenUnsatisfiable": "DoNotSchedule"}
         ],
     )
-    pod = objects.build_engine_deployment(engine({"tutorId": 3}), custom, 1)["spec"]["template"]
+    pod = objects.build_engine_deployment(objects.resolve(engine({"tutorId": 3}), custom), 1)[
+        "spec"
+    ]["template"]
     assert pod["spec"]["imagePullSecrets"] == [{"name": "regcred"}]
     assert pod["spec"]["serviceAccountName"] == "engine"
     assert pod["spec"]["automountServiceAccountToken"] is False  # engines never call the API
@@ -227,10 +237,12 @@ def test_placement_fields_reach_the_pod_only_when_set() -> None:
 def test_scaling_comes_from_spec_or_defaults_and_only_defaults_are_deletable() -> None:
     deleting = settings(idle_policy="Delete")
     default = objects.build_default_engine(7, "tutors", deleting)
-    ours = objects.engine_scaling(default, deleting)
+    ours = objects.engine_scaling(objects.resolve(default, deleting))
     assert ours.deletable and ours.idle_policy == "Delete"
     admin = objects.engine_scaling(
-        engine({"tutorId": 42, "maxSessionsPerReplica": 2, "idlePolicy": "Delete"}), settings()
+        objects.resolve(
+            engine({"tutorId": 42, "maxSessionsPerReplica": 2, "idlePolicy": "Delete"}), settings()
+        )
     )
     assert not admin.deletable
     assert (admin.per_replica, admin.max_replicas, admin.min_replicas) == (2, 1, 0)
@@ -249,16 +261,16 @@ def test_scaling_comes_from_spec_or_defaults_and_only_defaults_are_deletable() -
     ],
 )
 def test_spec_error(name: str, spec: dict, problem: str | None) -> None:
-    error = objects.spec_error({"metadata": {"name": name}, "spec": spec}, settings())
+    _, error = objects.checked({"metadata": {"name": name}, "spec": spec}, settings())
     assert (error is None) if problem is None else (problem in error)
 
 
 def test_openai_without_a_url_needs_the_sidecar() -> None:
     body = {"metadata": {"name": "tutor-5"}, "spec": {"tutorId": 5}}
-    error = objects.spec_error(body, settings(vllm_enabled=False))
+    _, error = objects.checked(body, settings(vllm_enabled=False))
     assert error is not None and "baseUrl is required" in error
     body["spec"]["models"] = {"llm": {"baseUrl": "http://llm:8000/v1"}}
-    assert objects.spec_error(body, settings(vllm_enabled=False)) is None
+    assert objects.checked(body, settings(vllm_enabled=False))[1] is None
 
 
 @pytest.mark.parametrize(
@@ -278,7 +290,11 @@ def test_the_history_ttl_outlives_the_session_timeout_by_the_margin() -> None:
     assert objects.history_ttl_seconds(3600, 300) == 3900
     assert objects.history_ttl_seconds(60, 0) == 60
     custom = settings(session_timeout_seconds=1800, history_ttl_margin_seconds=120)
-    env = env_of(containers(objects.build_engine_deployment(default_body(), custom, 1))["engine"])
+    env = env_of(
+        containers(objects.build_engine_deployment(objects.resolve(default_body(), custom), 1))[
+            "engine"
+        ]
+    )
     assert env["ENGINE_SESSION_TTL_SECONDS"] == "1920"
     assert env["ENGINE_MAX_HISTORY_MESSAGES"] == "40"
 
@@ -289,7 +305,7 @@ def test_engines_get_the_history_store_with_the_password_by_reference_only() -> 
         history_password_secret="tutor-history",
         history_password_key="redis-password",
     )
-    built = objects.build_engine_deployment(default_body(), custom, 1)
+    built = objects.build_engine_deployment(objects.resolve(default_body(), custom), 1)
     env = {e["name"]: e for e in containers(built)["engine"]["env"]}
     assert env["ENGINE_HISTORY_URL"]["value"] == "redis://tutor-history.tutors.svc:6379/0"
     assert env["ENGINE_HISTORY_PASSWORD"] == {
@@ -298,13 +314,17 @@ def test_engines_get_the_history_store_with_the_password_by_reference_only() -> 
     }
     # No store configured: no history variables (the engine keeps its own default).
     bare = env_of(
-        containers(objects.build_engine_deployment(default_body(), settings(), 1))["engine"]
+        containers(objects.build_engine_deployment(objects.resolve(default_body(), settings()), 1))[
+            "engine"
+        ]
     )
     assert "ENGINE_HISTORY_URL" not in bare and "ENGINE_HISTORY_PASSWORD" not in bare
     # A URL without a Secret: a store without a password.
     open_store = settings(history_url="redis://redis:6379/0")
     env = env_of(
-        containers(objects.build_engine_deployment(default_body(), open_store, 1))["engine"]
+        containers(objects.build_engine_deployment(objects.resolve(default_body(), open_store), 1))[
+            "engine"
+        ]
     )
     assert (
         env["ENGINE_HISTORY_URL"] == "redis://redis:6379/0" and "ENGINE_HISTORY_PASSWORD" not in env
@@ -319,7 +339,9 @@ def test_the_grace_period_covers_the_prestop_pause_and_the_drain(
 ) -> None:
     assert objects.termination_grace_seconds(prestop, drain) == grace
     custom = settings(prestop_seconds=prestop, drain_seconds=drain)
-    pod = objects.build_engine_deployment(default_body(), custom, 1)["spec"]["template"]["spec"]
+    pod = objects.build_engine_deployment(objects.resolve(default_body(), custom), 1)["spec"][
+        "template"
+    ]["spec"]
     assert pod["terminationGracePeriodSeconds"] == grace
     engine_c, vllm = containers({"spec": {"template": {"spec": pod}}}).values()
     assert env_of(engine_c)["ENGINE_DRAIN_SECONDS"] == str(drain)
@@ -339,5 +361,7 @@ def test_an_engine_that_sets_its_own_drain_gets_a_grace_period_for_it(
     value: str, grace: int
 ) -> None:
     spec = {"tutorId": 1, "env": [{"name": "ENGINE_DRAIN_SECONDS", "value": value}]}
-    pod = objects.build_engine_deployment(engine(spec), settings(prestop_seconds=0), 1)
+    pod = objects.build_engine_deployment(
+        objects.resolve(engine(spec), settings(prestop_seconds=0)), 1
+    )
     assert pod["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == grace

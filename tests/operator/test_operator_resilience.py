@@ -138,7 +138,7 @@ def test_an_operator_upgrade_keeps_the_pods_of_a_busy_engine(
     without rolling the pod; once the engine is idle it brings the template up to date."""
     kube.create("tutorengines", admin_engine(33)).raise_for_status()
     engine = kube.get("tutorengines", "tutor-33")
-    older = objects.build_engine_deployment(engine, _test_settings(), 1)
+    older = objects.build_engine_deployment(objects.resolve(engine, _test_settings()), 1)
     del older["metadata"]["annotations"]
     older_env = {"name": "ENGINE_BUILT_BY", "value": "an earlier operator"}
     older["spec"]["template"]["spec"]["containers"][0]["env"].append(older_env)
