@@ -39,7 +39,10 @@ from .reconcile import (
 ENGINES = (GROUP, VERSION, ENGINE_PLURAL)
 SESSIONS = (GROUP, VERSION, SESSION_PLURAL)
 NS = str | None  # a namespace as kopf types it; set for every resource watched here
-OWNED = {LABEL_ENGINE: kopf.PRESENT, LABEL_MANAGED_BY: MANAGER}
+OWNED: dict[str, Any] = {  # kopf.PRESENT is a MetaFilterToken, kopf does not export the type
+    LABEL_ENGINE: kopf.PRESENT,
+    LABEL_MANAGED_BY: MANAGER,
+}
 
 
 def _indices(ctx: Context, kwargs: dict[str, Any]) -> Indices:
