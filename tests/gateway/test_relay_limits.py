@@ -15,8 +15,10 @@ import httpx
 import pytest
 from websockets.exceptions import ConnectionClosed
 
+from tests.support.waiting import wait_for
+
 from .helpers import create_session, open_ws, recv, say
-from .test_engines import engines, wait_until
+from .test_engines import engines
 from .test_websocket import closed_with
 
 
@@ -43,7 +45,7 @@ def test_an_engine_start_outlives_the_client_that_caused_it(gateway_factory) -> 
     router = gateway.app.state.gateway.router
     with open_ws(gateway, session) as impatient:
         impatient.send(json.dumps({"type": "text", "content": "anyone?"}))
-        wait_until(lambda: 5 in router._starting)
+        wait_for(lambda: 5 in router._starting, 30, "engine 5 starting")
         start = router._starting[5]
     with open_ws(gateway, session) as patient:
         reply = say(patient, "hello")
@@ -64,7 +66,9 @@ def test_a_busy_engine_is_waited_for_not_replaced(gateway_factory) -> None:
             try:
                 late.send(json.dumps({"type": "text", "content": "are you busy"}))
                 router = gateway.app.state.gateway.router
-                wait_until(lambda: router.running[6].failing_since is not None)
+                wait_for(
+                    lambda: router.running[6].failing_since is not None, 30, "engine 6 failing"
+                )
                 time.sleep(1.0)  # several handshakes time out meanwhile
             finally:
                 os.kill(pid, signal.SIGCONT)
