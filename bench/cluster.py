@@ -25,7 +25,8 @@ from typing import Any
 import httpx
 from websockets.asyncio.client import connect
 
-from tests.support.cluster import ENGINE_KEY, NAMESPACE, OPERATOR_ENV, KubeClient, OperatorProcess
+from tests.support.cluster import ENGINE_KEY, NAMESPACE, KubeClient, OperatorProcess
+from tests.support.cluster import operator_env as operator_env_of
 from tests.support.kube_emulator import KubeEmulator, RunningEmulator
 from tests.support.kubelet import FakeKubelet
 
@@ -104,7 +105,7 @@ def main(argv: list[str] | None = None) -> None:
     emulator.load_crds()
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    operator_env = {**OPERATOR_ENV, "TUTOR_OPERATOR_MAX_SESSIONS_PER_REPLICA": "10000"}
+    operator_env = operator_env_of(engine={"maxSessionsPerReplica": 10000})
     operator_env.pop("TUTOR_OPERATOR_RECONCILE_INTERVAL")  # the production default
     result: dict[str, Any] = {"engine": "mock", "api": "kmock emulator (in-process thread)"}
     with RunningEmulator(emulator) as api, FakeKubelet(api.url, NAMESPACE):

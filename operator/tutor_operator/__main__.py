@@ -5,9 +5,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import pathlib
 
 import kopf
+from pydantic import ValidationError
+from pydantic_settings import SettingsError
 from tutor_contract import logs, tracing
 from tutor_contract.version import version_line
 
@@ -15,7 +18,7 @@ from .handlers import register
 from .kube import KubeApi
 from .metrics import OperatorMetrics
 from .reconcile import Context
-from .settings import OperatorSettings
+from .settings import OperatorSettings, unknown_variables
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -46,13 +49,25 @@ def main(argv: list[str] | None = None) -> None:
     overrides = {"api_server": args.server, "namespace": args.namespace, "api_token": token}
     overrides["log_format"] = args.log_format
     overrides["metrics_port"] = args.metrics_port
-    settings = OperatorSettings(**{k: v for k, v in overrides.items() if v is not None})
+    try:
+        settings = OperatorSettings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:  # e.g. an unknown key of TUTOR_OPERATOR_ENGINE_DEFAULTS
+        wrong = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        parser.exit(2, f"{parser.prog}: invalid settings: {wrong}\n")
+    except SettingsError as exc:  # a JSON value that does not parse
+        parser.exit(2, f"{parser.prog}: invalid settings: {exc}\n")
     json_logs = settings.log_format == "json"
     log_format = kopf.LogFormat.JSON if json_logs else kopf.LogFormat.FULL
     kopf.configure(verbose=args.verbose, debug=args.debug, log_format=log_format)
     logs.adopt_handlers("operator", settings.log_format)  # redaction; component and logger
     for quiet in ("httpx2", "httpcore2"):  # one line per request even when verbose: too much
         logging.getLogger(quiet).setLevel(logging.DEBUG if args.debug else logging.WARNING)
+    if unknown := unknown_variables(os.environ):
+        logging.getLogger("tutor_operator").warning(
+            "ignoring %s: not operator settings (engine defaults go in "
+            "TUTOR_OPERATOR_ENGINE_DEFAULTS, operator/README.md)",
+            ", ".join(unknown),
+        )
     tracing.configure("tutor-operator")  # on only with OTEL_EXPORTER_OTLP_ENDPOINT
     metrics = OperatorMetrics()
     metrics.serve(settings.metrics_port)

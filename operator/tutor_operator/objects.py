@@ -1,4 +1,4 @@
-"""Pure manifest builders: a TutorEngine (and the operator's settings) in, plain dicts out."""
+"""Pure manifest builders: a TutorEngine (and the operator's defaults) in, plain dicts out."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ from .names import (
     engine_name,
     selector_labels,
 )
-from .settings import OperatorSettings
+from .settings import EngineDefaults
 
 _MODEL_ENV = {  # (component, field) -> engine variable
     ("llm", "backend"): "ENGINE_LLM_BACKEND",
@@ -58,7 +58,7 @@ STARTUP_PERIOD = 10  # seconds between two startup probes of the vLLM sidecar
 
 def startup_failures(load_seconds: int, period: int = STARTUP_PERIOD) -> int:
     """The vLLM sidecar's startup ``failureThreshold``: probes every ``period`` seconds for
-    ``load_seconds`` (``model_load_seconds``, the engine's LLM wait too)."""
+    ``load_seconds`` (``model_load_timeout_seconds``, the engine's LLM wait too)."""
     return max(1, math.ceil(load_seconds / period))
 
 
@@ -73,58 +73,58 @@ def termination_grace_seconds(prestop: int, drain: int) -> int:
     return prestop + drain + GRACE_MARGIN_SECONDS
 
 
-def default_engine_spec(tutor_id: int, settings: OperatorSettings) -> dict[str, Any]:
-    """The full TutorEngine spec the operator's settings give a tutor."""
+def default_engine_spec(tutor_id: int, defaults: EngineDefaults) -> dict[str, Any]:
+    """The full TutorEngine spec the engine defaults give a tutor."""
     return {
         "tutorId": tutor_id,
-        "image": settings.engine_image,
-        "port": settings.engine_port,
-        "minReplicas": settings.min_replicas,
-        "maxReplicas": settings.max_replicas,
-        "maxSessionsPerReplica": settings.max_sessions_per_replica,
-        "idleTimeoutSeconds": settings.idle_timeout_seconds,
-        "idlePolicy": settings.idle_policy,
+        "image": defaults.image,
+        "port": defaults.port,
+        "minReplicas": defaults.min_replicas,
+        "maxReplicas": defaults.max_replicas,
+        "maxSessionsPerReplica": defaults.max_sessions_per_replica,
+        "idleTimeoutSeconds": defaults.idle_timeout_seconds,
+        "idlePolicy": defaults.idle_policy,
         "resources": {
-            "gpuCount": settings.gpu_count,
-            "gpuResourceName": settings.gpu_resource_name,
-            "gpuClaimTemplate": settings.gpu_claim_template,
-            "cpu": settings.cpu,
-            "memory": settings.memory,
+            "gpuCount": defaults.gpu.count,
+            "gpuResourceName": defaults.gpu.resource_name,
+            "gpuClaimTemplate": defaults.gpu.claim_template,
+            "cpu": defaults.cpu,
+            "memory": defaults.memory,
         },
-        "nodeSelector": dict(settings.node_selector),
-        "tolerations": copy.deepcopy(settings.tolerations),
-        "imagePullSecrets": copy.deepcopy(settings.image_pull_secrets),
-        "serviceAccountName": settings.service_account,
-        "priorityClassName": settings.priority_class,
-        "affinity": copy.deepcopy(settings.affinity),
-        "topologySpreadConstraints": copy.deepcopy(settings.topology_spread),
+        "nodeSelector": dict(defaults.node_selector),
+        "tolerations": copy.deepcopy(defaults.tolerations),
+        "imagePullSecrets": copy.deepcopy(defaults.image_pull_secrets),
+        "serviceAccountName": defaults.service_account_name,
+        "priorityClassName": defaults.priority_class_name,
+        "affinity": copy.deepcopy(defaults.affinity),
+        "topologySpreadConstraints": copy.deepcopy(defaults.topology_spread_constraints),
         "models": {
             "llm": {
-                "backend": settings.llm_backend,
-                "model": settings.llm_model,
-                "baseUrl": settings.llm_base_url,
-                "server": _default_server(settings),
+                "backend": defaults.models.llm.backend,
+                "model": defaults.models.llm.model,
+                "baseUrl": defaults.models.llm.base_url,
+                "server": _default_server(defaults),
             },
-            "asr": {"backend": settings.asr_backend, "model": settings.asr_model},
-            "tts": {"backend": settings.tts_backend, "model": settings.tts_model},
+            "asr": {"backend": defaults.models.asr.backend, "model": defaults.models.asr.model},
+            "tts": {"backend": defaults.models.tts.backend, "model": defaults.models.tts.model},
         },
     }
 
 
-def _default_server(settings: OperatorSettings) -> dict[str, Any]:
+def _default_server(defaults: EngineDefaults) -> dict[str, Any]:
     server: dict[str, Any] = {
-        "image": settings.vllm_image,
-        "model": settings.vllm_model,
-        "port": settings.vllm_port,
-        "args": list(settings.vllm_args),
-        "cpu": settings.vllm_cpu,
-        "memory": settings.vllm_memory,
-        "cacheClaim": settings.vllm_cache_claim,
+        "image": defaults.vllm.image,
+        "model": defaults.vllm.model,
+        "port": defaults.vllm.port,
+        "args": list(defaults.vllm.extra_args),
+        "cpu": defaults.vllm.cpu,
+        "memory": defaults.vllm.memory,
+        "cacheClaim": defaults.vllm.cache.existing_claim,
     }
-    if settings.vllm_gpu_memory_utilization is not None:
-        server["gpuMemoryUtilization"] = settings.vllm_gpu_memory_utilization
-    if settings.vllm_max_model_len:
-        server["maxModelLen"] = settings.vllm_max_model_len
+    if defaults.vllm.gpu_memory_utilization is not None:
+        server["gpuMemoryUtilization"] = defaults.vllm.gpu_memory_utilization
+    if defaults.vllm.max_model_len:
+        server["maxModelLen"] = defaults.vllm.max_model_len
     return server
 
 
@@ -138,9 +138,9 @@ def _merge(default: Any, override: Any) -> Any:
     return merged
 
 
-def effective_spec(spec: Mapping[str, Any], settings: OperatorSettings) -> dict[str, Any]:
+def effective_spec(spec: Mapping[str, Any], defaults: EngineDefaults) -> dict[str, Any]:
     """``spec`` with every omitted field (nested in resources and models) from the defaults."""
-    merged = default_engine_spec(int(spec["tutorId"]), settings)
+    merged = default_engine_spec(int(spec["tutorId"]), defaults)
     for key, value in spec.items():
         deep = key in ("models", "resources")
         merged[key] = _merge(merged[key], value) if deep else copy.deepcopy(value)
@@ -158,14 +158,14 @@ class EngineSpec:
     body: kopf.Body  # the TutorEngine: the owner of what is built from it
     name: str
     spec: dict[str, Any]  # the effective spec (``effective_spec``)
-    settings: OperatorSettings
+    defaults: EngineDefaults
     sidecar: bool  # the pod runs the vLLM sidecar
     claim: str  # the DRA ResourceClaimTemplate both containers share, or empty
     gpu_holder: str | None  # the container that requests device-plugin GPUs (``resolve``)
     engine_gpu: bool  # the engine container sees the pod's GPU
 
 
-def resolve(engine: Mapping[str, Any], settings: OperatorSettings) -> EngineSpec:
+def resolve(engine: Mapping[str, Any], defaults: EngineDefaults) -> EngineSpec:
     """Merge a TutorEngine body with the defaults and derive its GPU and sidecar facts.
 
     The device plugin gives each device to exactly one container, so with the sidecar the
@@ -181,12 +181,12 @@ def resolve(engine: Mapping[str, Any], settings: OperatorSettings) -> EngineSpec
         raise SpecError(f"a TutorEngine for tutor {tutor_id} must be named {engine_name(tutor_id)}")
     if raw.get("minReplicas", 0) > raw.get("maxReplicas", raw.get("minReplicas", 0)):
         raise SpecError("spec.minReplicas must not exceed spec.maxReplicas")
-    spec = effective_spec(raw, settings)
+    spec = effective_spec(raw, defaults)
     llm = spec["models"]["llm"]
     wants_sidecar = llm["backend"] == "openai" and not llm["baseUrl"]  # else no vLLM sidecar
-    if wants_sidecar and not settings.vllm_enabled:
+    if wants_sidecar and not defaults.vllm.enabled:
         raise SpecError("spec.models.llm.baseUrl is required: the operator runs no vLLM sidecar")
-    sidecar = wants_sidecar and settings.vllm_enabled
+    sidecar = wants_sidecar and defaults.vllm.enabled
     if sidecar and llm["server"]["port"] == spec["port"]:
         raise SpecError("spec.models.llm.server.port must differ from spec.port (one pod network)")
     claim = spec["resources"].get("gpuClaimTemplate") or ""
@@ -195,15 +195,15 @@ def resolve(engine: Mapping[str, Any], settings: OperatorSettings) -> EngineSpec
         holder = LLM_CONTAINER if sidecar else CONTAINER
     sees_gpu = bool(claim) or holder == CONTAINER
     body = kopf.Body(cast(kopf.RawBody, dict(engine)))
-    return EngineSpec(body, name, spec, settings, sidecar, claim, holder, sees_gpu)
+    return EngineSpec(body, name, spec, defaults, sidecar, claim, holder, sees_gpu)
 
 
 def checked(
-    engine: Mapping[str, Any], settings: OperatorSettings
+    engine: Mapping[str, Any], defaults: EngineDefaults
 ) -> tuple[EngineSpec | None, str | None]:
     """``resolve``'s result, or ``None`` and what it finds wrong with the spec."""
     try:
-        return resolve(engine, settings), None
+        return resolve(engine, defaults), None
     except SpecError as exc:
         return None, str(exc)
 
@@ -222,7 +222,7 @@ def engine_scaling(engine: EngineSpec) -> Scaling:
     )
 
 
-def build_default_engine(tutor_id: int, namespace: str, settings: OperatorSettings) -> dict:
+def build_default_engine(tutor_id: int, namespace: str, defaults: EngineDefaults) -> dict:
     """A TutorEngine from the operator's defaults, labelled so idling may delete it."""
     return {
         "apiVersion": API_VERSION,
@@ -232,7 +232,7 @@ def build_default_engine(tutor_id: int, namespace: str, settings: OperatorSettin
             "namespace": namespace,
             "labels": {LABEL_TUTOR_ID: str(tutor_id), LABEL_ORIGIN: ORIGIN_DEFAULTS},
         },
-        "spec": default_engine_spec(tutor_id, settings),
+        "spec": default_engine_spec(tutor_id, defaults),
     }
 
 
@@ -244,7 +244,7 @@ def engine_env(engine: EngineSpec) -> list[dict[str, Any]]:
     cannot see the pod's GPU (the sidecar holds it) runs its speech models on the CPU.
     Secrets (the API key, the store's password) are references, never values.
     """
-    spec, settings = engine.spec, engine.settings
+    spec, defaults = engine.spec, engine.defaults
     env: dict[str, dict[str, Any]] = {}
 
     def put(name: str, value: Any) -> None:
@@ -254,7 +254,7 @@ def engine_env(engine: EngineSpec) -> list[dict[str, Any]]:
     put("ENGINE_HOST", "0.0.0.0")
     put("ENGINE_PORT", spec["port"])
     put("ENGINE_EXIT_ON_LOAD_FAILURE", "true")
-    put("ENGINE_LLM_WAIT_SECONDS", settings.model_load_seconds)  # as long as vLLM's startup
+    put("ENGINE_LLM_WAIT_SECONDS", defaults.model_load_timeout_seconds)  # as long as vLLM's startup
     for (part, field), name in _MODEL_ENV.items():
         value = spec["models"].get(part, {}).get(field)
         if value not in (None, ""):
@@ -263,9 +263,9 @@ def engine_env(engine: EngineSpec) -> list[dict[str, Any]]:
         server = spec["models"]["llm"]["server"]
         put("ENGINE_LLM_BASE_URL", f"http://127.0.0.1:{server['port']}/v1")
         put("ENGINE_LLM_MODEL", spec["models"]["llm"]["model"] or server["model"])
-        if settings.vllm_metrics and settings.api_key_secret:
+        if defaults.vllm.metrics and defaults.api_key_secret:
             # The exposed sidecar's /v1 API takes the engine key (VLLM_API_KEY).
-            ref = {"name": settings.api_key_secret, "key": settings.api_key_secret_key}
+            ref = {"name": defaults.api_key_secret, "key": defaults.api_key_secret_key}
             env["ENGINE_LLM_API_KEY"] = {
                 "name": "ENGINE_LLM_API_KEY",
                 "valueFrom": {"secretKeyRef": ref},
@@ -273,25 +273,27 @@ def engine_env(engine: EngineSpec) -> list[dict[str, Any]]:
     if not engine.engine_gpu:
         put("ENGINE_ASR_DEVICE", "cpu")
         put("ENGINE_TTS_DEVICE", "cpu")
-    if settings.api_key_secret:
-        ref = {"name": settings.api_key_secret, "key": settings.api_key_secret_key}
+    if defaults.api_key_secret:
+        ref = {"name": defaults.api_key_secret, "key": defaults.api_key_secret_key}
         env["ENGINE_API_KEY"] = {"name": "ENGINE_API_KEY", "valueFrom": {"secretKeyRef": ref}}
-    if settings.history_url:
-        put("ENGINE_HISTORY_URL", settings.history_url)
-        if settings.history_password_secret:
-            ref = {"name": settings.history_password_secret, "key": settings.history_password_key}
+    if defaults.history.url:
+        put("ENGINE_HISTORY_URL", defaults.history.url)
+        if defaults.history.password_secret:
+            ref = {"name": defaults.history.password_secret, "key": defaults.history.password_key}
             env["ENGINE_HISTORY_PASSWORD"] = {
                 "name": "ENGINE_HISTORY_PASSWORD",
                 "valueFrom": {"secretKeyRef": ref},
             }
-    put("ENGINE_MAX_HISTORY_MESSAGES", settings.history_max_messages)
-    ttl = history_ttl_seconds(settings.session_timeout_seconds, settings.history_ttl_margin_seconds)
+    put("ENGINE_MAX_HISTORY_MESSAGES", defaults.history.max_messages)
+    ttl = history_ttl_seconds(
+        defaults.history.session_timeout_seconds, defaults.history.ttl_margin_seconds
+    )
     put("ENGINE_SESSION_TTL_SECONDS", ttl)
-    put(DRAIN_ENV, settings.drain_seconds)
-    if settings.engine_log_format:
-        put("ENGINE_LOG_FORMAT", settings.engine_log_format)
-    if settings.engine_otlp_endpoint:
-        put("OTEL_EXPORTER_OTLP_ENDPOINT", settings.engine_otlp_endpoint)
+    put(DRAIN_ENV, defaults.drain_seconds)
+    if defaults.log_format:
+        put("ENGINE_LOG_FORMAT", defaults.log_format)
+    if defaults.otlp_endpoint:
+        put("OTEL_EXPORTER_OTLP_ENDPOINT", defaults.otlp_endpoint)
     for extra in spec.get("env") or []:
         put(extra["name"], extra.get("value", ""))
     return list(env.values())
@@ -375,7 +377,7 @@ def vllm_args(engine: EngineSpec) -> list[str]:
         f"--model={server['model']}",
         # Only the engine, over the pod's loopback (probes exec inside); all addresses when
         # Prometheus scrapes its /metrics (vllm_metrics: /v1 then needs the engine key).
-        f"--host={'0.0.0.0' if engine.settings.vllm_metrics else '127.0.0.1'}",
+        f"--host={'0.0.0.0' if engine.defaults.vllm.metrics else '127.0.0.1'}",
         f"--port={server['port']}",
         f"--gpu-memory-utilization={gpu_memory_utilization(engine):.2f}",
         f"--tensor-parallel-size={max(1, spec['resources']['gpuCount'])}",
@@ -394,23 +396,23 @@ def build_llm_container(engine: EngineSpec, stop_after: int = 0) -> dict[str, An
     the sidecar pauses ``stop_after`` seconds, the engine's preStop and drain: the turns the
     engine finishes meanwhile still have their LLM.
     """
-    settings = engine.settings
+    defaults = engine.defaults
     server = engine.spec["models"]["llm"]["server"]
     env: list[dict[str, Any]] = [
         {"name": "HOME", "value": "/tmp"},
         {"name": "HF_HOME", "value": "/cache/huggingface"},
         {"name": "VLLM_NO_USAGE_STATS", "value": "1"},
     ]
-    if settings.vllm_hf_token_secret:
-        ref = {"name": settings.vllm_hf_token_secret, "key": "HF_TOKEN"}
+    if defaults.vllm.hf_token_secret:
+        ref = {"name": defaults.vllm.hf_token_secret, "key": "HF_TOKEN"}
         env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": ref}})
     exposed: dict[str, Any] = {}
-    if settings.vllm_metrics:
+    if defaults.vllm.metrics:
         # /metrics for Prometheus on a named port; /v1 needs the engine key from then on.
         port = {"name": LLM_PORT_NAME, "containerPort": server["port"], "protocol": "TCP"}
         exposed["ports"] = [port]
-        if settings.api_key_secret:
-            ref = {"name": settings.api_key_secret, "key": settings.api_key_secret_key}
+        if defaults.api_key_secret:
+            ref = {"name": defaults.api_key_secret, "key": defaults.api_key_secret_key}
             env.append({"name": "VLLM_API_KEY", "valueFrom": {"secretKeyRef": ref}})
     return {
         "name": LLM_CONTAINER,
@@ -420,9 +422,9 @@ def build_llm_container(engine: EngineSpec, stop_after: int = 0) -> dict[str, An
         "args": vllm_args(engine),
         "env": env,
         "resources": _resources(server["cpu"], server["memory"], engine, LLM_CONTAINER),
-        # Downloading and loading weights may take long: model_load_seconds to first /health.
+        # Loading weights may take long: model_load_timeout_seconds to the first /health.
         "startupProbe": _loopback_probe(
-            server["port"], STARTUP_PERIOD, startup_failures(settings.model_load_seconds)
+            server["port"], STARTUP_PERIOD, startup_failures(defaults.model_load_timeout_seconds)
         ),
         "livenessProbe": _loopback_probe(server["port"], 15, 4),
         "readinessProbe": _loopback_probe(server["port"], 10, 3),
@@ -438,17 +440,17 @@ def build_llm_container(engine: EngineSpec, stop_after: int = 0) -> dict[str, An
 
 
 def _llm_volumes(engine: EngineSpec) -> list[dict[str, Any]]:
-    settings = engine.settings
+    defaults = engine.defaults
     claim = engine.spec["models"]["llm"]["server"].get("cacheClaim")
     cache = (
         {"persistentVolumeClaim": {"claimName": claim}}
         if claim
-        else {"emptyDir": {"sizeLimit": settings.vllm_cache_size}}
+        else {"emptyDir": {"sizeLimit": defaults.vllm.cache.size_limit}}
     )
     return [
         {"name": "model-cache", **cache},
         {"name": "vllm-tmp", "emptyDir": {}},
-        {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": settings.vllm_shm_size}},
+        {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": defaults.vllm.shm_size}},
     ]
 
 
@@ -458,11 +460,11 @@ def build_engine_deployment(engine: EngineSpec, replicas: int) -> dict[str, Any]
     A stopping pod pauses (preStop) so routing to it stops, then the engine drains; its grace
     period covers both (``termination_grace_seconds``).
     """
-    name, spec, settings = engine.name, engine.spec, engine.settings
+    name, spec, defaults = engine.name, engine.spec, engine.defaults
     labels = engine_labels(name, spec["tutorId"])
     res = spec["resources"]
     env = engine_env(engine)
-    prestop, drain = settings.prestop_seconds, drain_seconds(env, settings.drain_seconds)
+    prestop, drain = defaults.pre_stop_seconds, drain_seconds(env, defaults.drain_seconds)
     containers = [
         {
             "name": CONTAINER,

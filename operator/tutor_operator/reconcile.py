@@ -231,7 +231,7 @@ async def ensure_engine(ctx: Context, namespace: str, tutor_id: int, indices: In
     """Create the tutor's TutorEngine from the defaults unless one exists (an admin's is kept)."""
     if indices.engine_of((namespace, engine_name(tutor_id))) is not None:
         return
-    engine = build_default_engine(tutor_id, namespace, ctx.settings)
+    engine = build_default_engine(tutor_id, namespace, ctx.settings.engine_defaults)
     if await ctx.api.create(ENGINES, namespace, engine) is not None:
         log.info("created TutorEngine %s/%s from defaults", namespace, engine_name(tutor_id))
 
@@ -270,7 +270,7 @@ async def _reconcile(
     namespace, name = key
     engine_rv = str(engine["metadata"].get("resourceVersion"))
     engine = ctx.written.engine(key, engine)
-    resolved, error = checked(engine, ctx.settings)
+    resolved, error = checked(engine, ctx.settings.engine_defaults)
     deployment = indices.deployment_of(key)
     current = None if deployment is None else deployment.replicas
     sessions = ctx.written.sessions_of(key, indices.sessions_of(key))
@@ -413,7 +413,7 @@ async def _ensure_children(
         await ctx.api.patch(DEPLOYMENTS, namespace, name, {"spec": {"replicas": replicas}})
     if not indices.has_service(key):
         await ctx.api.create(SERVICES, namespace, build_engine_service(engine))
-    if ctx.settings.disruption_budget and not indices.has_pdb(key):
+    if ctx.settings.engine_defaults.disruption_budget and not indices.has_pdb(key):
         await ctx.api.create(PDBS, namespace, build_engine_pdb(engine))
 
 

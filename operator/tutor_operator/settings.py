@@ -1,19 +1,133 @@
-"""Operator settings: environment variables with the ``TUTOR_OPERATOR_`` prefix (and ``.env``)."""
+"""Operator settings: environment variables with the ``TUTOR_OPERATOR_`` prefix (and ``.env``).
+
+The defaults of every engine are one JSON document, ``TUTOR_OPERATOR_ENGINE_DEFAULTS``: the
+keys of the chart's ``engine`` values and what the chart derives (operator/README.md lists
+them); an unknown or invalid key stops the operator at start.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
-class OperatorSettings(BaseSettings):
-    """Where the operator watches, how fast it reconciles, and the defaults for new engines.
+class _Part(BaseModel):
+    """A part of the engine defaults: camelCase keys (or field names), unknown keys refused."""
 
-    Dict and list fields are read from JSON, e.g.
-    ``TUTOR_OPERATOR_NODE_SELECTOR='{"gpu": "a100"}'``.
-    """
+    model_config = ConfigDict(
+        alias_generator=to_camel, validate_by_name=True, validate_by_alias=True, extra="forbid"
+    )
+
+
+class Gpu(_Part):
+    count: int = Field(1, ge=0)
+    resource_name: str = "nvidia.com/gpu"
+    claim_template: str = Field("", description="DRA ResourceClaimTemplate both containers share.")
+
+
+class Llm(_Part):
+    backend: Literal["mock", "openai"] = "openai"
+    model: str = ""
+    base_url: str = Field("", description="OpenAI-compatible server; empty: the vLLM sidecar.")
+
+
+class Asr(_Part):
+    backend: Literal["mock", "faster-whisper"] = "faster-whisper"
+    model: str = "large-v3"
+
+
+class Tts(_Part):
+    backend: Literal["mock", "piper", "coqui"] = "piper"
+    model: str = ""
+
+
+class Models(_Part):
+    llm: Llm = Field(default_factory=Llm)
+    asr: Asr = Field(default_factory=Asr)
+    tts: Tts = Field(default_factory=Tts)
+
+
+class VllmCache(_Part):
+    existing_claim: str = Field("", description="PVC of the model cache; empty: an emptyDir.")
+    size_limit: str = "100Gi"
+
+
+class Vllm(_Part):
+    """The vLLM sidecar of engines with the openai backend and no ``baseUrl``."""
+
+    enabled: bool = Field(True, description="False requires a baseUrl for openai.")
+    image: str = "vllm/vllm-openai:v0.11.0"
+    model: str = "Qwen/Qwen2.5-7B-Instruct"
+    port: int = Field(8001, ge=1, le=65535)
+    extra_args: list[str] = Field(default_factory=list)
+    gpu_memory_utilization: float | None = Field(
+        None, ge=0.05, le=1, description="None: 0.90 alone on the GPU, 0.80 shared, 0.70 with XTTS."
+    )
+    max_model_len: int = Field(0, ge=0, description="0: the model's own context length.")
+    cpu: str = "4"
+    memory: str = "32Gi"
+    shm_size: str = "8Gi"
+    cache: VllmCache = Field(default_factory=VllmCache)
+    hf_token_secret: str = ""
+    metrics: bool = Field(
+        False, description="Serve /metrics beyond the pod; its /v1 API then needs the engine key."
+    )
+
+
+class History(_Part):
+    """The store engines keep conversations in, and how long they live."""
+
+    url: str = Field("", description="ENGINE_HISTORY_URL, no password; empty sets none.")
+    password_secret: str = Field("", description="Secret of ENGINE_HISTORY_PASSWORD; empty: none.")
+    password_key: str = "password"
+    max_messages: int = Field(40, ge=0)
+    session_timeout_seconds: int = Field(3600, ge=1, description="The gateway's, for the TTL.")
+    ttl_margin_seconds: int = Field(300, ge=0)
+
+
+class EngineDefaults(_Part):
+    """Defaults of TutorEngines the operator creates and of fields an administrator omits."""
+
+    image: str = "ghcr.io/vts/tutor-engine:0.1.0"
+    port: int = Field(8000, ge=1, le=65535)
+    log_format: Literal["", "text", "json"] = Field("", description="Empty: the engine's own.")
+    otlp_endpoint: str = Field("", description="OTLP HTTP endpoint of traces; empty: none.")
+    gpu: Gpu = Field(default_factory=Gpu)
+    cpu: str = "2"
+    memory: str = "16Gi"
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    tolerations: list[dict[str, Any]] = Field(
+        default_factory=lambda: [
+            {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+        ]
+    )
+    image_pull_secrets: list[dict[str, str]] = Field(default_factory=list)
+    service_account_name: str = ""
+    priority_class_name: str = ""
+    affinity: dict[str, Any] = Field(default_factory=dict)
+    topology_spread_constraints: list[dict[str, Any]] = Field(default_factory=list)
+    disruption_budget: bool = True
+    models: Models = Field(default_factory=Models)
+    min_replicas: int = Field(0, ge=0)
+    max_replicas: int = Field(1, ge=1)
+    max_sessions_per_replica: int = Field(8, ge=1)
+    idle_timeout_seconds: int = Field(900, ge=0)
+    idle_policy: Literal["ScaleToZero", "Delete"] = "ScaleToZero"
+    pre_stop_seconds: int = Field(5, ge=0)
+    drain_seconds: int = Field(20, ge=0)
+    model_load_timeout_seconds: int = Field(1800, ge=10)
+    api_key_secret: str = Field("tutor-engine-key", description="Empty disables the API key.")
+    api_key_secret_key: str = "api-key"
+    vllm: Vllm = Field(default_factory=Vllm)
+    history: History = Field(default_factory=History)
+
+
+class OperatorSettings(BaseSettings):
+    """Where the operator watches, how fast it reconciles, and the defaults for new engines."""
 
     model_config = SettingsConfigDict(env_prefix="TUTOR_OPERATOR_", env_file=".env", extra="ignore")
 
@@ -55,138 +169,16 @@ class OperatorSettings(BaseSettings):
         description="The operator's log lines: kopf's text format, or kopf's JSON format "
         "(with time, level, component, logger beside kopf's own fields); redacted either way.",
     )
+    engine_defaults: EngineDefaults = Field(
+        default_factory=EngineDefaults, description="TUTOR_OPERATOR_ENGINE_DEFAULTS, JSON."
+    )
 
-    # Defaults for TutorEngines the operator creates and for fields an administrator omits.
-    engine_image: str = "ghcr.io/vts/tutor-engine:0.1.0"
-    engine_port: int = Field(8000, ge=1, le=65535)
-    engine_log_format: Literal["", "text", "json"] = Field(
-        "", description="LOG_FORMAT of engine pods (json or text); empty: the engine's default."
-    )
-    engine_otlp_endpoint: str = Field(
-        "",
-        description="OTEL_EXPORTER_OTLP_ENDPOINT of engine pods (traces over OTLP HTTP); "
-        "empty: no traces.",
-    )
-    gpu_count: int = Field(1, ge=0)
-    gpu_resource_name: str = "nvidia.com/gpu"
-    cpu: str = "2"
-    memory: str = "16Gi"
-    node_selector: dict[str, str] = Field(default_factory=dict)
-    image_pull_secrets: list[dict[str, str]] = Field(
-        default_factory=list, description='Of engine pods, e.g. [{"name": "regcred"}].'
-    )
-    service_account: str = Field(
-        "", description="ServiceAccount of engine pods (no token is mounted); empty: default."
-    )
-    priority_class: str = Field("", description="PriorityClass of engine pods; empty: none.")
-    affinity: dict[str, Any] = Field(default_factory=dict, description="Of engine pods.")
-    topology_spread: list[dict[str, Any]] = Field(
-        default_factory=list,
-        description="topologySpreadConstraints of engine pods; a constraint without a "
-        "labelSelector selects the engine's own pods.",
-    )
-    disruption_budget: bool = Field(
-        True, description="A PodDisruptionBudget per engine that keeps its busy pods."
-    )
-    tolerations: list[dict[str, Any]] = Field(
-        default_factory=lambda: [
-            {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
-        ]
-    )
-    gpu_claim_template: str = Field(
-        "",
-        description="ResourceClaimTemplate (DRA) whose GPU both containers of a pod share; "
-        "empty requests gpu_count of gpu_resource_name through the device plugin.",
-    )
-    llm_backend: Literal["mock", "openai"] = "openai"
-    llm_model: str = ""
-    llm_base_url: str = Field(
-        "", description="OpenAI-compatible server of the engines; empty: the vLLM sidecar."
-    )
-    # The vLLM sidecar: engines with the openai backend and no llm_base_url run one.
-    vllm_enabled: bool = Field(
-        True, description="Allow the vLLM sidecar; false requires an llm_base_url for openai."
-    )
-    vllm_image: str = "vllm/vllm-openai:v0.11.0"
-    vllm_model: str = "Qwen/Qwen2.5-7B-Instruct"
-    vllm_port: int = Field(8001, ge=1, le=65535)
-    vllm_args: list[str] = Field(default_factory=list, description="Extra vLLM arguments.")
-    vllm_gpu_memory_utilization: float | None = Field(
-        None, ge=0.05, le=1, description="None: 0.90 alone on the GPU, 0.80 shared, 0.70 with XTTS."
-    )
-    vllm_max_model_len: int = Field(0, ge=0, description="0: the model's own context length.")
-    vllm_cpu: str = "4"
-    vllm_memory: str = "32Gi"
-    vllm_shm_size: str = "8Gi"
-    vllm_cache_claim: str = Field("", description="PVC of the model cache; empty: an emptyDir.")
-    vllm_cache_size: str = "100Gi"
-    vllm_hf_token_secret: str = Field(
-        "", description="Secret with an HF_TOKEN key, for gated models; empty sends none."
-    )
-    vllm_metrics: bool = Field(
-        False,
-        description="Serve the vLLM sidecar's /metrics beyond the pod: vLLM listens on all "
-        "addresses with a container port named vllm, and its /v1 API needs the engine API key "
-        "(VLLM_API_KEY; the engine sends it as ENGINE_LLM_API_KEY). False: loopback only.",
-    )
-    asr_backend: Literal["mock", "faster-whisper"] = "faster-whisper"
-    asr_model: str = "large-v3"
-    tts_backend: Literal["mock", "piper", "coqui"] = "piper"
-    tts_model: str = ""
-    model_load_seconds: int = Field(
-        1800,
-        ge=10,
-        description="Most seconds an engine pod may take to load its models: the vLLM "
-        "sidecar's startup probe allows this long to its first /health, and the engine waits "
-        "this long for its LLM server (ENGINE_LLM_WAIT_SECONDS) before it exits with the error. "
-        "The gateway's ENGINE_START_TIMEOUT_SECONDS must be at least this (README, 'Cold start "
-        "and its budgets').",
-    )
-    min_replicas: int = Field(0, ge=0)
-    max_replicas: int = Field(1, ge=1)
-    max_sessions_per_replica: int = Field(8, ge=1)
-    idle_timeout_seconds: int = Field(900, ge=0)
-    idle_policy: Literal["ScaleToZero", "Delete"] = "ScaleToZero"
-    api_key_secret: str = Field(
-        "tutor-engine-key",
-        description="Secret holding the engine API key (ENGINE_API_KEY); empty disables it.",
-    )
-    api_key_secret_key: str = "api-key"
 
-    # Conversation history: the store every engine keeps it in, and how long it lives.
-    history_url: str = Field(
-        "",
-        description="Redis/Valkey URL of the history store (ENGINE_HISTORY_URL), without a "
-        "password; empty sets none (the engine's own default).",
-    )
-    history_password_secret: str = Field(
-        "",
-        description="Secret holding the store's password (ENGINE_HISTORY_PASSWORD, by "
-        "reference); empty: none.",
-    )
-    history_password_key: str = "password"
-    history_max_messages: int = Field(
-        40, ge=0, description="Messages kept per conversation (ENGINE_MAX_HISTORY_MESSAGES)."
-    )
-    session_timeout_seconds: int = Field(
-        3600, ge=1, description="The gateway's SESSION_TIMEOUT_SECONDS, for the history's TTL."
-    )
-    history_ttl_margin_seconds: int = Field(
-        300,
-        ge=0,
-        description="How much longer than a session's timeout its history may live "
-        "(ENGINE_SESSION_TTL_SECONDS = the timeout + this).",
-    )
-    # Stopping an engine pod (rollout, scale-down, node drain).
-    prestop_seconds: int = Field(
-        5,
-        ge=0,
-        description="Pause (preStop) before an engine pod's containers get SIGTERM, so endpoints "
-        "and gateways stop routing to it first; 0: no preStop hook.",
-    )
-    drain_seconds: int = Field(
-        20,
-        ge=0,
-        description="Most seconds an engine finishes its turns after SIGTERM "
-        "(ENGINE_DRAIN_SECONDS); the pod's grace period covers it.",
+def unknown_variables(names: Iterable[str]) -> list[str]:
+    """The ``TUTOR_OPERATOR_*`` names among ``names`` that are no setting (say, an engine
+    default from before they became ``TUTOR_OPERATOR_ENGINE_DEFAULTS``): they are ignored."""
+    prefix = OperatorSettings.model_config.get("env_prefix", "")
+    fields = {name.upper() for name in OperatorSettings.model_fields}
+    return sorted(
+        name for name in names if name.startswith(prefix) and name[len(prefix) :] not in fields
     )

@@ -12,7 +12,7 @@ import pytest
 import yaml
 from tutor_gateway.config import GatewaySettings
 from tutor_operator import names, objects
-from tutor_operator.settings import OperatorSettings
+from tutor_operator.settings import EngineDefaults, OperatorSettings
 
 from .conftest import CHART, NAMESPACE, ROOT, Render, all_on_values, find, pod_specs
 
@@ -182,13 +182,14 @@ def test_operator_config_names_real_settings_and_parses(
         monkeypatch.setenv(name, value)
     settings = OperatorSettings(_env_file=None)
     assert settings.namespace == NAMESPACE and settings.standalone
-    assert settings.tolerations == values.get("engine", {}).get(
+    assert settings.engine_defaults.tolerations == values.get("engine", {}).get(
         "tolerations", [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
     )
     # The engines' key Secret is the one the gateway reads.
     gateway = find(manifests, "Deployment", "-gateway")["spec"]["template"]["spec"]
     ref = gateway["containers"][0]["env"][0]["valueFrom"]["secretKeyRef"]
-    assert (ref["name"], ref["key"]) == (settings.api_key_secret, settings.api_key_secret_key)
+    defaults = settings.engine_defaults
+    assert (ref["name"], ref["key"]) == (defaults.api_key_secret, defaults.api_key_secret_key)
 
 
 def _operator_settings(manifests: list[dict], monkeypatch: pytest.MonkeyPatch) -> OperatorSettings:
@@ -199,9 +200,10 @@ def _operator_settings(manifests: list[dict], monkeypatch: pytest.MonkeyPatch) -
 
 def _engine_pod(settings: OperatorSettings) -> dict:
     """The Deployment the operator builds from these settings for a tutor's first session."""
-    engine = objects.build_default_engine(1, NAMESPACE, settings)
+    defaults = settings.engine_defaults
+    engine = objects.build_default_engine(1, NAMESPACE, defaults)
     engine["metadata"]["uid"] = "00000000-0000-0000-0000-000000000001"
-    deployment = objects.build_engine_deployment(objects.resolve(engine, settings), replicas=1)
+    deployment = objects.build_engine_deployment(objects.resolve(engine, defaults), replicas=1)
     kubernetes_validate.validate(deployment, KUBE_VERSION, strict=True)
     return deployment["spec"]["template"]["spec"]
 
@@ -256,11 +258,11 @@ def test_only_the_gateway_operator_and_prometheus_reach_engine_pods_on_their_por
     assert selector.items() <= gateway.items()
     # The engine container's named port: an engine with its own spec.port stays reachable.
     assert first["ports"] == metrics["ports"][:1] == [{"port": names.PORT_NAME, "protocol": "TCP"}]
-    settings = OperatorSettings(_env_file=None)
-    engine = objects.build_default_engine(1, NAMESPACE, settings)
+    defaults = EngineDefaults()
+    engine = objects.build_default_engine(1, NAMESPACE, defaults)
     engine["spec"]["port"] = 8123
     engine["metadata"]["uid"] = "u"
-    pod = objects.build_engine_deployment(objects.resolve(engine, settings), 1)["spec"]["template"]
+    pod = objects.build_engine_deployment(objects.resolve(engine, defaults), 1)["spec"]["template"]
     engine_c = pod["spec"]["containers"][0]
     assert engine_c["ports"] == [{"name": "http", "containerPort": 8123, "protocol": "TCP"}]
     assert pod["metadata"]["annotations"]["prometheus.io/port"] == "8123"
@@ -277,7 +279,9 @@ def test_only_the_gateway_operator_and_prometheus_reach_engine_pods_on_their_por
         if "podSelector" in rule["from"][0] and "namespaceSelector" not in rule["from"][0]
     )
     # No rule opens the vLLM sidecar's port (it listens on the pod's loopback anyway).
-    vllm_port = int(_env(manifests, "-operator")["TUTOR_OPERATOR_VLLM_PORT"])
+    vllm_port = json.loads(_env(manifests, "-operator")["TUTOR_OPERATOR_ENGINE_DEFAULTS"])["vllm"][
+        "port"
+    ]
     assert all(p["port"] != vllm_port for rule in policy["ingress"] for p in rule["ports"])
     closed = render(
         {

@@ -19,10 +19,10 @@ def _data(manifests: list[dict], suffix: str) -> dict[str, str]:
 def _engine_pod(operator_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> dict:
     for name, value in operator_env.items():
         monkeypatch.setenv(name, value)
-    settings = OperatorSettings(_env_file=None)
-    engine = objects.build_default_engine(1, NAMESPACE, settings)
+    defaults = OperatorSettings(_env_file=None).engine_defaults
+    engine = objects.build_default_engine(1, NAMESPACE, defaults)
     engine["metadata"]["uid"] = "u"
-    deployment = objects.build_engine_deployment(objects.resolve(engine, settings), 1)
+    deployment = objects.build_engine_deployment(objects.resolve(engine, defaults), 1)
     return {c["name"]: c for c in deployment["spec"]["template"]["spec"]["containers"]}
 
 

@@ -170,7 +170,7 @@ def test_an_existing_store_deploys_nothing_and_reaches_the_engines(
     # A store without a password: no Secret is referenced.
     open_store = render({"history": {"redis": {**EXTERNAL, "existingSecret": ""}}})
     config = find(open_store, "ConfigMap", "-operator")["data"]
-    assert config["TUTOR_OPERATOR_HISTORY_PASSWORD_SECRET"] == ""
+    assert json.loads(config["TUTOR_OPERATOR_ENGINE_DEFAULTS"])["history"]["passwordSecret"] == ""
     assert "ENGINE_HISTORY_PASSWORD" not in _engine_env(open_store, monkeypatch)
 
 

@@ -62,9 +62,10 @@ def operator_settings(manifests: list[dict], monkeypatch: pytest.MonkeyPatch) ->
 
 def engine_pod(settings: OperatorSettings) -> dict:
     """The pod template the operator builds from these settings for a tutor's first session."""
-    engine = objects.build_default_engine(3, NAMESPACE, settings)
+    defaults = settings.engine_defaults
+    engine = objects.build_default_engine(3, NAMESPACE, defaults)
     engine["metadata"]["uid"] = "00000000-0000-0000-0000-000000000003"
-    return objects.build_engine_deployment(objects.resolve(engine, settings), replicas=1)["spec"][
+    return objects.build_engine_deployment(objects.resolve(engine, defaults), replicas=1)["spec"][
         "template"
     ]
 

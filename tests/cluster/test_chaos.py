@@ -616,8 +616,7 @@ def test_chaos(
     }
     kube.create("secrets", secret).raise_for_status()
     operator: OperatorProcess = operator_factory(
-        TUTOR_OPERATOR_HISTORY_URL=redis_store.url,
-        TUTOR_OPERATOR_HISTORY_PASSWORD_SECRET=HISTORY_SECRET,
+        engine={"history": {"url": redis_store.url, "passwordSecret": HISTORY_SECRET}},
         **OPERATOR_SETTINGS,
     )
     gateways = [cluster_gateway(gateway_factory, kube_api.url, **GATEWAY_SETTINGS) for _ in "ab"]

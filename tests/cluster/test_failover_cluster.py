@@ -2,8 +2,8 @@
 the gateway in kubernetes mode, the fake kubelet, the chart's RBAC and a real ``redis-server``
 holding every conversation.
 
-The store's password lives in a Secret of the namespace; the operator is pointed at the store
-(``TUTOR_OPERATOR_HISTORY_URL``) and at the Secret (``..._HISTORY_PASSWORD_SECRET``), so engine
+The store's password lives in a Secret of the namespace; the operator's engine defaults point
+at the store (``history.url``) and at the Secret (``history.passwordSecret``), so engine
 pods get ``ENGINE_HISTORY_URL`` and ``ENGINE_HISTORY_PASSWORD`` (by reference, resolved by the
 kubelet). The tutor's engine is an administrator's TutorEngine with two pods from the start
 (``minReplicas: 2``) and a mock LLM that takes a while per word, so replies are under way long
@@ -60,9 +60,6 @@ TOKEN_SECONDS = "0.05"  # the mock LLM's pause per word: a short reply takes ~1 
 LONG = " ".join(["word"] * 60)  # its reply takes ~4 s: long enough to be cut mid-way
 REPLY = re.compile(r"heard: (.*)\. This is turn (\d+), with (\d+) earlier messages")
 REPLY_SECONDS = 60  # one reply, a failover included, comes within this
-OPERATOR_SETTINGS = {
-    "TUTOR_OPERATOR_DRAIN_SECONDS": "10",  # turns in flight finish within it on SIGTERM
-}
 
 
 # -- the cluster --------------------------------------------------------------------------
@@ -141,9 +138,10 @@ def history_cluster(
     }
     kube.create("secrets", secret).raise_for_status()
     operator_factory(
-        TUTOR_OPERATOR_HISTORY_URL=history_redis.url,
-        TUTOR_OPERATOR_HISTORY_PASSWORD_SECRET=PASSWORD_SECRET,
-        **OPERATOR_SETTINGS,
+        engine={
+            "history": {"url": history_redis.url, "passwordSecret": PASSWORD_SECRET},
+            "drainSeconds": 10,  # turns in flight finish within it on SIGTERM
+        }
     )
     gateway = cluster_gateway(gateway_factory, kube_api.url, engine_start_timeout_seconds=60)
     client = redis.Redis(host="127.0.0.1", port=history_redis.port, password=PASSWORD)

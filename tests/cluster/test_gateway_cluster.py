@@ -82,7 +82,7 @@ def test_a_session_lives_as_a_tutorsession_and_talks_through_its_engine_pod(
 def test_expiry_scale_down_and_a_new_session_starts_the_engine_again(
     kube: KubeClient, kubelet, operator_factory, kube_api, gateway_factory
 ) -> None:
-    operator_factory(TUTOR_OPERATOR_IDLE_TIMEOUT_SECONDS="1")
+    operator_factory(engine={"idleTimeoutSeconds": 1})
     gateway = cluster_gateway(gateway_factory, kube_api.url, session_timeout_seconds=3)
     session = create_session(gateway, tutor_id=4)
     with open_ws(gateway, session) as ws:

@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 from tutor_operator import objects
-from tutor_operator.settings import OperatorSettings
+from tutor_operator.settings import EngineDefaults, OperatorSettings
 
 GOLDEN = pathlib.Path(__file__).parent / "golden"
 GOLDEN_HEADER = "# Generated from tutor_operator.objects by `make golden`, then reviewed.\n"
@@ -22,6 +22,11 @@ GOLDEN_HEADER = "# Generated from tutor_operator.objects by `make golden`, then 
 def settings(**overrides: Any) -> OperatorSettings:
     """Operator settings independent of the environment and any ``.env``."""
     return OperatorSettings(_env_file=None, **overrides)  # type: ignore[call-arg]
+
+
+def defaults(**overrides: Any) -> EngineDefaults:
+    """Engine defaults with ``overrides`` (the chart's keys, nested parts as dicts)."""
+    return EngineDefaults.model_validate(overrides)
 
 
 def engine(spec: dict[str, Any], labels: dict[str, str] | None = None) -> dict[str, Any]:
@@ -96,26 +101,26 @@ SHARED_GPU_SPEC = {
 
 def default_body() -> dict[str, Any]:
     """The stored body of the engine the operator creates by default for tutor 7."""
-    default = objects.build_default_engine(7, "tutors", settings())
+    default = objects.build_default_engine(7, "tutors", defaults())
     return engine(default["spec"], default["metadata"]["labels"])
 
 
 GOLDEN_BUILDS: dict[str, Callable[[], dict[str, Any]]] = {
-    "default-engine.yaml": lambda: objects.build_default_engine(7, "tutors", settings()),
+    "default-engine.yaml": lambda: objects.build_default_engine(7, "tutors", defaults()),
     "default-deployment.yaml": lambda: objects.build_engine_deployment(
-        objects.resolve(default_body(), settings()), replicas=1
+        objects.resolve(default_body(), defaults()), replicas=1
     ),
     "default-service.yaml": lambda: objects.build_engine_service(
-        objects.resolve(default_body(), settings())
+        objects.resolve(default_body(), defaults())
     ),
     "default-pdb.yaml": lambda: objects.build_engine_pdb(
-        objects.resolve(default_body(), settings())
+        objects.resolve(default_body(), defaults())
     ),
     "admin-deployment.yaml": lambda: objects.build_engine_deployment(
-        objects.resolve(engine(ADMIN_SPEC), settings()), replicas=2
+        objects.resolve(engine(ADMIN_SPEC), defaults()), replicas=2
     ),
     "shared-gpu-deployment.yaml": lambda: objects.build_engine_deployment(
-        objects.resolve(engine(SHARED_GPU_SPEC), settings()), replicas=1
+        objects.resolve(engine(SHARED_GPU_SPEC), defaults()), replicas=1
     ),
 }
 

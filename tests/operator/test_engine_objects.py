@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from tutor_operator import __main__ as operator_main
 from tutor_operator import names, objects
+from tutor_operator.settings import unknown_variables
 
 from .builders import (
     ADMIN_SPEC,
@@ -11,9 +13,9 @@ from .builders import (
     GOLDEN_BUILDS,
     SHARED_GPU_SPEC,
     default_body,
+    defaults,
     engine,
     golden,
-    settings,
 )
 
 pytestmark = pytest.mark.unit
@@ -29,14 +31,14 @@ def test_every_golden_file_has_a_builder() -> None:
 
 
 def test_default_pdb_keeps_only_busy_pods_and_lets_unhealthy_ones_go() -> None:
-    pdb = objects.build_engine_pdb(objects.resolve(default_body(), settings()))
+    pdb = objects.build_engine_pdb(objects.resolve(default_body(), defaults()))
     assert pdb["spec"]["selector"]["matchLabels"][names.LABEL_BUSY] == "true"
     assert pdb["spec"]["maxUnavailable"] == 0
 
 
 def test_vllm_listens_on_loopback_and_is_probed_from_inside() -> None:
     vllm = containers(
-        objects.build_engine_deployment(objects.resolve(default_body(), settings()), 1)
+        objects.build_engine_deployment(objects.resolve(default_body(), defaults()), 1)
     )["vllm"]
     assert "--host=127.0.0.1" in vllm["args"] and "ports" not in vllm
     for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
@@ -45,15 +47,15 @@ def test_vllm_listens_on_loopback_and_is_probed_from_inside() -> None:
 
 
 def test_the_spec_hash_ignores_new_empty_fields_and_follows_real_changes() -> None:
-    spec = objects.effective_spec({"tutorId": 7}, settings())
+    spec = objects.effective_spec({"tutorId": 7}, defaults())
     digest = objects.spec_hash(spec)
     # A newer operator adds fields with empty defaults: the same engine keeps its digest.
     assert objects.spec_hash({**spec, "newField": [], "other": {"nested": ""}}) == digest
     assert objects.spec_hash({**spec, "nodeSelector": {"pool": "a100"}}) != digest
-    built = objects.build_engine_deployment(objects.resolve(default_body(), settings()), 1)
+    built = objects.build_engine_deployment(objects.resolve(default_body(), defaults()), 1)
     annotations = built["metadata"]["annotations"]
     assert annotations[names.SPEC_HASH] == objects.spec_hash(
-        objects.effective_spec(default_body()["spec"], settings())
+        objects.effective_spec(default_body()["spec"], defaults())
     )
     assert annotations[names.TEMPLATE_HASH] == objects.template_hash(built["spec"]["template"])
     assert not any("version" in k for k in built["spec"]["template"]["metadata"]["annotations"])
@@ -69,7 +71,7 @@ def env_of(container: dict) -> dict[str, str | None]:
 
 def test_admin_engine_keeps_its_models_resources_and_env() -> None:
     built = objects.build_engine_deployment(
-        objects.resolve(engine(ADMIN_SPEC), settings()), replicas=2
+        objects.resolve(engine(ADMIN_SPEC), defaults()), replicas=2
     )
     engine_c, vllm = containers(built)["engine"], containers(built)["vllm"]
     env = env_of(engine_c)
@@ -94,7 +96,7 @@ def test_admin_engine_keeps_its_models_resources_and_env() -> None:
 
 def test_a_dra_claim_gives_both_containers_the_same_gpu() -> None:
     built = objects.build_engine_deployment(
-        objects.resolve(engine(SHARED_GPU_SPEC), settings()), replicas=1
+        objects.resolve(engine(SHARED_GPU_SPEC), defaults()), replicas=1
     )
     pod = built["spec"]["template"]["spec"]
     assert pod["resourceClaims"] == [{"name": "gpu", "resourceClaimTemplateName": "single-gpu"}]
@@ -113,7 +115,7 @@ def test_a_dra_claim_gives_both_containers_the_same_gpu() -> None:
         ({}, {"gpuClaimTemplate": "g"}, {}, None, "0.80"),  # shared through DRA
         ({"tts": {"backend": "coqui"}}, {"gpuClaimTemplate": "g"}, {}, None, "0.70"),
         ({"llm": {"server": {"gpuMemoryUtilization": 0.5}}}, {}, {}, "vllm", "0.50"),
-        ({}, {}, {"vllm_gpu_memory_utilization": 0.6}, "vllm", "0.60"),
+        ({}, {}, {"vllm": {"gpuMemoryUtilization": 0.6}}, "vllm", "0.60"),
         ({"llm": {"baseUrl": "http://llm:8000/v1"}}, {}, {}, "engine", None),  # external
         ({"llm": {"backend": "mock"}}, {}, {}, "engine", None),
         ({"llm": {"backend": "mock"}}, {"gpuCount": 0}, {}, None, None),
@@ -124,7 +126,7 @@ def test_the_sidecar_rule_and_who_holds_the_gpu(
     models: dict, resources: dict, overrides: dict, holder: str | None, utilization: str | None
 ) -> None:
     spec = {"tutorId": 1, "models": models, "resources": resources}
-    built = objects.build_engine_deployment(objects.resolve(engine(spec), settings(**overrides)), 1)
+    built = objects.build_engine_deployment(objects.resolve(engine(spec), defaults(**overrides)), 1)
     by_name = containers(built)
     holders = [n for n, c in by_name.items() if "nvidia.com/gpu" in c["resources"]["limits"]]
     assert holders == ([holder] if holder else [])
@@ -139,7 +141,7 @@ def test_the_sidecar_rule_and_who_holds_the_gpu(
 
 def test_an_external_llm_url_replaces_the_sidecar() -> None:
     spec = {"tutorId": 1, "models": {"llm": {"baseUrl": "http://llm.shared:8000/v1"}}}
-    built = objects.build_engine_deployment(objects.resolve(engine(spec), settings()), 1)
+    built = objects.build_engine_deployment(objects.resolve(engine(spec), defaults()), 1)
     assert list(containers(built)) == ["engine"]
     env = env_of(containers(built)["engine"])
     assert env["ENGINE_LLM_BASE_URL"] == "http://llm.shared:8000/v1"
@@ -148,14 +150,13 @@ def test_an_external_llm_url_replaces_the_sidecar() -> None:
 
 
 def test_settings_shape_every_default_engine() -> None:
-    custom = settings(
-        engine_image="img:1",
-        gpu_count=0,
-        node_selector={"pool": "cpu"},
+    custom = defaults(
+        image="img:1",
+        gpu={"count": 0},
+        nodeSelector={"pool": "cpu"},
         tolerations=[],
-        api_key_secret="",
-        llm_backend="mock",
-        llm_model="",
+        apiKeySecret="",
+        models={"llm": {"backend": "mock", "model": ""}},
     )
     built = objects.build_engine_deployment(
         objects.resolve(engine(objects.default_engine_spec(3, custom)), custom), 0
@@ -172,7 +173,7 @@ def test_settings_shape_every_default_engine() -> None:
 
 def test_extra_env_overrides_by_name() -> None:
     spec = {"tutorId": 1, "env": [{"name": "ENGINE_PORT", "value": "9000"}]}
-    built = objects.build_engine_deployment(objects.resolve(engine(spec), settings()), 1)
+    built = objects.build_engine_deployment(objects.resolve(engine(spec), defaults()), 1)
     env = built["spec"]["template"]["spec"]["containers"][0]["env"]
     assert [e["value"] for e in env if e["name"] == "ENGINE_PORT"] == ["9000"]
 
@@ -183,13 +184,13 @@ def test_a_replacement_drops_removed_fields_and_keeps_what_others_own() -> None:
         "nodeSelector": {"pool": "a100", "zone": "a"},
         "resources": {"gpuClaimTemplate": "single-gpu"},
     }
-    live = objects.build_engine_deployment(objects.resolve(engine(before), settings()), 2)
+    live = objects.build_engine_deployment(objects.resolve(engine(before), defaults()), 2)
     live["metadata"].update(resourceVersion="41", uid="u-1", finalizers=["x/y"])
     live["metadata"]["annotations"]["deployment.kubernetes.io/revision"] = "3"
     live["metadata"]["labels"]["team"] = "math"
     live["status"] = {"replicas": 2}
     after = {"tutorId": 1, "nodeSelector": {"pool": "a100"}}  # zone and the DRA claim gone
-    built = objects.build_engine_deployment(objects.resolve(engine(after), settings()), 0)
+    built = objects.build_engine_deployment(objects.resolve(engine(after), defaults()), 0)
     new = objects.deployment_replacement(live, built, 2)
     pod = new["spec"]["template"]["spec"]
     assert pod["nodeSelector"] == {"pool": "a100"}
@@ -204,7 +205,7 @@ def test_a_replacement_drops_removed_fields_and_keeps_what_others_own() -> None:
 
 
 def test_placement_fields_reach_the_pod_only_when_set() -> None:
-    bare = objects.build_engine_deployment(objects.resolve(default_body(), settings()), 1)["spec"][
+    bare = objects.build_engine_deployment(objects.resolve(default_body(), defaults()), 1)["spec"][
         "template"
     ]
     for field in (
@@ -215,11 +216,11 @@ def test_placement_fields_reach_the_pod_only_when_set() -> None:
         "topologySpreadConstraints",
     ):
         assert field not in bare["spec"], field
-    custom = settings(
-        image_pull_secrets=[{"name": "regcred"}],
-        service_account="engine",
-        priority_class="gpu-high",
-        topology_spread=[
+    custom = defaults(
+        imagePullSecrets=[{"name": "regcred"}],
+        serviceAccountName="engine",
+        priorityClassName="gpu-high",
+        topologySpreadConstraints=[
             {"maxSkew": 1, "topologyKey": "zone", "whenUnsatisfiable": "DoNotSchedule"}
         ],
     )
@@ -235,13 +236,13 @@ def test_placement_fields_reach_the_pod_only_when_set() -> None:
 
 
 def test_scaling_comes_from_spec_or_defaults_and_only_defaults_are_deletable() -> None:
-    deleting = settings(idle_policy="Delete")
+    deleting = defaults(idlePolicy="Delete")
     default = objects.build_default_engine(7, "tutors", deleting)
     ours = objects.engine_scaling(objects.resolve(default, deleting))
     assert ours.deletable and ours.idle_policy == "Delete"
     admin = objects.engine_scaling(
         objects.resolve(
-            engine({"tutorId": 42, "maxSessionsPerReplica": 2, "idlePolicy": "Delete"}), settings()
+            engine({"tutorId": 42, "maxSessionsPerReplica": 2, "idlePolicy": "Delete"}), defaults()
         )
     )
     assert not admin.deletable
@@ -261,16 +262,16 @@ def test_scaling_comes_from_spec_or_defaults_and_only_defaults_are_deletable() -
     ],
 )
 def test_spec_error(name: str, spec: dict, problem: str | None) -> None:
-    _, error = objects.checked({"metadata": {"name": name}, "spec": spec}, settings())
+    _, error = objects.checked({"metadata": {"name": name}, "spec": spec}, defaults())
     assert (error is None) if problem is None else (problem in error)
 
 
 def test_openai_without_a_url_needs_the_sidecar() -> None:
     body = {"metadata": {"name": "tutor-5"}, "spec": {"tutorId": 5}}
-    _, error = objects.checked(body, settings(vllm_enabled=False))
+    _, error = objects.checked(body, defaults(vllm={"enabled": False}))
     assert error is not None and "baseUrl is required" in error
     body["spec"]["models"] = {"llm": {"baseUrl": "http://llm:8000/v1"}}
-    assert objects.checked(body, settings(vllm_enabled=False))[1] is None
+    assert objects.checked(body, defaults(vllm={"enabled": False}))[1] is None
 
 
 @pytest.mark.parametrize(
@@ -289,7 +290,7 @@ def test_engine_name_rejects_non_ids(bad: object) -> None:
 def test_the_history_ttl_outlives_the_session_timeout_by_the_margin() -> None:
     assert objects.history_ttl_seconds(3600, 300) == 3900
     assert objects.history_ttl_seconds(60, 0) == 60
-    custom = settings(session_timeout_seconds=1800, history_ttl_margin_seconds=120)
+    custom = defaults(history={"sessionTimeoutSeconds": 1800, "ttlMarginSeconds": 120})
     env = env_of(
         containers(objects.build_engine_deployment(objects.resolve(default_body(), custom), 1))[
             "engine"
@@ -300,10 +301,12 @@ def test_the_history_ttl_outlives_the_session_timeout_by_the_margin() -> None:
 
 
 def test_engines_get_the_history_store_with_the_password_by_reference_only() -> None:
-    custom = settings(
-        history_url="redis://tutor-history.tutors.svc:6379/0",
-        history_password_secret="tutor-history",
-        history_password_key="redis-password",
+    custom = defaults(
+        history={
+            "url": "redis://tutor-history.tutors.svc:6379/0",
+            "passwordSecret": "tutor-history",
+            "passwordKey": "redis-password",
+        }
     )
     built = objects.build_engine_deployment(objects.resolve(default_body(), custom), 1)
     env = {e["name"]: e for e in containers(built)["engine"]["env"]}
@@ -314,13 +317,13 @@ def test_engines_get_the_history_store_with_the_password_by_reference_only() -> 
     }
     # No store configured: no history variables (the engine keeps its own default).
     bare = env_of(
-        containers(objects.build_engine_deployment(objects.resolve(default_body(), settings()), 1))[
+        containers(objects.build_engine_deployment(objects.resolve(default_body(), defaults()), 1))[
             "engine"
         ]
     )
     assert "ENGINE_HISTORY_URL" not in bare and "ENGINE_HISTORY_PASSWORD" not in bare
     # A URL without a Secret: a store without a password.
-    open_store = settings(history_url="redis://redis:6379/0")
+    open_store = defaults(history={"url": "redis://redis:6379/0"})
     env = env_of(
         containers(objects.build_engine_deployment(objects.resolve(default_body(), open_store), 1))[
             "engine"
@@ -338,7 +341,7 @@ def test_the_grace_period_covers_the_prestop_pause_and_the_drain(
     prestop: int, drain: int, grace: int
 ) -> None:
     assert objects.termination_grace_seconds(prestop, drain) == grace
-    custom = settings(prestop_seconds=prestop, drain_seconds=drain)
+    custom = defaults(preStopSeconds=prestop, drainSeconds=drain)
     pod = objects.build_engine_deployment(objects.resolve(default_body(), custom), 1)["spec"][
         "template"
     ]["spec"]
@@ -362,6 +365,34 @@ def test_an_engine_that_sets_its_own_drain_gets_a_grace_period_for_it(
 ) -> None:
     spec = {"tutorId": 1, "env": [{"name": "ENGINE_DRAIN_SECONDS", "value": value}]}
     pod = objects.build_engine_deployment(
-        objects.resolve(engine(spec), settings(prestop_seconds=0)), 1
+        objects.resolve(engine(spec), defaults(preStopSeconds=0)), 1
     )
     assert pod["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == grace
+
+
+@pytest.mark.parametrize(
+    ("document", "named"),
+    [
+        ('{"vllm": {"imag": "v:1"}}', "engine_defaults.vllm.imag: Extra inputs are not permitted"),
+        ('{"maxReplicas": 0}', "engine_defaults.maxReplicas: Input should be greater than"),
+        ("{not json", 'field "engine_defaults"'),
+    ],
+)
+def test_a_wrong_engine_default_stops_the_operator_naming_it(
+    document: str, named: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    monkeypatch.setenv("TUTOR_OPERATOR_ENGINE_DEFAULTS", document)
+    with pytest.raises(SystemExit) as exited:
+        operator_main.main([])
+    assert exited.value.code == 2
+    assert named in capsys.readouterr().err
+
+
+def test_flat_engine_variables_from_before_the_document_are_named_as_ignored() -> None:
+    names = ["TUTOR_OPERATOR_ENGINE_IMAGE", "TUTOR_OPERATOR_NAMESPACE", "PATH", "TUTOR_OPERATOR_"]
+    names += ["TUTOR_OPERATOR_ENGINE_DEFAULTS", "TUTOR_OPERATOR_GPU_COUNT"]
+    assert unknown_variables(names) == [
+        "TUTOR_OPERATOR_",
+        "TUTOR_OPERATOR_ENGINE_IMAGE",
+        "TUTOR_OPERATOR_GPU_COUNT",
+    ]

@@ -133,7 +133,7 @@ def test_replicas_grow_with_sessions_up_to_the_maximum(cluster: Cluster) -> None
 
 
 def test_expiry_idling_and_scale_up_again(kube: KubeClient, kubelet: Any, operator_factory: Any):
-    operator_factory(TUTOR_OPERATOR_IDLE_TIMEOUT_SECONDS="2")
+    operator_factory(engine={"idleTimeoutSeconds": 2})
     kube.create("tutorsessions", session_body("short", 5, timeoutSeconds=600))
     wait_phase(kube, "tutorsessions", "short", "Active")
 
@@ -159,7 +159,7 @@ def test_expiry_idling_and_scale_up_again(kube: KubeClient, kubelet: Any, operat
 def test_idle_delete_policy_removes_default_engines_and_children(
     kube: KubeClient, kubelet: Any, operator_factory: Any
 ) -> None:
-    operator_factory(TUTOR_OPERATOR_IDLE_TIMEOUT_SECONDS="1", TUTOR_OPERATOR_IDLE_POLICY="Delete")
+    operator_factory(engine={"idleTimeoutSeconds": 1, "idlePolicy": "Delete"})
     kube.create("tutorsessions", session_body("s", 9, timeoutSeconds=60))
     wait_phase(kube, "tutorsessions", "s", "Active")
     kube.patch("tutorsessions", "s", {"status": {"lastActivity": "2020-01-01T00:00:00Z"}}, "status")

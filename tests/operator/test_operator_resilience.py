@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 from tutor_contract.crd import READY_ENDPOINTS
 from tutor_operator import names, objects
-from tutor_operator.settings import OperatorSettings
+from tutor_operator.settings import EngineDefaults
 
-from tests.support.cluster import OPERATOR_ENV, KubeClient, wait_for
+from tests.support.cluster import OPERATOR_ENGINE, KubeClient, wait_for
 from tests.support.kube_emulator import RunningEmulator
 
 from .test_engine_pods import admin_engine
@@ -125,11 +125,6 @@ def test_a_scale_down_removes_the_empty_pod_and_busy_pods_are_guarded(
     assert remaining[names.DELETION_COST] == "2"
 
 
-def _test_settings() -> OperatorSettings:
-    env = {k.removeprefix("TUTOR_OPERATOR_").lower(): v for k, v in OPERATOR_ENV.items()}
-    return OperatorSettings(_env_file=None, **env)  # type: ignore[arg-type]
-
-
 def test_an_operator_upgrade_keeps_the_pods_of_a_busy_engine(
     kube: KubeClient, kubelet: Any, operator_factory: Any
 ) -> None:
@@ -138,7 +133,9 @@ def test_an_operator_upgrade_keeps_the_pods_of_a_busy_engine(
     without rolling the pod; once the engine is idle it brings the template up to date."""
     kube.create("tutorengines", admin_engine(33)).raise_for_status()
     engine = kube.get("tutorengines", "tutor-33")
-    older = objects.build_engine_deployment(objects.resolve(engine, _test_settings()), 1)
+    older = objects.build_engine_deployment(
+        objects.resolve(engine, EngineDefaults.model_validate(OPERATOR_ENGINE)), 1
+    )
     del older["metadata"]["annotations"]
     older_env = {"name": "ENGINE_BUILT_BY", "value": "an earlier operator"}
     older["spec"]["template"]["spec"]["containers"][0]["env"].append(older_env)

@@ -11,7 +11,7 @@ from tutor_operator.decisions import PodView, waiting_reason
 from tutor_operator.objects import engine_scaling, resolve
 from tutor_operator.readiness import EngineReadiness, loading_detail, with_detail
 
-from tests.operator.builders import settings
+from tests.operator.builders import defaults
 from tests.servers import serve
 
 PROBLEM = "LLM server http://vllm:8000 unreachable: connection refused"
@@ -33,7 +33,7 @@ def test_only_a_loading_pod_takes_it_into_its_message() -> None:
     pulling = PodView("tutor-1-b", c.PULLING, "ContainerCreating")
     assert with_detail(pulling, PROBLEM) == pulling
     engine = {"metadata": {"name": "tutor-1"}, "spec": {"tutorId": 1}}
-    reason = waiting_reason([named], engine_scaling(resolve(engine, settings())), "tutor-1", 1)
+    reason = waiting_reason([named], engine_scaling(resolve(engine, defaults())), "tutor-1", 1)
     assert reason == (c.LOADING, f"pod tutor-1-a: engine is loading its models: {PROBLEM}")
 
 

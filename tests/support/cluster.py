@@ -19,13 +19,14 @@ from __future__ import annotations
 import base64
 import contextlib
 import dataclasses
+import json
 import os
 import pathlib
 import signal
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import httpx
@@ -40,20 +41,37 @@ from .waiting import wait_for as wait_for  # the tests' waiting helper, re-expor
 NAMESPACE = "tutors"
 ENGINE_KEY = "test-engine-key"
 ENGINE_KEY_SECRET = "tutor-engine-key"
-# Operator settings for tests: mock backends, fast reconciliation, long idle timeouts.
+# Operator settings for tests: fast reconciliation (the engine defaults: OPERATOR_ENGINE).
 OPERATOR_ENV = {
     "TUTOR_OPERATOR_RECONCILE_INTERVAL": "0.5",
-    "TUTOR_OPERATOR_LLM_BACKEND": "mock",
-    "TUTOR_OPERATOR_ASR_BACKEND": "mock",
-    "TUTOR_OPERATOR_TTS_BACKEND": "mock",
-    "TUTOR_OPERATOR_ENGINE_IMAGE": "tutor-engine:test",
-    "TUTOR_OPERATOR_MAX_REPLICAS": "2",
-    "TUTOR_OPERATOR_MAX_SESSIONS_PER_REPLICA": "4",
-    "TUTOR_OPERATOR_IDLE_TIMEOUT_SECONDS": "600",
     # No metrics server unless a test asks for one on a free port (8081 would clash when
     # tests start several operators); tests/cluster/test_operator_metrics.py does.
     "TUTOR_OPERATOR_METRICS_PORT": "0",
 }
+# The engine defaults of test operators (TUTOR_OPERATOR_ENGINE_DEFAULTS, the chart's keys):
+# mock backends, long idle timeouts.
+OPERATOR_ENGINE: dict[str, Any] = {
+    "image": "tutor-engine:test",
+    "models": {"llm": {"backend": "mock"}, "asr": {"backend": "mock"}, "tts": {"backend": "mock"}},
+    "maxReplicas": 2,
+    "maxSessionsPerReplica": 4,
+    "idleTimeoutSeconds": 600,
+}
+
+
+def _merged(base: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in overrides.items():
+        nested = isinstance(value, Mapping) and isinstance(base.get(key), dict)
+        merged[key] = _merged(base[key], value) if nested else value
+    return merged
+
+
+def operator_env(engine: Mapping[str, Any] | None = None, **env: str) -> dict[str, str]:
+    """``OPERATOR_ENV`` with ``env`` over it, and ``OPERATOR_ENGINE`` with ``engine``'s keys
+    (nested ones too) merged in as TUTOR_OPERATOR_ENGINE_DEFAULTS."""
+    engine_defaults = json.dumps(_merged(OPERATOR_ENGINE, engine or {}))
+    return {**OPERATOR_ENV, "TUTOR_OPERATOR_ENGINE_DEFAULTS": engine_defaults, **env}
 
 
 class KubeClient:
@@ -209,17 +227,18 @@ def kubelet(kube_api: RunningEmulator) -> Iterator[FakeKubelet]:
 
 @pytest.fixture
 def operator_factory(kube_api: RunningEmulator) -> Iterator[Callable[..., OperatorProcess]]:
-    """Start operators (``**env`` overrides ``OPERATOR_ENV``); all are stopped at the end."""
+    """Start operators (``operator_env``'s arguments); all are stopped at the end."""
     started: list[OperatorProcess] = []
     log_dir = pathlib.Path(tempfile.mkdtemp(prefix="tutor-operator-"))
 
     token_file = log_dir / "operator-token"
     token_file.write_text(kube_api.tokens["operator"])
 
-    def start(**env: str) -> OperatorProcess:
+    def start(engine: Mapping[str, Any] | None = None, **env: str) -> OperatorProcess:
         log = log_dir / f"operator-{len(started)}.log"
-        env = {**OPERATOR_ENV, **env}
-        operator = OperatorProcess(kube_api.url, NAMESPACE, env, log, token_file)
+        operator = OperatorProcess(
+            kube_api.url, NAMESPACE, operator_env(engine, **env), log, token_file
+        )
         started.append(operator.start())
         return operator
 
