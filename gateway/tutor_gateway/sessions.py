@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Literal, Protocol
@@ -56,11 +57,20 @@ class SessionStore(Protocol):
     def add_removal_listener(self, listener: RemovalListener) -> None: ...
 
 
+TOMBSTONES = 10_000  # recent endings remembered, at most
+TOMBSTONE_TTL_SECONDS = 24 * 3600  # and for how long
+
+
 class Endings:
     """Both stores' record of endings: why each recent session ended (a tombstone, kept
     ``tombstone_ttl`` seconds by ``timer``) and the removal listeners told of each."""
 
-    def __init__(self, tombstones: int, tombstone_ttl: float, timer: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        tombstones: int = TOMBSTONES,
+        tombstone_ttl: float = TOMBSTONE_TTL_SECONDS,
+        timer: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.tombstone_ttl = tombstone_ttl
         self._ended: TTLCache[str, EndReason] = TTLCache(tombstones, tombstone_ttl, timer=timer)
         self._listeners: list[RemovalListener] = []

@@ -50,7 +50,7 @@ class KubeSessionStore(Endings):
         activity_interval: float,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        super().__init__(10_000, 24 * 3600, time.monotonic)
+        super().__init__()
         self.client = client
         self.reflector = reflector
         self.namespace = namespace

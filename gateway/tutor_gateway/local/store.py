@@ -17,7 +17,15 @@ from typing import TypeVar, cast
 from cachetools import TTLCache
 
 from ..policy import has_capacity
-from ..sessions import CapacityError, Endings, EndReason, Session, StoreUnavailable
+from ..sessions import (
+    TOMBSTONE_TTL_SECONDS,
+    TOMBSTONES,
+    CapacityError,
+    Endings,
+    EndReason,
+    Session,
+    StoreUnavailable,
+)
 
 log = logging.getLogger("tutor_gateway.sessions")
 
@@ -208,8 +216,8 @@ class SqliteSessionStore(Endings):
         max_sessions: int,
         activity_interval: float = 15.0,
         clock: Callable[[], float] = time.time,
-        tombstones: int = 10_000,
-        tombstone_ttl: float = 24 * 3600,
+        tombstones: int = TOMBSTONES,
+        tombstone_ttl: float = TOMBSTONE_TTL_SECONDS,
     ) -> SqliteSessionStore:
         """Open the store at ``path``; SessionDbError if the file cannot be used."""
         executor = ThreadPoolExecutor(1, thread_name_prefix="session-db")
