@@ -183,10 +183,9 @@ def resolve(engine: Mapping[str, Any], defaults: EngineDefaults) -> EngineSpec:
         raise SpecError("spec.minReplicas must not exceed spec.maxReplicas")
     spec = effective_spec(raw, defaults)
     llm = spec["models"]["llm"]
-    wants_sidecar = llm["backend"] == "openai" and not llm["baseUrl"]  # else no vLLM sidecar
-    if wants_sidecar and not defaults.vllm.enabled:
+    sidecar = llm["backend"] == "openai" and not llm["baseUrl"]  # else no vLLM sidecar
+    if sidecar and not defaults.vllm.enabled:
         raise SpecError("spec.models.llm.baseUrl is required: the operator runs no vLLM sidecar")
-    sidecar = wants_sidecar and defaults.vllm.enabled
     if sidecar and llm["server"]["port"] == spec["port"]:
         raise SpecError("spec.models.llm.server.port must differ from spec.port (one pod network)")
     claim = spec["resources"].get("gpuClaimTemplate") or ""

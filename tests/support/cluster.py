@@ -33,7 +33,7 @@ import httpx
 import pytest
 
 from .chart_rbac import chart_rbac
-from .kube_emulator import ADMIN_TOKEN, KubeEmulator, RunningEmulator
+from .kube_emulator import ADMIN_TOKEN, KubeEmulator, RunningEmulator, merge_patch
 from .kubelet import FakeKubelet
 from .paths import rest_path
 from .waiting import wait_for as wait_for  # the tests' waiting helper, re-exported
@@ -59,18 +59,10 @@ OPERATOR_ENGINE: dict[str, Any] = {
 }
 
 
-def _merged(base: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in overrides.items():
-        nested = isinstance(value, Mapping) and isinstance(base.get(key), dict)
-        merged[key] = _merged(base[key], value) if nested else value
-    return merged
-
-
 def operator_env(engine: Mapping[str, Any] | None = None, **env: str) -> dict[str, str]:
     """``OPERATOR_ENV`` with ``env`` over it, and ``OPERATOR_ENGINE`` with ``engine``'s keys
     (nested ones too) merged in as TUTOR_OPERATOR_ENGINE_DEFAULTS."""
-    engine_defaults = json.dumps(_merged(OPERATOR_ENGINE, engine or {}))
+    engine_defaults = json.dumps(merge_patch(OPERATOR_ENGINE, engine or {}))
     return {**OPERATOR_ENV, "TUTOR_OPERATOR_ENGINE_DEFAULTS": engine_defaults, **env}
 
 
