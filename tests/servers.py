@@ -1,12 +1,13 @@
-"""Real servers for tests: uvicorn apps on 127.0.0.1 in a background thread."""
+"""Real servers for tests: uvicorn apps on 127.0.0.1, in a background thread or in the loop."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 
 import uvicorn
@@ -45,9 +46,7 @@ def serve(
     """Serve ``app`` with uvicorn on ``sock`` (default: a free loopback port) for the block."""
     sock = sock or loopback_socket()
     port = sock.getsockname()[1]
-    server = uvicorn.Server(
-        uvicorn.Config(app, log_level="warning", lifespan="on", log_config=None, **config)  # type: ignore[arg-type]
-    )
+    server = _server(app, lifespan="on", **config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + startup_timeout
@@ -61,3 +60,23 @@ def serve(
         server.should_exit = True
         thread.join(timeout=30)
         sock.close()
+
+
+@contextlib.asynccontextmanager
+async def serve_in_loop(app: FastAPI, **config: object) -> AsyncIterator[RunningServer]:
+    """Serve ``app`` inside the running event loop (no lifespan), for apps that share the test's
+    asyncio objects; clients may connect at once: they wait in the listening socket's backlog."""
+    sock = loopback_socket()
+    server = _server(app, lifespan="off", **config)
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    try:
+        yield RunningServer(app, sock.getsockname()[1])
+    finally:
+        server.should_exit = True
+        await task
+        sock.close()
+
+
+def _server(app: FastAPI, **config: object) -> uvicorn.Server:
+    options = {"log_level": "warning", "log_config": None, **config}
+    return uvicorn.Server(uvicorn.Config(app, **options))  # type: ignore[arg-type]

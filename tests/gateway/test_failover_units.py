@@ -13,7 +13,6 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-import uvicorn
 from fastapi import FastAPI, WebSocket
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 from tutor_contract.crd import ACTIVE, ENGINE_KEY_HEADER, PENDING, READY_ENDPOINTS
@@ -40,7 +39,7 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 
-from tests.servers import loopback_socket
+from tests.servers import serve_in_loop
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -393,18 +392,9 @@ async def relay_to(router: ListRouter, wait_seconds: float = 30.0) -> AsyncItera
         await websocket.accept()
         await Relay(websocket, SESSION, router, limits, _nothing, metrics=metrics).run()
 
-    sock = loopback_socket()
     options = uvicorn_options(GatewaySettings(_env_file=None))  # type: ignore[call-arg]
-    config = uvicorn.Config(app, log_level="warning", lifespan="off", log_config=None, **options)
-    server = uvicorn.Server(config)
-    # The socket listens already: clients wait in its backlog until uvicorn serves.
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    try:
-        yield f"ws://127.0.0.1:{sock.getsockname()[1]}/ws", metrics
-    finally:
-        server.should_exit = True
-        await task
-        sock.close()
+    async with serve_in_loop(app, **options) as server:
+        yield f"{server.ws}/ws", metrics
 
 
 async def recv(ws: ClientConnection) -> dict[str, Any]:
