@@ -85,12 +85,12 @@ golden: $(VENV)/.installed-test ## Rewrite the operator's golden manifests (test
 bench: $(VENV)/.installed-test browser-deps ## Run the benchmarks; JSON results in bench/results/ (bench/README.md)
 	$(PY) -m bench.relay
 	$(PY) -m bench.gateway_memory
-	$(PY) -m bench.cluster
+	$(PY) -m tests.bench.cluster
 	$(PY) -m bench.voice_pipeline
 	$(PY) -m bench.speakers
 	$(PY) -m bench.streaming_input
 	$(PY) -m bench.failover
-	$(PY) -m bench.history_store
+	$(PY) -m tests.bench.history_store
 
 .PHONY: clean
 clean: ## Remove the virtualenv and caches

@@ -181,7 +181,18 @@ def kube_api(request: pytest.FixtureRequest) -> Iterator[RunningEmulator]:
     ``@pytest.mark.parametrize("kube_api", [{"rbac": False}], indirect=True)`` or
     ``[{"history_size": 5, "bookmark_interval": 0.5}]``.
     """
-    emulator = KubeEmulator(**getattr(request, "param", {}))
+    with chart_cluster(**getattr(request, "param", {})) as running:
+        yield running
+        denials = running.read(lambda: list(running.emulator.denials))
+        if denials:
+            print(f"--- {len(denials)} requests denied by RBAC:\n" + "\n".join(denials))
+
+
+@contextlib.contextmanager
+def chart_cluster(**options: Any) -> Iterator[RunningEmulator]:
+    """The emulator (``KubeEmulator`` options) serving the CRDs and the chart's RBAC, with each
+    component's token in ``tokens``: what ``kube_api`` yields, for code outside a test."""
+    emulator = KubeEmulator(**options)
     emulator.load_crds()
     chart = chart_rbac(NAMESPACE)
     emulator.load_manifests(list(chart.manifests), NAMESPACE)
@@ -189,9 +200,6 @@ def kube_api(request: pytest.FixtureRequest) -> Iterator[RunningEmulator]:
         for component, account in chart.accounts.items():
             running.tokens[component] = running.call(emulator.issue_token, NAMESPACE, account)
         yield running
-        denials = running.read(lambda: list(emulator.denials))
-        if denials:
-            print(f"--- {len(denials)} requests denied by RBAC:\n" + "\n".join(denials))
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ turn round trip and its ratio to the in-memory one, from the same run. Every tur
 session's history and saves the exchange (trimmed to ``ENGINE_MAX_HISTORY_MESSAGES``), which
 is exactly what the store adds to a turn. Writes bench/results/history_store.json.
 
-    python -m bench.history_store
+    python -m tests.bench.history_store
 """
 
 from __future__ import annotations
@@ -23,9 +23,8 @@ from pathlib import Path
 
 from websockets.sync.client import ClientConnection, connect
 
+from bench.common import free_port, latency_summary, process, write_result
 from tests.support.redis_server import RedisServer
-
-from .common import free_port, latency_summary, process, write_result
 
 STORES = ("memory", "sqlite", "redis")
 

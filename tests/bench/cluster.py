@@ -7,7 +7,7 @@ emulator and the fake kubelet (threads of this process) with mock engines. Measu
 - time from ``POST /v1/sessions`` to the first reply on the WebSocket with a warm engine
   (after the operator has settled from the create runs: how long that took is reported too).
 
-    python -m bench.cluster      # writes bench/results/cluster.json
+    python -m tests.bench.cluster      # writes bench/results/cluster.json
 """
 
 from __future__ import annotations
@@ -25,12 +25,16 @@ from typing import Any
 import httpx
 from websockets.asyncio.client import connect
 
-from tests.support.cluster import ENGINE_KEY, NAMESPACE, KubeClient, OperatorProcess
+from bench.common import free_port, latency_summary, process, write_result
+from tests.support.cluster import (
+    ENGINE_KEY,
+    NAMESPACE,
+    KubeClient,
+    OperatorProcess,
+    chart_cluster,
+)
 from tests.support.cluster import operator_env as operator_env_of
-from tests.support.kube_emulator import KubeEmulator, RunningEmulator
 from tests.support.kubelet import FakeKubelet
-
-from .common import free_port, latency_summary, process, write_result
 
 TUTOR = 1
 
@@ -101,14 +105,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sessions", type=int, default=200)
     parser.add_argument("--round-trips", type=int, default=30)
     args = parser.parse_args(argv)
-    emulator = KubeEmulator()
-    emulator.load_crds()
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     operator_env = operator_env_of(engine={"maxSessionsPerReplica": 10000})
     operator_env.pop("TUTOR_OPERATOR_RECONCILE_INTERVAL")  # the production default
     result: dict[str, Any] = {"engine": "mock", "api": "kmock emulator (in-process thread)"}
-    with RunningEmulator(emulator) as api, FakeKubelet(api.url, NAMESPACE):
+    with chart_cluster() as api, FakeKubelet(api.url, NAMESPACE):
         kube = KubeClient(api.url)
         kube.create(
             "secrets",
@@ -119,12 +121,17 @@ def main(argv: list[str] | None = None) -> None:
                 "data": {"api-key": base64.b64encode(ENGINE_KEY.encode()).decode()},
             },
         )
-        log = pathlib.Path(tempfile.mkdtemp(prefix="bench-operator-")) / "operator.log"
-        operator = OperatorProcess(api.url, NAMESPACE, operator_env, log).start()
+        logs = pathlib.Path(tempfile.mkdtemp(prefix="bench-operator-"))
+        token_file = logs / "operator-token"
+        token_file.write_text(api.tokens["operator"])
+        operator = OperatorProcess(
+            api.url, NAMESPACE, operator_env, logs / "operator.log", token_file
+        ).start()
         gateway_env = {
             "GATEWAY_MODE": "kubernetes",
             "KUBE_API_URL": api.url,
             "KUBE_NAMESPACE": NAMESPACE,
+            "KUBE_API_TOKEN": api.tokens["gateway"],  # the chart's RBAC, as in the tests
             "ENGINE_API_KEY": ENGINE_KEY,
             "MAX_SESSIONS": str(args.sessions * 2 + 100),
             # Sessions as fast as they come, student 1 on every round trip: not the abuse limits.
