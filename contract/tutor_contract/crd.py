@@ -111,11 +111,6 @@ def format_time(moment: dt.datetime) -> str:
     return moment.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def format_micro_time(moment: dt.datetime) -> str:
-    """RFC 3339 in UTC with microseconds (Kubernetes' MicroTime), for times finer than 1 s."""
-    return moment.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
 def parse_time(text: str | None) -> dt.datetime | None:
     """Parse an RFC 3339 time (``Z`` or offset, optional fraction); ``None`` if absent or bad."""
     if not text:

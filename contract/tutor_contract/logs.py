@@ -25,7 +25,6 @@ import json
 import logging
 import re
 from datetime import UTC, datetime
-from types import TracebackType
 from typing import Any, Literal
 
 from pythonjsonlogger.core import RESERVED_ATTRS
@@ -99,12 +98,7 @@ class Binding:
     def __enter__(self) -> Binding:
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *_: object) -> None:
         self.reset()
 
 
@@ -162,20 +156,22 @@ def _iso_time(record: logging.LogRecord) -> str:
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def _context(record: logging.LogRecord) -> dict[str, Any]:
+    """The record's ``session`` and ``tutor_id``, those that are known."""
+    found = {name: getattr(record, name, None) for name in _CONTEXT_FIELDS}
+    return {name: value for name, value in found.items() if value is not None}
+
+
 def _common(record: logging.LogRecord, component: str) -> dict[str, Any]:
     """The fields every JSON line starts with."""
-    data: dict[str, Any] = {
+    return {
         "time": _iso_time(record),
         "level": record.levelname,
         "component": getattr(record, "component", component),
         "logger": record.name,
         "message": record.getMessage(),
+        **_context(record),
     }
-    for name in _CONTEXT_FIELDS:
-        value = getattr(record, name, None)
-        if value is not None:
-            data[name] = value
-    return data
 
 
 class TextFormatter(logging.Formatter):
@@ -186,11 +182,7 @@ class TextFormatter(logging.Formatter):
         self.component = component
 
     def format(self, record: logging.LogRecord) -> str:
-        context = " ".join(
-            f"{name}={getattr(record, name)}"
-            for name in _CONTEXT_FIELDS
-            if getattr(record, name, None) is not None
-        )
+        context = " ".join(f"{name}={value}" for name, value in _context(record).items())
         component = getattr(record, "component", self.component)
         head = f"{_iso_time(record)} {record.levelname} {component} {record.name}"
         line = f"{head}{f' [{context}]' if context else ''}: {super().format(record)}"

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from typing import Any
 
 RELAY_HEADER = "X-Tutor-Relay"
 RECEIPT_TYPE = "tutor.relay"
@@ -43,15 +44,19 @@ def receipt_frame(seq: int, *, started: bool, stream: bool) -> str:
     return f'{RECEIPT_PREFIX}"{key}":{int(seq)},"stream":{"true" if stream else "false"}}}'
 
 
-def parse_receipt(frame: str | bytes) -> Receipt | None:
-    """The receipt in an engine frame, or ``None`` for any frame meant for the client."""
-    if not isinstance(frame, str) or len(frame) > MAX_RECEIPT_CHARS:
-        return None
-    if not frame.startswith(RECEIPT_PREFIX):
+def _hop_frame(frame: str | bytes, prefix: str, max_chars: int) -> dict[str, Any] | None:
+    """The JSON object of a short text frame that starts with ``prefix``, else ``None``."""
+    if not isinstance(frame, str) or len(frame) > max_chars or not frame.startswith(prefix):
         return None
     try:
-        body = json.loads(frame)
+        return json.loads(frame)  # an object: the prefix opens one
     except ValueError:
+        return None
+
+
+def parse_receipt(frame: str | bytes) -> Receipt | None:
+    """The receipt in an engine frame, or ``None`` for any frame meant for the client."""
+    if (body := _hop_frame(frame, RECEIPT_PREFIX, MAX_RECEIPT_CHARS)) is None:
         return None
     started = "started" in body
     seq = body.get("started" if started else "done")
@@ -78,13 +83,7 @@ def trace_frame(carrier: dict[str, str]) -> str:
 
 def parse_trace_frame(frame: str | bytes) -> dict[str, str] | None:
     """The trace carrier in a gateway frame, or ``None`` for any frame from the client."""
-    if not isinstance(frame, str) or len(frame) > MAX_TRACE_CHARS:
-        return None
-    if not frame.startswith(TRACE_PREFIX):
-        return None
-    try:
-        body = json.loads(frame)
-    except ValueError:
+    if (body := _hop_frame(frame, TRACE_PREFIX, MAX_TRACE_CHARS)) is None:
         return None
     carrier = {k: v for k in _TRACE_KEYS if isinstance(v := body.get(k), str)}
     return carrier if "traceparent" in carrier else None

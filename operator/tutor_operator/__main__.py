@@ -56,8 +56,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.exit(2, f"{parser.prog}: invalid settings: {wrong}\n")
     except SettingsError as exc:  # a JSON value that does not parse
         parser.exit(2, f"{parser.prog}: invalid settings: {exc}\n")
-    json_logs = settings.log_format == "json"
-    log_format = kopf.LogFormat.JSON if json_logs else kopf.LogFormat.FULL
+    log_format = kopf.LogFormat.JSON if settings.log_format == "json" else kopf.LogFormat.FULL
     kopf.configure(verbose=args.verbose, debug=args.debug, log_format=log_format)
     logs.adopt_handlers("operator", settings.log_format)  # redaction; component and logger
     for quiet in ("httpx2", "httpcore2"):  # one line per request even when verbose: too much

@@ -49,7 +49,6 @@ __all__ = [
     "STARTING",
     "SUCCEEDED",
     "condition",
-    "find_condition",
     "set_condition",
 ]
 
@@ -89,8 +88,3 @@ def set_condition(
         conditions[index] = merged
         return conditions, True
     return [*conditions, {**new, "lastTransitionTime": now}], True
-
-
-def find_condition(conditions: list[dict[str, Any]] | None, type_: str) -> dict[str, Any] | None:
-    """The condition of ``type_``, if present."""
-    return next((c for c in conditions or [] if c.get("type") == type_), None)

@@ -39,18 +39,6 @@ from .names import (
     parse_time,
 )
 
-__all__ = [
-    "ACTIVE",
-    "ENGINE_FAILED",
-    "ENGINE_IDLE",
-    "ENGINE_PENDING",
-    "ENGINE_READY",
-    "ENGINE_SCALED_DOWN",
-    "EXPIRED",
-    "FAILED",
-    "PENDING",
-]
-
 POD_READY = "Ready"
 POD_TERMINATING = "Terminating"
 POD_FAILED = "Failed"
@@ -393,13 +381,8 @@ def status_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, An
 def _session_patch(
     session: SessionView, desired: dict[str, Any], ready: dict[str, Any], now: str
 ) -> dict[str, Any]:
-    current = {
-        "phase": session.phase,
-        "engine": session.engine,
-        "pod": session.pod,
-        "endpoint": session.endpoint,
-    }
-    patch = {k: v for k, v in desired.items() if current.get(k) != v}
+    """The status patch to ``desired`` (phase, engine, pod, endpoint) and condition ``ready``."""
+    patch = {k: v for k, v in desired.items() if getattr(session, k) != v}
     conds, changed = c.set_condition(list(session.conditions), ready, now)
     if changed:
         patch["conditions"] = conds

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import json
 from collections.abc import Mapping
 from typing import Any
@@ -23,6 +24,7 @@ from typing import Any
 import httpx2
 import kopf
 from lightkube import AsyncClient, KubeConfig
+from lightkube.config.models import Cluster, User
 from lightkube.core.exceptions import ApiError
 from lightkube.core.resource import ApiInfo
 from lightkube.generic_resource import (
@@ -58,9 +60,24 @@ class Kind:
     kind: str
     plural: str
 
-    @property
+    @functools.cached_property
     def resource(self) -> type[GenericNamespacedResource]:
-        return _generic(self)
+        """lightkube's generic (plain dict) class of this kind, kept out of lightkube's registry.
+
+        Registered generic classes would clash with lightkube's typed models of the built-in
+        kinds if anything in the process imported them; typed models would also drop fields
+        they do not know from what the operator reads and writes back (PUT).
+        """
+        info = create_api_info(self.group, self.version, self.kind, self.plural)
+        status_info = ApiInfo(
+            resource=info.resource,
+            parent=info.resource,
+            plural=self.plural,
+            verbs=["get", "patch", "put"],
+            action="status",
+        )
+        status = type(f"{self.kind}Status", (GenericNamespacedStatus,), {"_api_info": status_info})
+        return type(self.kind, (GenericNamespacedResource,), {"_api_info": info, "Status": status})
 
     def rbac(self, subresource: str | None = None) -> tuple[str, str]:
         """(API group, resource[/subresource]) as a Role names them."""
@@ -91,50 +108,13 @@ CALLS: dict[tuple[str, str], frozenset[str]] = {
     PODS.rbac(): frozenset({"list", "patch"}),
 }
 
-_GENERIC: dict[Kind, type[GenericNamespacedResource]] = {}
-
-
-def _generic(kind: Kind) -> type[GenericNamespacedResource]:
-    """lightkube's generic (plain dict) class of ``kind``, kept out of lightkube's registry.
-
-    Registered generic classes would clash with lightkube's typed models of the built-in
-    kinds if anything in the process imported them; typed models would also drop fields
-    they do not know from what the operator reads and writes back (PUT).
-    """
-    if kind not in _GENERIC:
-        info = create_api_info(kind.group, kind.version, kind.kind, kind.plural)
-        status_info = ApiInfo(
-            resource=info.resource,
-            parent=info.resource,
-            plural=kind.plural,
-            verbs=["get", "patch", "put"],
-            action="status",
-        )
-        status = type(f"{kind.kind}Status", (GenericNamespacedStatus,), {"_api_info": status_info})
-        _GENERIC[kind] = type(
-            kind.kind, (GenericNamespacedResource,), {"_api_info": info, "Status": status}
-        )
-    return _GENERIC[kind]
-
 
 def kube_config(settings: OperatorSettings) -> KubeConfig:
     """An explicit ``api_server`` (tests; with ``api_token`` if set), else in-cluster/kubeconfig."""
     if not settings.api_server:
         return KubeConfig.from_env()
-    user = {"token": settings.api_token} if settings.api_token else {}
-    return KubeConfig.from_dict(
-        {
-            "clusters": [
-                {
-                    "name": "api",
-                    "cluster": {"server": settings.api_server, "insecure-skip-tls-verify": True},
-                }
-            ],
-            "users": [{"name": "user", "user": user}],
-            "contexts": [{"name": "api", "context": {"cluster": "api", "user": "user"}}],
-            "current-context": "api",
-        }
-    )
+    cluster = Cluster(server=settings.api_server, insecure=True)
+    return KubeConfig.from_one(cluster=cluster, user=User(token=settings.api_token or None))
 
 
 def _failure(exc: ApiError | httpx2.HTTPStatusError) -> tuple[int, str]:

@@ -54,17 +54,11 @@ class PhaseCollector(Collector):
     operator's next re-list (``listings``, as the indices use) no longer shows it.
     """
 
-    def __init__(
-        self,
-        name: str,
-        documentation: str,
-        phases: Iterable[str],
-        listings: Mapping[str, Listing],
-        listing: str,
-    ) -> None:
+    def __init__(self, name: str, documentation: str, phases: Iterable[str], listing: str) -> None:
         self.name, self.documentation = name, documentation
         self.phases = tuple(phases)
-        self.listings, self.listing = listings, listing
+        self.listing = listing  # its kind's entry in ``listings``
+        self.listings: Mapping[str, Listing] = {}  # ``OperatorMetrics.use_listings``
         self._seen: dict[str, tuple[str, float]] = {}
         self._lock = threading.Lock()  # scrapes run on the metrics server's thread
 
@@ -105,11 +99,10 @@ class PhaseCollector(Collector):
 class OperatorMetrics:
     """What the operator exports, on a registry of its own (with the process's own metrics)."""
 
-    def __init__(self, listings: Mapping[str, Listing] | None = None) -> None:
+    def __init__(self) -> None:
         self.registry = r = CollectorRegistry()
         for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
             r.register(collector)
-        listings = {} if listings is None else listings
         self.reconciliations = Counter(
             "tutor_operator_reconciliations_total",
             "Reconciliations, by kind (TutorSession: a session's handler; TutorEngine: one pass "
@@ -147,14 +140,12 @@ class OperatorMetrics:
             "tutor_operator_sessions",
             "TutorSessions by phase, as the operator last saw them",
             SESSION_PHASES,
-            listings,
             "sessions",
         )
         self.engines = PhaseCollector(
             "tutor_operator_engines",
             "TutorEngines by phase, as the operator last saw them",
             ENGINE_PHASES,
-            listings,
             "engines",
         )
         r.register(self.sessions)

@@ -51,15 +51,7 @@ VLLM_GPU_ALONE, VLLM_GPU_SHARED, VLLM_GPU_SHARED_XTTS = 0.90, 0.80, 0.70
 LLM_PORT_NAME = "vllm"  # the sidecar's container port, declared when its /metrics is exposed
 GRACE_MARGIN_SECONDS = 5  # of an engine pod's grace period, after its drain: close and exit
 DRAIN_ENV = "ENGINE_DRAIN_SECONDS"
-
-
 STARTUP_PERIOD = 10  # seconds between two startup probes of the vLLM sidecar
-
-
-def startup_failures(load_seconds: int, period: int = STARTUP_PERIOD) -> int:
-    """The vLLM sidecar's startup ``failureThreshold``: probes every ``period`` seconds for
-    ``load_seconds`` (``model_load_timeout_seconds``, the engine's LLM wait too)."""
-    return max(1, math.ceil(load_seconds / period))
 
 
 def history_ttl_seconds(session_timeout: int, margin: int) -> int:
@@ -75,6 +67,8 @@ def termination_grace_seconds(prestop: int, drain: int) -> int:
 
 def default_engine_spec(tutor_id: int, defaults: EngineDefaults) -> dict[str, Any]:
     """The full TutorEngine spec the engine defaults give a tutor."""
+    models = defaults.models.model_dump(by_alias=True)  # the spec's camelCase keys
+    models["llm"]["server"] = _default_server(defaults)
     return {
         "tutorId": tutor_id,
         "image": defaults.image,
@@ -98,16 +92,7 @@ def default_engine_spec(tutor_id: int, defaults: EngineDefaults) -> dict[str, An
         "priorityClassName": defaults.priority_class_name,
         "affinity": copy.deepcopy(defaults.affinity),
         "topologySpreadConstraints": copy.deepcopy(defaults.topology_spread_constraints),
-        "models": {
-            "llm": {
-                "backend": defaults.models.llm.backend,
-                "model": defaults.models.llm.model,
-                "baseUrl": defaults.models.llm.base_url,
-                "server": _default_server(defaults),
-            },
-            "asr": {"backend": defaults.models.asr.backend, "model": defaults.models.asr.model},
-            "tts": {"backend": defaults.models.tts.backend, "model": defaults.models.tts.model},
-        },
+        "models": models,
     }
 
 
@@ -162,7 +147,11 @@ class EngineSpec:
     sidecar: bool  # the pod runs the vLLM sidecar
     claim: str  # the DRA ResourceClaimTemplate both containers share, or empty
     gpu_holder: str | None  # the container that requests device-plugin GPUs (``resolve``)
-    engine_gpu: bool  # the engine container sees the pod's GPU
+
+    @property
+    def engine_gpu(self) -> bool:
+        """Whether the engine container sees the pod's GPU."""
+        return bool(self.claim) or self.gpu_holder == CONTAINER
 
 
 def resolve(engine: Mapping[str, Any], defaults: EngineDefaults) -> EngineSpec:
@@ -192,9 +181,8 @@ def resolve(engine: Mapping[str, Any], defaults: EngineDefaults) -> EngineSpec:
     holder = None
     if spec["resources"]["gpuCount"] and not claim:
         holder = LLM_CONTAINER if sidecar else CONTAINER
-    sees_gpu = bool(claim) or holder == CONTAINER
     body = kopf.Body(cast(kopf.RawBody, dict(engine)))
-    return EngineSpec(body, name, spec, defaults, sidecar, claim, holder, sees_gpu)
+    return EngineSpec(body, name, spec, defaults, sidecar, claim, holder)
 
 
 def checked(
@@ -235,6 +223,11 @@ def build_default_engine(tutor_id: int, namespace: str, defaults: EngineDefaults
     }
 
 
+def _secret_env(name: str, secret: str, key: str) -> dict[str, Any]:
+    """A container variable from key ``key`` of Secret ``secret``."""
+    return {"name": name, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
+
+
 def engine_env(engine: EngineSpec) -> list[dict[str, Any]]:
     """The engine container's environment: identity, models, API key, history store and
     drain, then ``spec.env``.
@@ -248,6 +241,9 @@ def engine_env(engine: EngineSpec) -> list[dict[str, Any]]:
 
     def put(name: str, value: Any) -> None:
         env[name] = {"name": name, "value": str(value)}
+
+    def put_secret(name: str, secret: str, key: str) -> None:
+        env[name] = _secret_env(name, secret, key)
 
     put("ENGINE_TUTOR_ID", spec["tutorId"])
     put("ENGINE_HOST", "0.0.0.0")
@@ -264,29 +260,19 @@ def engine_env(engine: EngineSpec) -> list[dict[str, Any]]:
         put("ENGINE_LLM_MODEL", spec["models"]["llm"]["model"] or server["model"])
         if defaults.vllm.metrics and defaults.api_key_secret:
             # The exposed sidecar's /v1 API takes the engine key (VLLM_API_KEY).
-            ref = {"name": defaults.api_key_secret, "key": defaults.api_key_secret_key}
-            env["ENGINE_LLM_API_KEY"] = {
-                "name": "ENGINE_LLM_API_KEY",
-                "valueFrom": {"secretKeyRef": ref},
-            }
+            put_secret("ENGINE_LLM_API_KEY", defaults.api_key_secret, defaults.api_key_secret_key)
     if not engine.engine_gpu:
         put("ENGINE_ASR_DEVICE", "cpu")
         put("ENGINE_TTS_DEVICE", "cpu")
     if defaults.api_key_secret:
-        ref = {"name": defaults.api_key_secret, "key": defaults.api_key_secret_key}
-        env["ENGINE_API_KEY"] = {"name": "ENGINE_API_KEY", "valueFrom": {"secretKeyRef": ref}}
-    if defaults.history.url:
-        put("ENGINE_HISTORY_URL", defaults.history.url)
-        if defaults.history.password_secret:
-            ref = {"name": defaults.history.password_secret, "key": defaults.history.password_key}
-            env["ENGINE_HISTORY_PASSWORD"] = {
-                "name": "ENGINE_HISTORY_PASSWORD",
-                "valueFrom": {"secretKeyRef": ref},
-            }
-    put("ENGINE_MAX_HISTORY_MESSAGES", defaults.history.max_messages)
-    ttl = history_ttl_seconds(
-        defaults.history.session_timeout_seconds, defaults.history.ttl_margin_seconds
-    )
+        put_secret("ENGINE_API_KEY", defaults.api_key_secret, defaults.api_key_secret_key)
+    history = defaults.history
+    if history.url:
+        put("ENGINE_HISTORY_URL", history.url)
+        if history.password_secret:
+            put_secret("ENGINE_HISTORY_PASSWORD", history.password_secret, history.password_key)
+    put("ENGINE_MAX_HISTORY_MESSAGES", history.max_messages)
+    ttl = history_ttl_seconds(history.session_timeout_seconds, history.ttl_margin_seconds)
     put("ENGINE_SESSION_TTL_SECONDS", ttl)
     put(DRAIN_ENV, defaults.drain_seconds)
     if defaults.log_format:
@@ -397,22 +383,23 @@ def build_llm_container(engine: EngineSpec, stop_after: int = 0) -> dict[str, An
     """
     defaults = engine.defaults
     server = engine.spec["models"]["llm"]["server"]
+    # Loading weights may take long: model_load_timeout_seconds to the first /health.
+    startup_failures = max(1, math.ceil(defaults.model_load_timeout_seconds / STARTUP_PERIOD))
     env: list[dict[str, Any]] = [
         {"name": "HOME", "value": "/tmp"},
         {"name": "HF_HOME", "value": "/cache/huggingface"},
         {"name": "VLLM_NO_USAGE_STATS", "value": "1"},
     ]
     if defaults.vllm.hf_token_secret:
-        ref = {"name": defaults.vllm.hf_token_secret, "key": "HF_TOKEN"}
-        env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": ref}})
+        env.append(_secret_env("HF_TOKEN", defaults.vllm.hf_token_secret, "HF_TOKEN"))
     exposed: dict[str, Any] = {}
     if defaults.vllm.metrics:
         # /metrics for Prometheus on a named port; /v1 needs the engine key from then on.
         port = {"name": LLM_PORT_NAME, "containerPort": server["port"], "protocol": "TCP"}
         exposed["ports"] = [port]
         if defaults.api_key_secret:
-            ref = {"name": defaults.api_key_secret, "key": defaults.api_key_secret_key}
-            env.append({"name": "VLLM_API_KEY", "valueFrom": {"secretKeyRef": ref}})
+            api_key = (defaults.api_key_secret, defaults.api_key_secret_key)
+            env.append(_secret_env("VLLM_API_KEY", *api_key))
     return {
         "name": LLM_CONTAINER,
         "image": server["image"],
@@ -421,10 +408,7 @@ def build_llm_container(engine: EngineSpec, stop_after: int = 0) -> dict[str, An
         "args": vllm_args(engine),
         "env": env,
         "resources": _resources(server["cpu"], server["memory"], engine, LLM_CONTAINER),
-        # Loading weights may take long: model_load_timeout_seconds to the first /health.
-        "startupProbe": _loopback_probe(
-            server["port"], STARTUP_PERIOD, startup_failures(defaults.model_load_timeout_seconds)
-        ),
+        "startupProbe": _loopback_probe(server["port"], STARTUP_PERIOD, startup_failures),
         "livenessProbe": _loopback_probe(server["port"], 15, 4),
         "readinessProbe": _loopback_probe(server["port"], 10, 3),
         "terminationMessagePolicy": "FallbackToLogsOnError",
@@ -460,7 +444,6 @@ def build_engine_deployment(engine: EngineSpec, replicas: int) -> dict[str, Any]
     period covers both (``termination_grace_seconds``).
     """
     name, spec, defaults = engine.name, engine.spec, engine.defaults
-    labels = engine_labels(name, spec["tutorId"])
     res = spec["resources"]
     env = engine_env(engine)
     prestop, drain = defaults.pre_stop_seconds, drain_seconds(env, defaults.drain_seconds)
@@ -508,62 +491,42 @@ def build_engine_deployment(engine: EngineSpec, replicas: int) -> dict[str, Any]
         pod_spec["resourceClaims"] = [
             {"name": _GPU_CLAIM, "resourceClaimTemplateName": engine.claim}
         ]
-    deployment: dict[str, Any] = {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": name, "labels": labels, "annotations": {}},
-        "spec": {
-            "replicas": replicas,
-            "revisionHistoryLimit": 3,
-            "selector": {"matchLabels": selector_labels(name)},
-            # A GPU is rarely spare: replace pods one at a time instead of surging.
-            "strategy": {
-                "type": "RollingUpdate",
-                "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1},
-            },
-            "template": {
-                "metadata": {
-                    "labels": dict(labels),
-                    "annotations": {
-                        "prometheus.io/scrape": "true",
-                        "prometheus.io/port": str(spec["port"]),
-                        "prometheus.io/path": "/metrics",
-                    },
+    deployment_spec: dict[str, Any] = {
+        "replicas": replicas,
+        "revisionHistoryLimit": 3,
+        "selector": {"matchLabels": selector_labels(name)},
+        # A GPU is rarely spare: replace pods one at a time instead of surging.
+        "strategy": {
+            "type": "RollingUpdate",
+            "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1},
+        },
+        "template": {
+            "metadata": {
+                "labels": engine_labels(name, spec["tutorId"]),
+                "annotations": {
+                    "prometheus.io/scrape": "true",
+                    "prometheus.io/port": str(spec["port"]),
+                    "prometheus.io/path": "/metrics",
                 },
-                "spec": pod_spec,
             },
+            "spec": pod_spec,
         },
     }
-    kopf.adopt(deployment, owner=engine.body)
-    deployment["metadata"]["annotations"] = {
-        SPEC_HASH: spec_hash(spec),
-        TEMPLATE_HASH: template_hash(deployment["spec"]["template"]),
-    }
-    return deployment
+    template = template_hash(deployment_spec["template"])
+    annotations = {SPEC_HASH: spec_hash(spec), TEMPLATE_HASH: template}
+    return _child(engine, "apps/v1", "Deployment", deployment_spec, annotations=annotations)
 
 
 def build_engine_service(engine: EngineSpec) -> dict[str, Any]:
     """A ClusterIP Service over an engine's pods (debugging, metrics), owned by the TutorEngine."""
-    name, spec = engine.name, engine.spec
-    service = {
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": {"name": name, "labels": engine_labels(name, spec["tutorId"])},
-        "spec": {
-            "type": "ClusterIP",
-            "selector": selector_labels(name),
-            "ports": [
-                {
-                    "name": PORT_NAME,
-                    "port": spec["port"],
-                    "targetPort": PORT_NAME,
-                    "protocol": "TCP",
-                }
-            ],
-        },
+    port = {
+        "name": PORT_NAME,
+        "port": engine.spec["port"],
+        "targetPort": PORT_NAME,
+        "protocol": "TCP",
     }
-    kopf.adopt(service, owner=engine.body)
-    return service
+    spec = {"type": "ClusterIP", "selector": selector_labels(engine.name), "ports": [port]}
+    return _child(engine, "v1", "Service", spec)
 
 
 def build_engine_pdb(engine: EngineSpec) -> dict[str, Any]:
@@ -573,32 +536,31 @@ def build_engine_pdb(engine: EngineSpec) -> dict[str, Any]:
     drains and autoscalers may evict idle pods but not busy ones; a busy pod that is not
     ready (crash-looping, say) may still be evicted (``unhealthyPodEvictionPolicy``).
     """
-    name, spec = engine.name, engine.spec
-    pdb = {
-        "apiVersion": "policy/v1",
-        "kind": "PodDisruptionBudget",
-        "metadata": {"name": name, "labels": engine_labels(name, spec["tutorId"])},
-        "spec": {
-            "maxUnavailable": 0,
-            "selector": {"matchLabels": {**selector_labels(name), LABEL_BUSY: "true"}},
-            "unhealthyPodEvictionPolicy": "AlwaysAllow",
-        },
+    spec = {
+        "maxUnavailable": 0,
+        "selector": {"matchLabels": {**selector_labels(engine.name), LABEL_BUSY: "true"}},
+        "unhealthyPodEvictionPolicy": "AlwaysAllow",
     }
-    kopf.adopt(pdb, owner=engine.body)
-    return pdb
+    return _child(engine, "policy/v1", "PodDisruptionBudget", spec)
+
+
+def _child(
+    engine: EngineSpec, api_version: str, kind: str, spec: dict[str, Any], **metadata: Any
+) -> dict[str, Any]:
+    """An object named and labelled as ``engine``'s, owned by the TutorEngine."""
+    labels = engine_labels(engine.name, engine.spec["tutorId"])
+    meta = {"name": engine.name, "labels": labels, **metadata}
+    child = {"apiVersion": api_version, "kind": kind, "metadata": meta, "spec": spec}
+    kopf.adopt(child, owner=engine.body)
+    return child
 
 
 def _placement(spec: Mapping[str, Any], name: str) -> dict[str, Any]:
     """The pod's optional scheduling and identity fields, only those that are set."""
     placement: dict[str, Any] = {}
-    if spec.get("imagePullSecrets"):
-        placement["imagePullSecrets"] = copy.deepcopy(spec["imagePullSecrets"])
-    if spec.get("serviceAccountName"):
-        placement["serviceAccountName"] = spec["serviceAccountName"]
-    if spec.get("priorityClassName"):
-        placement["priorityClassName"] = spec["priorityClassName"]
-    if spec.get("affinity"):
-        placement["affinity"] = copy.deepcopy(spec["affinity"])
+    for field in ("imagePullSecrets", "serviceAccountName", "priorityClassName", "affinity"):
+        if spec.get(field):
+            placement[field] = copy.deepcopy(spec[field])
     spread = []
     for constraint in spec.get("topologySpreadConstraints") or []:
         constraint = copy.deepcopy(dict(constraint))

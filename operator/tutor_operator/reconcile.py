@@ -16,13 +16,12 @@ from collections.abc import Iterator, Mapping
 from typing import Any, Generic, TypeVar
 
 import kopf
+from tutor_contract.crd import ACTIVE, PENDING
 from tutor_contract.tasks import cancel_and_wait
 
 from . import conditions as c
 from .decisions import (
-    ACTIVE,
     ADOPT,
-    PENDING,
     POD_TERMINATING,
     REPLACE,
     EnginePlan,
@@ -274,9 +273,9 @@ async def _reconcile(
     deployment = indices.deployment_of(key)
     current = None if deployment is None else deployment.replicas
     sessions = ctx.written.sessions_of(key, indices.sessions_of(key))
-    built = None if resolved is None else build_engine_deployment(resolved, 0)
     template = _Template(busy=any(not s.deleting for s in sessions), changed=changed)
-    if built is not None and deployment is not None:
+    if resolved is not None and deployment is not None:
+        built = build_engine_deployment(resolved, 0)
         template.action = template.decide(deployment.annotations, built)
     plan = plan_engine(
         name=name,
@@ -291,10 +290,10 @@ async def _reconcile(
         rollout=template.action == REPLACE,
     )
     template.ready = plan.rollout_ready
-    if resolved is not None and built is not None and not plan.delete_engine:
+    if resolved is not None and not plan.delete_engine:
         for pod, marks in plan.pod_patches.items():
             await ctx.api.patch(PODS, namespace, pod, marks)
-        await _ensure_children(ctx, resolved, indices, key, built, plan.replicas, current, template)
+        await _ensure_children(ctx, resolved, indices, key, plan.replicas, current, template)
     indexed = {s.name: s.resource_version for s in indices.sessions_of(key)}
     views = {s.name: s for s in sessions}
     for session, patch in plan.session_patches.items():
@@ -394,13 +393,12 @@ async def _ensure_children(
     engine: EngineSpec,
     indices: Indices,
     key: Key,
-    built: dict[str, Any],
     replicas: int,
     current: int | None,
     template: _Template,
 ) -> None:
     namespace, name = key
-    deployment = {**built, "spec": {**built["spec"], "replicas": replicas}}
+    deployment = build_engine_deployment(engine, replicas)
     if current is None:
         created = await ctx.api.create(DEPLOYMENTS, namespace, deployment)
         if created is not None:
@@ -434,11 +432,8 @@ async def _write_template(
     action = template.decide((live.get("metadata") or {}).get("annotations") or {}, deployment)
     if action == ADOPT:
         log.info("adopting Deployment %s/%s of an earlier operator as it is", namespace, name)
-        patch = {
-            "metadata": {
-                "annotations": {SPEC_HASH: deployment["metadata"]["annotations"][SPEC_HASH]}
-            }
-        }
+        digest = deployment["metadata"]["annotations"][SPEC_HASH]
+        patch = {"metadata": {"annotations": {SPEC_HASH: digest}}}
         await ctx.api.patch(DEPLOYMENTS, namespace, name, patch)
         return live_replicas
     if action != REPLACE or not template.ready:
@@ -460,14 +455,9 @@ async def _report_engine_error(ctx: Context, engine: Mapping[str, Any], message:
     )
     if not changed:
         return
+    body = {"status": {"conditions": conds}}
     try:
-        await ctx.api.patch(
-            ENGINES,
-            meta["namespace"],
-            meta["name"],
-            {"status": {"conditions": conds}},
-            subresource="status",
-        )
+        await ctx.api.patch(ENGINES, meta["namespace"], meta["name"], body, subresource="status")
     except kopf.TemporaryError:
         log.warning("could not report an error on engine %s", meta["name"])
 
