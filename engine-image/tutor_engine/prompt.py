@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 from .backends.base import ChatMessage
 
 # Chat templates add a few tokens of framing per message.
 MESSAGE_OVERHEAD_TOKENS = 4
+# CJK and later scripts: close to one token per character.
+_WIDE = re.compile("[\u2e80-\U0010ffff]")
 
 
 def estimate_tokens(text: str) -> int:
@@ -16,8 +19,8 @@ def estimate_tokens(text: str) -> int:
     English BPE vocabularies average ~4 characters per token; CJK text is close to one token
     per character. Taking the larger of the two estimates errs on the side of a shorter prompt.
     """
-    non_ascii = sum(1 for c in text if ord(c) > 0x2E7F)
-    return max((len(text) + 3) // 4, non_ascii) + MESSAGE_OVERHEAD_TOKENS
+    wide = 0 if text.isascii() else len(_WIDE.findall(text))
+    return max((len(text) + 3) // 4, wide) + MESSAGE_OVERHEAD_TOKENS
 
 
 def trim_history(history: Sequence[ChatMessage], budget_tokens: int) -> list[ChatMessage]:
