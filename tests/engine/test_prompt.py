@@ -27,6 +27,9 @@ def test_token_estimate_counts_english_and_cjk() -> None:
     assert estimate_tokens("") == MESSAGE_OVERHEAD_TOKENS
     assert estimate_tokens("a" * 40) == 10 + MESSAGE_OVERHEAD_TOKENS
     assert estimate_tokens("你好" * 10) == 20 + MESSAGE_OVERHEAD_TOKENS
+    # Accented Latin counts as English; only CJK and later scripts count per character.
+    assert estimate_tokens("é" * 40) == 10 + MESSAGE_OVERHEAD_TOKENS
+    assert estimate_tokens("ab 你好 é 😀" * 4) == 12 + MESSAGE_OVERHEAD_TOKENS  # 3 wide each
 
 
 def test_trim_keeps_the_newest_messages_that_fit() -> None:
