@@ -59,11 +59,12 @@ from .pipeline import Conversation, SessionEnded, history_error_text
 from .protocol import (
     INVALID_UTF8,
     LARGE_FRAME_CHARS,
-    AudioAppendIn,
     AudioCancelIn,
     AudioCommitIn,
     AudioIn,
     AudioStartIn,
+    AudioStreamIn,
+    ClientMessage,
     OptionsIn,
     ProtocolError,
     SpeechIn,
@@ -88,7 +89,6 @@ tracer = tracing.tracer(__name__)
 SESSION_ENDED = "This session has ended; the message was not answered"
 CLOSE_RESTARTING = 1012  # the engine is draining: the gateway moves the session elsewhere
 Message = TextIn | AudioIn | OptionsIn | SpeechIn
-AudioFrame = AudioStartIn | AudioAppendIn | AudioCommitIn | AudioCancelIn
 NO_AUDIO_STREAM = (
     "No audio stream is open: send audio_start before audio chunks, audio_commit or "
     "audio_cancel (after an engine restart, send audio_start again); this audio was not heard"
@@ -249,18 +249,14 @@ class Connection:
             self._stray = binary
             await self._receipt(seq, started=False)
             return
-        if isinstance(message, AudioFrame):
+        if isinstance(message, AudioStreamIn):
             await self._audio_frame(seq, message, received, parent)
             return
         self._stray = False
         assert self.entry is not None
-        item = _Item(message, self.entry, seq, received, parent)
-        if self.conv.stream:
-            await self._barge_in(item)
-        else:
-            await self._enqueue(item)
+        await self._submit(_Item(message, self.entry, seq, received, parent))
 
-    async def _parse(self, frame: Mapping[str, Any]) -> TextIn | AudioIn | OptionsIn | AudioFrame:
+    async def _parse(self, frame: Mapping[str, Any]) -> ClientMessage:
         if frame.get(INVALID_UTF8_EVENT):
             raise ProtocolError(INVALID_UTF8)
         raw = frame.get("text")
@@ -298,7 +294,13 @@ class Connection:
         self._queue.append(item)
         self._wakeup.set()
 
-    async def _enqueue(self, item: _Item) -> None:
+    async def _submit(self, item: _Item) -> bool:
+        """Queue the message, or (streaming) barge in with it; whether it was queued."""
+        if self.conv.stream:
+            return await self._barge_in(item)
+        return await self._enqueue(item)
+
+    async def _enqueue(self, item: _Item) -> bool:
         """Plain connection: queue the message unless the session already has enough waiting."""
         assert self.entry is not None
         limit = self.state.settings.max_pending_turns
@@ -309,19 +311,20 @@ class Connection:
                 "this one was dropped (wait for the replies before sending more)",
             )
             await self._receipt(item.seq, started=False)
-            return
+            return False
         self._accept(item)
+        return True
 
-    async def _barge_in(self, item: _Item) -> None:
+    async def _barge_in(self, item: _Item) -> bool:
         """Streaming connection: options apply now; a new message replaces everything before."""
         message = item.message
         if isinstance(message, OptionsIn):
             await self._options(message)
             await self._receipt(item.seq, started=False)
-            return
-        await self._discard_queued()
+            return False
         await self._interrupt()
         self._accept(item)
+        return True
 
     async def _options(self, message: OptionsIn) -> None:
         """Apply a client's ``options`` and acknowledge them (the audio fields once named)."""
@@ -343,7 +346,9 @@ class Connection:
             await self._receipt(item.seq, started=False)
 
     async def _interrupt(self) -> None:
-        """Cancel the turn in flight; if its reply had begun, it says how far it got."""
+        """Drop what is queued and cancel the turn in flight; if its reply had begun, it says how
+        far it got."""
+        await self._discard_queued()
         turn = self._current
         if turn is None or turn.done():
             return
@@ -411,54 +416,46 @@ class Connection:
         return turn.cancelled() or turn.exception() is None
 
     async def _turn(self, item: _Item) -> None:
-        """Run one turn (span ``engine.turn``), turning any failure into an ``error``."""
+        """Run one turn (span ``engine.turn``) in its scheduler slot; any failure becomes an
+        ``error``."""
         message = item.message
         assert isinstance(message, TextIn | AudioIn | SpeechIn)
+        state, conv = self.state, self.conv
+        metrics = state.metrics
         kind = "text" if isinstance(message, TextIn) else "audio"
         attributes = {
-            "tutor.id": self.state.metrics.tutor_id,
-            "session.id": self.conv.session_id[:8],
+            "tutor.id": metrics.tutor_id,
+            "session.id": conv.session_id[:8],
             "message.type": kind,
         }
         with tracer.start_as_current_span(
             "engine.turn", context=item.parent, attributes=attributes
         ) as span:
+            metrics.messages.labels(kind).inc()
+            metrics.turns.labels(kind).inc()
             try:
-                await self._run_turn(message, kind, item.received)
+                async with state.scheduler.turn(conv.session_id):
+                    with metrics.turn_seconds.labels(kind).time():
+                        await state.pipeline.run_turn(conv, message, self.send, item.received)
+            except SessionEnded:
+                await self._reject("ended", SESSION_ENDED)
+            except AudioDecodeError as exc:
+                await self._reject("audio", str(exc))
+            except WebSocketDisconnect:
+                raise
             except asyncio.CancelledError:
+                if self._interrupting:
+                    await self._say_interrupted()
                 span.set_attribute("turn.cancelled", True)
                 raise
-
-    async def _run_turn(
-        self, message: TextIn | AudioIn | SpeechIn, kind: str, received: float
-    ) -> None:
-        """The turn in its scheduler slot; any failure becomes an ``error``."""
-        state, conv = self.state, self.conv
-        metrics = state.metrics
-        metrics.messages.labels(kind).inc()
-        metrics.turns.labels(kind).inc()
-        try:
-            async with state.scheduler.turn(conv.session_id):
-                with metrics.turn_seconds.labels(kind).time():
-                    await state.pipeline.run_turn(conv, message, self.send, received)
-        except SessionEnded:
-            await self._reject("ended", SESSION_ENDED)
-        except AudioDecodeError as exc:
-            await self._reject("audio", str(exc))
-        except WebSocketDisconnect:
-            raise
-        except asyncio.CancelledError:
-            if self._interrupting:
-                await self._say_interrupted()
-            raise
-        except Exception:
-            log.exception("turn failed in session %s", conv.session_id[:8])
-            metrics.errors.labels("internal").inc()
-            trace.get_current_span().set_status(StatusCode.ERROR, "the turn failed")
-            await self.send(error_message("The tutor could not answer; try again"))
-        finally:
-            conv.reply = None
-            self._replying = False
+            except Exception:
+                log.exception("turn failed in session %s", conv.session_id[:8])
+                metrics.errors.labels("internal").inc()
+                span.set_status(StatusCode.ERROR, "the turn failed")
+                await self.send(error_message("The tutor could not answer; try again"))
+            finally:
+                conv.reply = None
+                self._replying = False
 
     async def _say_interrupted(self) -> None:
         """After a barge-in: how far the reply got (nothing if it had not begun)."""
@@ -473,7 +470,7 @@ class Connection:
     # Streamed audio input (audio_start, chunks, audio_commit, audio_cancel).
 
     async def _audio_frame(
-        self, seq: int, message: AudioFrame, received: float, parent: Context | None
+        self, seq: int, message: AudioStreamIn, received: float, parent: Context | None
     ) -> None:
         """Apply a frame of the audio stream; an utterance it ends becomes frame ``seq``'s turn
         (receipted like any message), every other frame is settled at once."""
@@ -535,17 +532,10 @@ class Connection:
     ) -> bool:
         """Queue an utterance's turn as frame ``seq``'s; whether it was accepted."""
         assert self.entry is not None
-        item = _Item(SpeechIn(utterance.samples, utterance.seconds), self.entry, seq, received)
-        item.parent = parent
-        if self.conv.stream:
-            await self._barge_in(item)
-            return True
-        before = self.entry.active
-        await self._enqueue(item)
-        return self.entry.active > before
+        speech = SpeechIn(utterance.samples, utterance.seconds)
+        return await self._submit(_Item(speech, self.entry, seq, received, parent))
 
     async def _voice_barge_in(self) -> None:
         """The user started speaking: a reply under way (its transcription sent) is cut."""
         if self._replying:
-            await self._discard_queued()
             await self._interrupt()

@@ -196,20 +196,6 @@ class TutorPipeline:
             raise SessionEnded
         return messages
 
-    async def prompt(
-        self, conv: Conversation, history: list[ChatMessage], user_text: str
-    ) -> list[ChatMessage]:
-        """Persona and passages, the session's history trimmed to fit, then the question."""
-        s = self.settings
-        return build_prompt(
-            s.system_prompt,
-            history,
-            user_text,
-            passages=await self.passages(conv, user_text),
-            context_tokens=s.llm_context_tokens,
-            reply_tokens=s.llm_max_tokens,
-        )
-
     async def generate(
         self,
         conv: Conversation,
@@ -219,13 +205,22 @@ class TutorPipeline:
         on_delta: Callable[[str], Awaitable[None]] | None = None,
         on_done: Callable[[], None] | None = None,
     ) -> str:
-        """Stream the answer into ``reply.text`` and record the exchange in the history.
+        """Stream the answer into ``reply.text`` and record the exchange in the history; the
+        prompt is persona and passages, the history trimmed to fit, then the question.
 
         ``on_done`` runs once the answer is complete, before it is recorded. A cancelled reply
         is recorded as far as it got, so the next turn knows what was said.
         """
+        s = self.settings
         try:
-            prompt = await self.prompt(conv, history, user_text)
+            prompt = build_prompt(
+                s.system_prompt,
+                history,
+                user_text,
+                passages=await self.passages(conv, user_text),
+                context_tokens=s.llm_context_tokens,
+                reply_tokens=s.llm_max_tokens,
+            )
             with self.stage("llm"):
                 await self._complete(prompt, reply, on_delta)
         except asyncio.CancelledError:
@@ -300,11 +295,8 @@ class TutorPipeline:
         try:
             if isinstance(message, TextIn):
                 user_text = message.content
-            elif isinstance(message, SpeechIn):
-                heard = self._hear_streamed(message)
-                user_text = (await run_holding(self.decode_slots, heard)).strip()
             else:
-                user_text = (await run_holding(self.decode_slots, self._hear(message.data))).strip()
+                user_text = (await run_holding(self.decode_slots, self._hear(message))).strip()
             history = await loading  # long loaded, as a rule: ASR takes far longer
         finally:
             loading.cancel()  # ASR failed or the turn was cancelled; no-op once done
@@ -340,22 +332,19 @@ class TutorPipeline:
         if reply.history_errors:
             await send(error_message(history_error_text(reply.history_errors)))
 
-    async def _hear(self, data: bytes) -> str:
-        """Decode then recognise the user's audio (each step timed, and a span)."""
+    async def _hear(self, message: AudioIn | SpeechIn) -> str:
+        """Decode then recognise the user's audio (each step timed, and a span); a streamed
+        utterance arrived decoded, so only ``asr`` runs."""
         asr = self.backends.asr
-        with self.stage("decode"):
-            decoded = await asr.decode(data)
+        if isinstance(message, SpeechIn):
+            decoded = DecodedAudio(message.samples, message.seconds)
+        else:
+            with self.stage("decode"):
+                decoded = await asr.decode(message.data)
         self.metrics.audio_input_seconds.inc(decoded.seconds)
         with self.stage("asr"):
             trace.get_current_span().set_attribute("audio.seconds", decoded.seconds)
             return await asr.recognize(decoded)
-
-    async def _hear_streamed(self, speech: SpeechIn) -> str:
-        """Recognise a streamed utterance: its samples arrived decoded, so only ``asr`` runs."""
-        self.metrics.audio_input_seconds.inc(speech.seconds)
-        with self.stage("asr"):
-            trace.get_current_span().set_attribute("audio.seconds", speech.seconds)
-            return await self.backends.asr.recognize(DecodedAudio(speech.samples, speech.seconds))
 
     def _text_sent(self, clock: TurnClock) -> None:
         if not clock.text_sent:

@@ -20,7 +20,6 @@ Extensions old clients never see (documented in the README):
 from __future__ import annotations
 
 import base64
-import binascii
 import json
 import math
 from dataclasses import dataclass
@@ -95,6 +94,7 @@ class SpeechIn:
 
 
 AudioStreamIn = AudioStartIn | AudioAppendIn | AudioCommitIn | AudioCancelIn
+ClientMessage = TextIn | AudioIn | OptionsIn | AudioStreamIn  # what a client frame may carry
 AUDIO_STREAM_TYPES = ("audio_start", "audio_append", "audio_commit", "audio_cancel")
 SILENCE_MS_RANGE = (100, 5000)
 
@@ -187,9 +187,7 @@ def _valid_unicode(text: str) -> bool:
     return True
 
 
-def parse_client_frame(
-    frame: str | bytes, *, max_bytes: int, max_text_chars: int
-) -> TextIn | AudioIn | OptionsIn | AudioStreamIn:
+def parse_client_frame(frame: str | bytes, *, max_bytes: int, max_text_chars: int) -> ClientMessage:
     """Validate one client frame and return the message it carries, or raise ProtocolError.
 
     Pure and bounded: a frame of ``n`` characters costs O(n) time and about ``n`` bytes of
@@ -215,13 +213,7 @@ def parse_client_frame(
             raise ProtocolError("Text message is not valid Unicode (it has a lone surrogate)")
         return TextIn(content=content)
     if kind == "audio":
-        data = payload.get("data")
-        if not isinstance(data, str) or not data:
-            raise ProtocolError("Audio message needs a non-empty base64 string 'data'")
-        try:
-            audio = base64.b64decode(data, validate=True)
-        except (binascii.Error, ValueError) as exc:
-            raise ProtocolError("Audio 'data' is not valid base64") from exc
+        audio = _base64_data(payload, "Audio message", "Audio")
         if not audio:
             raise ProtocolError("Audio message is empty")
         return AudioIn(data=_audio_file(audio, payload.get("format")))
@@ -239,6 +231,17 @@ def parse_client_frame(
     if kind is None:
         raise ProtocolError("Message has no 'type' (expected 'text' or 'audio')")
     raise ProtocolError(f"Unknown message type: {_describe(kind)} (expected 'text' or 'audio')")
+
+
+def _base64_data(payload: dict[str, Any], message: str, field: str) -> bytes:
+    """The bytes of the message's base64 ``data`` (``message`` and ``field`` name it in errors)."""
+    data = payload.get("data")
+    if not isinstance(data, str) or not data:
+        raise ProtocolError(f"{message} needs a non-empty base64 string 'data'")
+    try:
+        return base64.b64decode(data, validate=True)
+    except ValueError as exc:  # binascii.Error, or non-ASCII text
+        raise ProtocolError(f"{field} 'data' is not valid base64") from exc
 
 
 def _output_audio(payload: dict[str, Any]) -> tuple[str | None, int | None]:
@@ -271,26 +274,25 @@ def _audio_file(audio: bytes, fmt: object) -> bytes:
     return pcm16_to_wav(audio)
 
 
+def _frame(kind: str, **fields: Any) -> dict[str, Any]:
+    """A server message: its ``type``, ``fields``, then the ``timestamp``."""
+    return {"type": kind, **fields, "timestamp": timestamp()}
+
+
 def text_message(content: str) -> dict[str, Any]:
     """The assistant's reply as text."""
-    return {"type": "text", "content": content, "role": "assistant", "timestamp": timestamp()}
+    return _frame("text", content=content, role="assistant")
 
 
 def transcription_message(content: str) -> dict[str, Any]:
     """What the user said, as recognised from their audio."""
-    return {"type": "transcription", "content": content, "role": "user", "timestamp": timestamp()}
+    return _frame("transcription", content=content, role="user")
 
 
 def audio_message(content: str, data: str, pcm16_rate: int | None = None) -> dict[str, Any]:
     """The assistant's reply as speech: its text and base64 ``data``, a WAV file or (with
     ``pcm16_rate``) raw PCM16 at that rate."""
-    message: dict[str, Any] = {
-        "type": "audio",
-        "content": content,
-        "data": data,
-        "role": "assistant",
-        "timestamp": timestamp(),
-    }
+    message = _frame("audio", content=content, data=data, role="assistant")
     if pcm16_rate is not None:
         message |= {"format": "pcm16", "sample_rate": pcm16_rate}
     return message
@@ -298,7 +300,7 @@ def audio_message(content: str, data: str, pcm16_rate: int | None = None) -> dic
 
 def error_message(content: str) -> dict[str, Any]:
     """An error the client should show; the connection stays open unless a close follows."""
-    return {"type": "error", "content": content, "timestamp": timestamp()}
+    return _frame("error", content=content)
 
 
 # Incremental events, sent only to connections that opted in with an ``options`` message.
@@ -307,7 +309,7 @@ def error_message(content: str) -> dict[str, Any]:
 def options_message(stream: bool, audio: tuple[str, int] | None = None) -> dict[str, Any]:
     """Acknowledges a client's ``options``; ``audio``: the reply audio's (format, sample rate),
     echoed to a client that named them."""
-    message: dict[str, Any] = {"type": "options", "stream": stream, "timestamp": timestamp()}
+    message = _frame("options", stream=stream)
     if audio is not None:
         message |= {"audio_format": audio[0], "sample_rate": audio[1]}
     return message
@@ -315,13 +317,7 @@ def options_message(stream: bool, audio: tuple[str, int] | None = None) -> dict[
 
 def text_delta_message(reply_id: int, delta: str) -> dict[str, Any]:
     """A piece of the reply's text as the model produces it."""
-    return {
-        "type": "text_delta",
-        "reply_id": reply_id,
-        "content": delta,
-        "role": "assistant",
-        "timestamp": timestamp(),
-    }
+    return _frame("text_delta", reply_id=reply_id, content=delta, role="assistant")
 
 
 def audio_chunk_message(
@@ -349,14 +345,13 @@ def final_message(reply_id: int, content: str, audio_chunks: int) -> dict[str, A
 
 def interrupted_message(reply_id: int, partial: str) -> dict[str, Any]:
     """A reply cut short by a newer user message; ``content`` is what had been produced."""
-    return {
-        "type": "interrupted",
-        "reply_id": reply_id,
-        "content": partial,
-        "role": "assistant",
-        "reason": "A new message arrived; the previous reply was cancelled",
-        "timestamp": timestamp(),
-    }
+    return _frame(
+        "interrupted",
+        reply_id=reply_id,
+        content=partial,
+        role="assistant",
+        reason="A new message arrived; the previous reply was cancelled",
+    )
 
 
 # Streamed audio input (opt-in with ``audio_start``; see the README).
@@ -384,15 +379,7 @@ def _audio_stream_message(kind: str, payload: dict[str, Any]) -> AudioStreamIn:
     if kind == "audio_cancel":
         return AudioCancelIn()
     if kind == "audio_append":
-        data = payload.get("data")
-        if not isinstance(data, str) or not data:
-            raise ProtocolError("audio_append needs a non-empty base64 string 'data'")
-        try:
-            return pcm16_chunk(base64.b64decode(data, validate=True))
-        except (binascii.Error, ValueError) as exc:
-            if isinstance(exc, ProtocolError):
-                raise
-            raise ProtocolError("audio_append 'data' is not valid base64") from exc
+        return pcm16_chunk(_base64_data(payload, "audio_append", "audio_append"))
     fmt, rate = payload.get("format", "pcm16"), payload.get("sample_rate", PCM16_RATE)
     if fmt != "pcm16":
         raise ProtocolError(
@@ -413,17 +400,16 @@ def _audio_stream_message(kind: str, payload: dict[str, Any]) -> AudioStreamIn:
 
 def audio_start_message(vad: bool, silence_ms: int, barge_in: bool) -> dict[str, Any]:
     """Acknowledges ``audio_start`` with the values in effect."""
-    return {
-        "type": "audio_start",
-        "format": "pcm16",
-        "sample_rate": PCM16_RATE,
-        "vad": vad,
-        "silence_ms": silence_ms,
-        "barge_in": barge_in,
-        "timestamp": timestamp(),
-    }
+    return _frame(
+        "audio_start",
+        format="pcm16",
+        sample_rate=PCM16_RATE,
+        vad=vad,
+        silence_ms=silence_ms,
+        barge_in=barge_in,
+    )
 
 
 def speech_message(kind: str, audio_ms: int) -> dict[str, Any]:
     """``speech_started`` / ``speech_stopped``: the VAD's verdict, at ``audio_ms`` of the stream."""
-    return {"type": kind, "audio_ms": audio_ms, "timestamp": timestamp()}
+    return _frame(kind, audio_ms=audio_ms)

@@ -6,6 +6,7 @@ endpointing logic that turns per-frame speech probabilities into start and end o
 from __future__ import annotations
 
 import functools
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -68,38 +69,24 @@ class Endpointer:
         return None
 
 
-def bundled_model_path() -> str:
-    """The ``silero_vad_v6.onnx`` inside the faster-whisper package."""
-    import os
-
-    from faster_whisper.utils import get_assets_path
-
-    return os.path.join(get_assets_path(), "silero_vad_v6.onnx")
-
-
-class SileroModel:
-    """The ONNX session, shared by every stream of the engine (each keeps its own state)."""
-
-    def __init__(self, path: str | None = None) -> None:
-        from faster_whisper.vad import SileroVADModel
-
-        self.session = SileroVADModel(path or bundled_model_path()).session
-
-
 @functools.cache
-def shared_model() -> SileroModel:
-    """The engine's one Silero session, loaded at first use."""
-    return SileroModel()
+def shared_model() -> Any:
+    """The engine's one Silero ONNX session (``silero_vad_v6.onnx`` in the faster-whisper
+    package), loaded at first use and shared by every stream (each keeps its own state)."""
+    from faster_whisper.utils import get_assets_path
+    from faster_whisper.vad import SileroVADModel
+
+    return SileroVADModel(os.path.join(get_assets_path(), "silero_vad_v6.onnx")).session
 
 
 class SileroStream:
     """Speech probability of each 512-sample frame, in order, carrying the model's state."""
 
-    def __init__(self, model: SileroModel) -> None:
+    def __init__(self, session: Any) -> None:
         import numpy as np
 
         self._np = np
-        self._run = model.session.run
+        self._run = session.run
         self._h = np.zeros((1, 1, 128), dtype=np.float32)
         self._c = np.zeros((1, 1, 128), dtype=np.float32)
         self._context = np.zeros((1, _CONTEXT), dtype=np.float32)

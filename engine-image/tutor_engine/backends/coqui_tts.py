@@ -127,7 +127,7 @@ class CoquiTTS:
     def _synthesize(self, text: str) -> bytes:
         text = speakable(text)
         samples = self._speak(text) if text else []
-        return pcm16_to_wav(float_to_pcm16(samples), self._sample_rate())
+        return pcm16_to_wav(float_to_pcm16(samples), int(self._tts.synthesizer.output_sample_rate))
 
     def _speak(self, text: str) -> Any:
         s, tts = self.settings, self._tts
@@ -140,6 +140,3 @@ class CoquiTTS:
         if tts.is_multi_lingual:
             kwargs["language"] = s.tts_language
         return tts.tts(text=text, **kwargs)
-
-    def _sample_rate(self) -> int:
-        return int(self._tts.synthesizer.output_sample_rate)

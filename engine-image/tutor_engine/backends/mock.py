@@ -29,7 +29,17 @@ def mock_prompt_tokens(messages: Sequence[ChatMessage]) -> int:
     return sum((len(m.content) + 3) // 4 + MESSAGE_OVERHEAD_TOKENS for m in messages)
 
 
-class MockLLM:
+class _NoModel:
+    """A mock's lifecycle: no model to load or release."""
+
+    async def load(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+
+class MockLLM(_NoModel):
     """Echoes the last user message with the tutor id and the size of the history."""
 
     name = "mock-llm"
@@ -42,9 +52,6 @@ class MockLLM:
     async def load(self) -> None:
         if self.load_s:
             await asyncio.sleep(self.load_s)
-
-    async def close(self) -> None:
-        return None
 
     async def stream(
         self, messages: Sequence[ChatMessage], usage: Usage | None = None
@@ -100,19 +107,13 @@ def read_wav_comment(data: bytes) -> str | None:
     return None
 
 
-class MockASR:
+class MockASR(_NoModel):
     """Reads back the text MockTTS embedded; other WAVs are described by their duration."""
 
     name = "mock-asr"
 
     def __init__(self, max_audio_seconds: float = 60.0) -> None:
         self.max_audio_seconds = max_audio_seconds
-
-    async def load(self) -> None:
-        return None
-
-    async def close(self) -> None:
-        return None
 
     async def decode(self, audio: bytes) -> DecodedAudio:
         """The embedded text (``None`` if none) as the "samples", and the WAV's duration."""
@@ -131,16 +132,10 @@ class MockASR:
         return await self.recognize(await self.decode(audio))
 
 
-class MockTTS:
+class MockTTS(_NoModel):
     """Synthesises a placeholder WAV whose length grows with the text."""
 
     name = "mock-tts"
-
-    async def load(self) -> None:
-        return None
-
-    async def close(self) -> None:
-        return None
 
     async def synthesize(self, text: str) -> bytes:
         return make_wav(text)

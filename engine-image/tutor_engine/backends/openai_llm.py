@@ -13,6 +13,7 @@ import logging
 import socket
 import time
 from collections.abc import AsyncIterator, Sequence
+from typing import cast
 
 import httpx
 import openai
@@ -70,15 +71,6 @@ def describe_failure(exc: BaseException) -> tuple[str, str]:
         return "not ready", "no answer in time"
     kind = "unreachable" if isinstance(exc, openai.APIConnectionError) else "not ready"
     return kind, str(exc.__cause__ or exc) or type(exc).__name__
-
-
-def _message_param(message: ChatMessage) -> ChatCompletionMessageParam:
-    """``message`` as the SDK's typed message."""
-    if message.role == "system":
-        return {"role": "system", "content": message.content}
-    if message.role == "user":
-        return {"role": "user", "content": message.content}
-    return {"role": "assistant", "content": message.content}
 
 
 class OpenAICompatibleLLM:
@@ -155,7 +147,10 @@ class OpenAICompatibleLLM:
         try:
             chunks = await self._client.chat.completions.create(
                 model=self.model,
-                messages=[_message_param(m) for m in messages],
+                messages=[
+                    cast(ChatCompletionMessageParam, {"role": m.role, "content": m.content})
+                    for m in messages
+                ],
                 max_tokens=max_tokens,
                 temperature=self.settings.llm_temperature,
                 stream=True,

@@ -27,23 +27,18 @@ class HistoryStore(Protocol):
 
     async def load(self, session_id: str) -> list[ChatMessage] | None:
         """The session's messages, oldest first; ``None`` if the session has ended."""
-        ...
 
     async def append(self, session_id: str, messages: Sequence[ChatMessage]) -> bool:
         """Add messages and refresh the TTL; False, writing nothing, if the session ended."""
-        ...
 
     async def end(self, session_id: str) -> None:
         """Delete the session's history and block later appends for the TTL."""
-        ...
 
     async def purge(self) -> int:
         """Remove expired entries the store does not expire by itself; how many."""
-        ...
 
     async def close(self) -> None:
         """Release connections and threads."""
-        ...
 
 
 def trimmed(messages: Sequence[ChatMessage], max_messages: int) -> list[ChatMessage]:

@@ -46,13 +46,10 @@ class MemoryStore:
 
     async def purge(self) -> int:
         now = self._clock()
-        stale = [k for k, (expiry, _) in self._history.items() if expiry <= now]
-        ended = [k for k, expiry in self._ended.items() if expiry <= now]
-        for key in stale:
-            del self._history[key]
-        for key in ended:
-            del self._ended[key]
-        return len(stale) + len(ended)
+        before = len(self._history) + len(self._ended)
+        self._history = {k: v for k, v in self._history.items() if v[0] > now}  # v: (expiry, _)
+        self._ended = {k: expiry for k, expiry in self._ended.items() if expiry > now}
+        return before - len(self._history) - len(self._ended)
 
     async def close(self) -> None:
         return None

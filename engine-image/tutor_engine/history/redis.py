@@ -84,11 +84,10 @@ def connect(url: str, password: str, timeout_seconds: float) -> Any:
     """A ``redis.asyncio`` client for ``url``; ``password`` is used if the URL has none."""
     import redis.asyncio
 
-    options: dict[str, Any] = {
-        "socket_timeout": timeout_seconds,
-        "socket_connect_timeout": timeout_seconds,
-        "health_check_interval": 30,
-    }
-    if password:
-        options["password"] = password
-    return redis.asyncio.from_url(url, **options)
+    return redis.asyncio.from_url(
+        url,
+        password=password or None,  # a password in the URL wins
+        socket_timeout=timeout_seconds,
+        socket_connect_timeout=timeout_seconds,
+        health_check_interval=30,
+    )
