@@ -15,7 +15,7 @@ from .server import uvicorn_options
 
 def main(argv: list[str] | None = None) -> None:
     """Serve the REST API and WebSocket on MANAGEMENT_API_HOST:MANAGEMENT_API_PORT."""
-    cli.parse(argv)  # --help, --version: print and exit before anything starts
+    cli.parser().parse_args(argv)  # --help, --version: print and exit before anything starts
     settings = GatewaySettings()
     configure(settings.log_level, "gateway", settings.log_format)
     tracing.configure("tutor-gateway")  # on only with OTEL_EXPORTER_OTLP_ENDPOINT

@@ -14,20 +14,13 @@ Student WebSocket: the session token comes in ``?token=`` (the seed's way) or as
 server then selects ``tutor.v1``, never the token. With ``ALLOWED_ORIGINS`` set, a handshake
 whose ``Origin`` is not in the list is refused with 403; one without ``Origin`` (not a browser)
 is let through.
-
-The checks are plain functions and one small class; :class:`AccessControl` is the ASGI
-middleware that applies them before any route runs (and before a request body is read), and
-:func:`management_key` is the route dependency that checks again and documents the scheme in
-the OpenAPI.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import logging
-import os
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -37,7 +30,9 @@ from urllib.parse import urlsplit
 
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.datastructures import Headers
 from starlette.middleware.cors import CORSMiddleware
+from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .tokens import hash_token
@@ -79,11 +74,8 @@ def env_keys(text: str) -> list[str]:
 
 def file_keys(text: str) -> list[str]:
     """The keys of a key file: one a line; blank lines and ``#`` comment lines ignored."""
-    return [
-        line.strip()
-        for line in text.splitlines()
-        if line.strip() and not line.strip().startswith("#")
-    ]
+    lines = (line.strip() for line in text.splitlines())
+    return [line for line in lines if line and not line.startswith("#")]
 
 
 def bearer_credentials(authorization: str | None) -> str | None:
@@ -137,10 +129,6 @@ def challenge(problem: Problem) -> tuple[str, dict[str, str]]:
         detail = "Invalid management API key"
         header = f'Bearer realm="{REALM}", error="invalid_token"'
     return detail, {"WWW-Authenticate": header}
-
-
-def _signature(stat: os.stat_result) -> tuple[int, int, int, int]:
-    return (stat.st_dev, stat.st_ino, stat.st_mtime_ns, stat.st_size)
 
 
 class ManagementKeys:
@@ -229,7 +217,8 @@ class ManagementKeys:
 
     def _read_file(self) -> None:
         assert self._file is not None
-        signature = _signature(self._file.stat())
+        stat = self._file.stat()
+        signature = (stat.st_dev, stat.st_ino, stat.st_mtime_ns, stat.st_size)
         if signature == self._file_signature:
             return
         keys = file_keys(self._file.read_text(encoding="utf-8", errors="replace"))
@@ -283,10 +272,9 @@ def is_protected(path: str, metrics_require_key: bool) -> bool:
 def websocket_token(subprotocols: Iterable[str], query_token: str | None) -> str | None:
     """The session token: offered as ``token.<token>`` subprotocol, else the ``?token=`` one."""
     for protocol in subprotocols:
-        if protocol.startswith(TOKEN_PROTOCOL_PREFIX) and len(protocol) > len(
-            TOKEN_PROTOCOL_PREFIX
-        ):
-            return protocol[len(TOKEN_PROTOCOL_PREFIX) :]
+        token = protocol.removeprefix(TOKEN_PROTOCOL_PREFIX)
+        if token and token != protocol:
+            return token
     return query_token
 
 
@@ -331,28 +319,11 @@ def origin_allowed(origin: str | None, allowed: frozenset[str]) -> bool:
 # ASGI and FastAPI glue
 
 
-def _header(scope: Scope, name: bytes) -> str | None:
-    for key, value in scope.get("headers", ()):
-        if key == name:
-            return bytes(value).decode("latin-1")
-    return None
-
-
 def _route_path(scope: Scope) -> str:
     """The path the router matches (``root_path`` stripped, as Starlette does)."""
     path: str = scope["path"]
     root: str = scope.get("root_path", "")
     return path[len(root) :] if root and path.startswith(root) else path
-
-
-async def _json(
-    send: Send, start: str, body_type: str, status: int, detail: str, headers: dict[str, str]
-) -> None:
-    body = json.dumps({"detail": detail}).encode()
-    raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    raw += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
-    await send({"type": start, "status": status, "headers": raw})
-    await send({"type": body_type, "body": body})
 
 
 class AccessControl:
@@ -377,28 +348,21 @@ class AccessControl:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and is_protected(_route_path(scope), self.metrics_require_key):
-            check = self.keys.check(_header(scope, b"authorization"))
+            check = self.keys.check(Headers(scope=scope).get("authorization"))
             if not check.allowed:
                 assert check.problem is not None
                 detail, headers = challenge(check.problem)
-                await _json(send, "http.response.start", "http.response.body", 401, detail, headers)
+                await JSONResponse({"detail": detail}, 401, headers)(scope, receive, send)
                 return
             if check.key_id is not None:
                 scope.setdefault("state", {})["management_key"] = check.key_id
         elif scope["type"] == "websocket" and not origin_allowed(
-            origin := _header(scope, b"origin"), self.allowed_origins
+            origin := Headers(scope=scope).get("origin"), self.allowed_origins
         ):
             log.info("WebSocket handshake refused (403): Origin %.100r not allowed", origin)
             await receive()  # websocket.connect
             if "websocket.http.response" in scope.get("extensions", {}):
-                await _json(
-                    send,
-                    "websocket.http.response.start",
-                    "websocket.http.response.body",
-                    403,
-                    "Origin not allowed",
-                    {},
-                )
+                await JSONResponse({"detail": "Origin not allowed"}, 403)(scope, receive, send)
             else:
                 await send({"type": "websocket.close", "code": 1008})
             return

@@ -56,8 +56,3 @@ def parser() -> argparse.ArgumentParser:
     )
     result.add_argument("--version", action="version", version=version_line(PROGRAM))
     return result
-
-
-def parse(argv: list[str] | None = None) -> argparse.Namespace:
-    """Parse the command line; ``--help`` and ``--version`` print and exit 0."""
-    return parser().parse_args(argv)

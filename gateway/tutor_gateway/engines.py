@@ -42,8 +42,7 @@ class EngineEndpoint:
     ) -> str:
         """The engine's WebSocket URL for a session: the client's options (``stream``, …) pass
         through; the token stays here, and ``kb_id`` is the session's own."""
-        client_params = client_params or {}
-        params = {k: v for k, v in client_params.items() if k not in ("token", "kb_id")}
+        params = {k: v for k, v in (client_params or {}).items() if k not in ("token", "kb_id")}
         if session.kb_id:
             params["kb_id"] = session.kb_id
         url = f"{self.base_url.replace('http', 'ws', 1)}/ws/{session.session_id}"

@@ -16,6 +16,7 @@ from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .metrics import METHODS, OTHER_ROUTE, GatewayMetrics
+from .ratelimit import app_state
 
 Routes = list[tuple[Any, str]]  # (something with ``matches(scope)``, its path template)
 
@@ -72,12 +73,10 @@ class RequestMetrics:
         try:
             await self.app(scope, receive, send_and_note)
         finally:
-            app = scope.get("app")
-            gateway = getattr(getattr(app, "state", None), "gateway", None)
-            metrics: GatewayMetrics | None = getattr(gateway, "metrics", None)
+            metrics: GatewayMetrics | None = getattr(app_state(scope, "gateway"), "metrics", None)
             if metrics is not None:
                 if self._routes is None:
-                    self._routes = flat_routes(app)
+                    self._routes = flat_routes(scope.get("app"))
                 route = route_template(self._routes, scope)
                 method = scope.get("method", "")
                 method = method if method in METHODS else "other"

@@ -61,11 +61,7 @@ class SessionsCollector(Collector):
         yield family
 
     def describe(self) -> Iterable[GaugeMetricFamily]:
-        return [
-            GaugeMetricFamily(
-                "tutor_gateway_sessions", "Sessions in the store", labels=["tutor_id", "state"]
-            )
-        ]
+        return self.collect()  # its name, checked for clashes at registration
 
 
 def count_states(states: Iterable[tuple[int, bool]]) -> dict[tuple[int, str], int]:

@@ -6,14 +6,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 
-def is_expired(last_activity: float, now: float, timeout: float) -> bool:
-    """Whether a session idle since ``last_activity`` has passed its timeout at ``now``."""
-    return now - last_activity >= timeout
-
-
 def expired_sessions(last_activity: Mapping[str, float], now: float, timeout: float) -> list[str]:
     """Ids of the sessions whose last activity is at least ``timeout`` seconds old."""
-    return [sid for sid, seen in last_activity.items() if is_expired(seen, now, timeout)]
+    return [sid for sid, seen in last_activity.items() if now - seen >= timeout]
 
 
 def engine_is_dead(

@@ -107,7 +107,9 @@ class RequestRateLimit:
         if scope["type"] != "http" or not scope["path"].startswith(LIMITED_PREFIXES):
             await self.app(scope, receive, send)
             return
-        if await self.limiter.acquire(client_key(scope, _keys_enabled(scope))):
+        # By key when management API keys are configured (tutor_gateway.auth keeps them).
+        by_key = bool(getattr(app_state(scope, "management_keys"), "enabled", False))
+        if await self.limiter.acquire(client_key(scope, by_key)):
             await self.app(scope, receive, send)
             return
         refusal = Refusal(
@@ -116,7 +118,9 @@ class RequestRateLimit:
             "(MAX_REQUESTS_PER_MINUTE)",
             self.limiter.retry_after,
         )
-        _count(scope, refusal)
+        gateway = app_state(scope, "gateway")  # there once the lifespan has started
+        if gateway is not None:
+            gateway.metrics.limited.labels(refusal.label).inc()
         log.info("request refused: %s", refusal.detail)
         response = JSONResponse(
             {"detail": refusal.detail},
@@ -126,16 +130,6 @@ class RequestRateLimit:
         await response(scope, receive, send)
 
 
-def _keys_enabled(scope: Scope) -> bool:
-    """Whether management API keys are configured (tutor_gateway.auth keeps them on the app)."""
-    app: Any = scope.get("app")
-    keys = getattr(getattr(app, "state", None), "management_keys", None)
-    return bool(getattr(keys, "enabled", False))
-
-
-def _count(scope: Scope, refusal: Refusal) -> None:
-    """Count the refusal on the gateway's metrics (there once the lifespan has started)."""
-    app: Any = scope.get("app")
-    gateway = getattr(getattr(app, "state", None), "gateway", None)
-    if gateway is not None:
-        gateway.metrics.limited.labels(refusal.label).inc()
+def app_state(scope: Scope, name: str) -> Any:
+    """``app.state.<name>`` of the app serving ``scope``, or None (not set, no such app)."""
+    return getattr(getattr(scope.get("app"), "state", None), name, None)

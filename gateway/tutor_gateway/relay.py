@@ -14,16 +14,11 @@ the last streaming mode the engine reported, which first gets the frames the los
 started. Only when no engine can be had within ``engine_wait_seconds`` of the loss does the
 client get ``4503``, whose error names the engine's last known state.
 
-Metrics: frames and bytes relayed each way (receipts and trace frames are not counted), and
-each wait for an engine (``tutor_gateway_engine_wait_seconds``: from asking for it, at the
-start or after a loss, to its handshake, or to 4503). Traces (only while tracing is on): each
-client frame forwarded is a ``gateway.turn`` span, announced to the engine by a trace frame
-just before it (``tutor_contract.relay.trace_frame``) and ended by the frame's ``done``
-receipt or the connection's end.
+Metrics: the relay counters and engine waits of ``GatewayMetrics``. Traces (only while tracing
+is on): each client frame forwarded is a ``gateway.turn`` span (``_Turns``).
 
-Cold start: a client that opted in (``?events=1``, or ``options`` with ``"events": true`` sent
-while it waits) gets ``status`` messages while it waits for an engine, at the start and after a
-loss, and ``ready`` once its frames are relayed (``startup.StatusFeed``).
+Cold start: a client that opted in gets ``status`` messages while it waits for an engine, at
+the start and after a loss, and ``ready`` once its frames are relayed (``startup.StatusFeed``).
 """
 
 from __future__ import annotations
@@ -174,14 +169,12 @@ class Relay:
         admit_message: Callable[[int | None], Awaitable[str | None]] | None = None,
     ) -> None:
         self.client = client
-        # MAX_MESSAGES_PER_SECOND (binary frames: their bytes, MAX_AUDIO_BYTES_PER_SECOND):
-        # why a frame is refused, or None.
-        self._admit_message = admit_message
+        self._admit_message = admit_message  # why a rate limit refuses a frame, or None
         self.session = session
         self.router = router
         self.limits = limits
         self.on_activity = on_activity
-        self.metrics = metrics
+        self.metrics = metrics or GatewayMetrics()  # a registry of its own if none is given
         self._failover: _Failover | None = None
         self._inbox = FrameInbox(limits.max_queued_bytes)
         self._terminated: asyncio.Future[Ending] = asyncio.get_running_loop().create_future()
@@ -211,10 +204,7 @@ class Relay:
         """Relay until the client leaves, the engine ends, or ``terminate`` is called."""
         reader = asyncio.create_task(self._read_client())
         bridge = asyncio.create_task(self._bridge())
-        loop = asyncio.get_running_loop()
-        self._activity_timer = loop.call_later(
-            self.limits.activity_interval_seconds, self._activity_due
-        )
+        self._activity_due()  # starts the timer (nothing has flowed yet: no record)
         try:
             waiting: set[asyncio.Future[Any]] = {reader, bridge, self._terminated}
             done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
@@ -278,24 +268,19 @@ class Relay:
             message = await self.client.receive()
             if message["type"] == "websocket.disconnect":
                 return
-            binary = message.get("bytes")
-            audio_bytes = len(binary) if binary is not None else None  # counted in bytes
-            limited = (
-                None if self._admit_message is None else await self._admit_message(audio_bytes)
-            )
-            data, problem = (
-                (b"", limited)
-                if limited
-                else admit_frame(message.get("text"), message.get("bytes"), max_bytes)
-            )
+            text, binary = message.get("text"), message.get("bytes")
+            problem = None
+            if self._admit_message is not None:  # audio is counted in bytes
+                problem = await self._admit_message(None if binary is None else len(binary))
+            data, problem = (b"", problem) if problem else admit_frame(text, binary, max_bytes)
             if problem is not None:
                 log.info("session %s: frame refused: %s", self._sid, problem)
                 await self._send(error_frame(problem))
                 continue
-            if message.get("text") is not None:
-                self._feed.peek(message["text"])  # the options opt-in, only while waiting
+            if text is not None:
+                self._feed.peek(text)  # the options opt-in, only while waiting
             self._active = self._awaiting_reply = True
-            await self._inbox.put(data, message.get("text") is not None)
+            await self._inbox.put(data, text is not None)
 
     def _activity_due(self) -> None:
         """Each interval (a timer, not a task per connection): record activity if frames
@@ -317,12 +302,8 @@ class Relay:
             self._recording = None
 
     async def _bridge(self) -> Ending:
-        """Find the engine, connect, and pump frames both ways; say how the client should close.
-
-        An engine that cannot be reached yet (starting, briefly busy, not ready) is tried again
-        until ``engine_wait_seconds`` have passed; one lost while relaying is replaced by the
-        router's next within ``engine_wait_seconds`` of the loss.
-        """
+        """Find the engine, connect, and pump frames both ways, retrying an unreachable engine
+        and failing over a lost one within ``engine_wait_seconds``; say how the client closes."""
         loop = asyncio.get_running_loop()
         budget = self.limits.engine_wait_seconds
         deadline = loop.time() + budget
@@ -377,7 +358,7 @@ class Relay:
     def _wait_over(self, outcome: str) -> None:
         """The wait for an engine ended (its handshake, or 4503): observe it once."""
         started, self._wait_started = self._wait_started, None
-        if started is not None and self.metrics is not None:
+        if started is not None:
             waited = asyncio.get_running_loop().time() - started
             self.metrics.engine_wait.labels(outcome).observe(waited)
 
@@ -386,8 +367,7 @@ class Relay:
         failover, self._failover = self._failover, None
         if failover is None:
             return
-        if self.metrics is not None:
-            self.metrics.failovers.labels("resumed").inc()
+        self.metrics.failovers.labels("resumed").inc()
         log.warning(
             "session %s: engine lost; continued on %s after %.2fs "
             "(%d frames sent again, reply in flight cut: %s)",
@@ -405,8 +385,7 @@ class Relay:
         if failover is None:
             log.warning("session %s: engine unavailable: %s", self._sid, detail)
         else:
-            if self.metrics is not None:
-                self.metrics.failovers.labels("unavailable").inc()
+            self.metrics.failovers.labels("unavailable").inc()
             log.warning(
                 "session %s: engine lost; none available %.2fs later: %s",
                 self._sid,
@@ -446,10 +425,9 @@ class Relay:
                 self._unwatch()
                 return await self._pump(upstream, attempt)
         except (OSError, InvalidHandshake, TimeoutError) as exc:
-            if attempt.opened_at is not None:
-                return attempt  # it broke while relaying or closing: lost
-            level = logging.DEBUG if self._failover else logging.WARNING
-            log.log(level, "session %s: engine unreachable: %r", self._sid, exc)
+            if attempt.opened_at is None:  # else it broke while relaying or closing: lost
+                level = logging.DEBUG if self._failover else logging.WARNING
+                log.log(level, "session %s: engine unreachable: %r", self._sid, exc)
             return attempt
 
     async def _pump(self, upstream: ClientConnection, attempt: _Attempt) -> Ending | _Attempt:
@@ -464,8 +442,7 @@ class Relay:
                 if turns is not None:  # the engine makes its turn a child of this one
                     await upstream.send(turns.begin(data, text))
                 await upstream.send(data, text=text)
-                if metrics is not None:
-                    metrics.relayed(CLIENT_TO_ENGINE, len(data))
+                metrics.relayed(CLIENT_TO_ENGINE, len(data))
 
         async def to_client() -> None:
             async for frame in upstream:
@@ -478,9 +455,8 @@ class Relay:
                     continue
                 self._active, self._awaiting_reply = True, False
                 await self._send(frame)
-                if metrics is not None:
-                    size = len(frame) if isinstance(frame, bytes) else len(frame.encode())
-                    metrics.relayed(ENGINE_TO_CLIENT, size)
+                size = len(frame) if isinstance(frame, bytes) else len(frame.encode())
+                metrics.relayed(ENGINE_TO_CLIENT, size)
 
         forward, backward = asyncio.create_task(to_engine()), asyncio.create_task(to_client())
         try:

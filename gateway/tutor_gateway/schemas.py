@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic.json_schema import JsonDict
@@ -12,6 +12,9 @@ from tutor_contract.crd import LOADING, PENDING
 from tutor_contract.knowledge import KB_ID_RULE, is_valid_kb_id
 
 from .sessions import Session
+
+if TYPE_CHECKING:
+    from .startup import EngineState  # which needs ``iso`` from here
 
 # The rule of tutor_contract.knowledge as a JSON-schema (ECMA) pattern, for the OpenAPI page.
 _KB_ID_SCHEMA_PATTERN = r"^(?!.*\.\.)[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
@@ -65,10 +68,6 @@ class CreateSessionResponse(BaseModel):
     engine_url: str
     engine_token: str
     status: str
-
-
-class _EngineStateLike(Protocol):
-    def as_json(self) -> dict[str, Any]: ...
 
 
 ENGINE_EXAMPLE: JsonDict = {
@@ -129,7 +128,7 @@ class SessionInfo(BaseModel):
     )
 
     @classmethod
-    def of(cls, session: Session, engine: _EngineStateLike | None = None) -> SessionInfo:
+    def of(cls, session: Session, engine: EngineState | None = None) -> SessionInfo:
         return cls(
             session_id=session.session_id,
             tutor_id=session.tutor_id,

@@ -325,8 +325,7 @@ class GatewayWebSocketProtocol(WebSocketsSansIOProtocol):
         self.transport.write(b"".join(self.conn.data_to_send()))
         self.close_sent = True
         log.warning("%s - WebSocket closed %d: %s", _client(self.transport), code, reason)
-        if self.read_paused:
-            self.read_paused = False
+        self.read_paused = False
         self.close_timer = _linger(self.transport, self.loop)
 
     def send_receive_event_to_app(self) -> None:
@@ -348,10 +347,9 @@ class GatewayWebSocketProtocol(WebSocketsSansIOProtocol):
             self.transport.pause_reading()
 
 
-def protocols(
-    settings: GatewaySettings,
-) -> tuple[type[GatewayHttpProtocol], type[GatewayWebSocketProtocol]]:
-    """The HTTP and WebSocket protocol classes carrying ``settings``' limits."""
+def uvicorn_options(settings: GatewaySettings) -> dict[str, Any]:
+    """The uvicorn options the gateway is served with (all but address and logging): the HTTP
+    protocol class carries ``settings``' limits."""
     http_protocol = type(
         "GatewayHttpProtocol",
         (GatewayHttpProtocol,),
@@ -361,15 +359,9 @@ def protocols(
             "__module__": __name__,
         },
     )
-    return http_protocol, GatewayWebSocketProtocol
-
-
-def uvicorn_options(settings: GatewaySettings) -> dict[str, Any]:
-    """The uvicorn options the gateway is served with (all but address and logging)."""
-    http_protocol, ws_protocol = protocols(settings)
     return {
         "http": http_protocol,
-        "ws": ws_protocol,
+        "ws": GatewayWebSocketProtocol,
         "ws_max_size": settings.ws_max_frame_bytes,
         "ws_per_message_deflate": settings.ws_per_message_deflate,
         "timeout_graceful_shutdown": 10,

@@ -105,13 +105,9 @@ class Gateway:
         return session, token
 
     async def admit_message(self, session_id: str, audio_bytes: int | None = None) -> str | None:
-        """Count one client WebSocket frame of the session (all its connections); why it is
-        refused (the ``error`` text), else None.
-
-        A text frame (``audio_bytes`` None) is one message against MAX_MESSAGES_PER_SECOND; a
-        binary frame (streamed audio) counts its ``audio_bytes`` against
-        MAX_AUDIO_BYTES_PER_SECOND instead.
-        """
+        """Count one client WebSocket frame of the session (all its connections): a text
+        frame as one message, a binary one (audio) by its ``audio_bytes``; why it is refused
+        (the ``error`` text), else None."""
         s = self.settings
         if audio_bytes is not None:
             if await self.audio_rates.acquire(session_id, audio_bytes):

@@ -133,9 +133,8 @@ def cluster_engine_state(obj: Mapping[str, Any] | None) -> EngineState:
     return EngineState(phase, phase, message, created.timestamp() if created else None)
 
 
-def not_started() -> EngineState:
-    """Local mode: no engine process runs for the tutor (the session's WebSocket starts one)."""
-    return EngineState(PENDING, NOT_STARTED, "the engine starts when the session connects")
+# Local mode: no engine process runs for the tutor (the session's WebSocket starts one).
+NOT_STARTED_STATE = EngineState(PENDING, NOT_STARTED, "the engine starts when the session connects")
 
 
 def engine_state_of(router: object, session: object) -> EngineState | None:
@@ -233,10 +232,6 @@ class StatusFeed:
         self._last: tuple[str, str, str] | None = None
         self._last_sent = 0.0
         self._wake = asyncio.Event()
-
-    @property
-    def waiting(self) -> bool:
-        return self._waiting_since is not None
 
     def wait_began(self) -> None:
         """The connection waits for an engine from now on."""

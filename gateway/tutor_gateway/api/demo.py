@@ -12,7 +12,7 @@ from pathlib import Path
 
 from fastapi import APIRouter, HTTPException, Request, Response
 
-STATIC = Path(__file__).resolve().parent.parent / "static"
+PACKAGE = Path(__file__).resolve().parent.parent  # tutor_gateway
 JS = "text/javascript; charset=utf-8"
 # Module scripts are fetched with CORS: front ends on other origins may import the client.
 CROSS_ORIGIN = {"Access-Control-Allow-Origin": "*", "Cross-Origin-Resource-Policy": "cross-origin"}
@@ -25,10 +25,10 @@ DEMO_CSP = (
 
 
 class StaticFile:
-    """A file served from memory with its content type, an ETag and extra headers."""
+    """A file of the package served from memory with its content type, an ETag and headers."""
 
     def __init__(self, name: str, media_type: str, headers: dict[str, str] | None = None) -> None:
-        self.body = (STATIC / name).read_bytes()
+        self.body = (PACKAGE / name).read_bytes()
         self.media_type = media_type
         self.headers = {
             "Cache-Control": "no-cache",
@@ -47,12 +47,12 @@ class StaticFile:
 def router(demo_enabled: bool) -> APIRouter:
     """The client module and, if ``demo_enabled``, the demo page with its script and styles."""
     routes = APIRouter(include_in_schema=False)
-    files = {"tutor-client.js": StaticFile("tutor-client.js", JS, CROSS_ORIGIN)}
+    files = {"tutor-client.js": StaticFile("static/tutor-client.js", JS, CROSS_ORIGIN)}
     if demo_enabled:
-        files["demo.js"] = StaticFile("demo.js", JS)
-        files["demo.css"] = StaticFile("demo.css", "text/css; charset=utf-8")
+        files["demo.js"] = StaticFile("static/demo.js", JS)
+        files["demo.css"] = StaticFile("static/demo.css", "text/css; charset=utf-8")
         page = StaticFile(
-            "demo.html", "text/html; charset=utf-8", {"Content-Security-Policy": DEMO_CSP}
+            "static/demo.html", "text/html; charset=utf-8", {"Content-Security-Policy": DEMO_CSP}
         )
 
         @routes.get("/demo")

@@ -15,7 +15,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
-from importlib.resources import files
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request, Response
@@ -25,6 +24,7 @@ from fastapi.routing import APIRoute
 from starlette.staticfiles import StaticFiles
 from tutor_contract.version import distribution_version
 
+from .demo import StaticFile
 from .responses import ErrorDetail, fill_examples
 
 VERSION = distribution_version()
@@ -32,7 +32,8 @@ ASSETS = "/docs/assets"  # swagger-ui-bundle.js, swagger-ui.css, redoc.standalon
 ASSET_PACKAGE = ("fastapi_offline", "static")
 ASYNCAPI_PATH = "/asyncapi.yaml"
 ASYNCAPI_MEDIA_TYPE = "application/yaml"  # RFC 9512
-ASYNCAPI = files("tutor_gateway").joinpath("asyncapi.yaml").read_bytes()
+# Cross-origin: for AsyncAPI tools on other origins.
+ASYNCAPI = StaticFile("asyncapi.yaml", ASYNCAPI_MEDIA_TYPE, {"Access-Control-Allow-Origin": "*"})
 
 DESCRIPTION = f"""\
 The GPU Server's API: sessions for the Web Server (REST, below) and the conversation WebSocket
@@ -105,19 +106,6 @@ def operation_id(route: APIRoute) -> str:
     return route.name
 
 
-def _asyncapi_response(request: Request) -> Response:
-    etag = f'"{hashlib.sha256(ASYNCAPI).hexdigest()[:32]}"'
-    headers = {
-        "Cache-Control": "no-cache",
-        "ETag": etag,
-        "X-Content-Type-Options": "nosniff",
-        "Access-Control-Allow-Origin": "*",  # for AsyncAPI tools on other origins
-    }
-    if etag in request.headers.get("if-none-match", ""):
-        return Response(status_code=304, headers=headers)
-    return Response(ASYNCAPI, media_type=ASYNCAPI_MEDIA_TYPE, headers=headers)
-
-
 def router(app: FastAPI) -> APIRouter:
     """``/docs``, ``/redoc`` and ``/asyncapi.yaml`` (none of them in the OpenAPI itself)."""
     routes = APIRouter(include_in_schema=False)
@@ -157,7 +145,7 @@ def router(app: FastAPI) -> APIRouter:
     @routes.get(ASYNCAPI_PATH)
     async def asyncapi(request: Request) -> Response:
         """The conversation WebSocket's AsyncAPI 3.0 document (YAML)."""
-        return _asyncapi_response(request)
+        return ASYNCAPI.response(request)
 
     return routes
 

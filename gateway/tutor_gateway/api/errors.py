@@ -8,6 +8,7 @@ from typing import Any
 
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -71,13 +72,10 @@ class BodyLimit:
 
 
 def _content_length(scope: Scope) -> int:
-    for name, value in scope["headers"]:
-        if name == b"content-length":
-            try:
-                return int(value)
-            except ValueError:
-                return 0
-    return 0
+    try:
+        return int(Headers(scope=scope).get("content-length", "0"))
+    except ValueError:
+        return 0
 
 
 async def _answer(exc: HTTPException, scope: Scope, receive: Receive, send: Send) -> None:
@@ -118,12 +116,17 @@ def encodable(value: Any, depth: int = 0) -> Any:
     return encodable(plain, depth + 1)
 
 
-def encodable_text(text: str) -> str:
-    """``text`` with anything UTF-8 cannot hold (lone surrogates) written as ``\\udXXX``."""
+def encodes(text: str) -> bool:
+    """Whether UTF-8 can hold ``text`` (it has no lone surrogates)."""
     if text.isascii():
-        return text
+        return True
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
-        return text.encode("utf-8", "backslashreplace").decode("utf-8")
-    return text
+        return False
+    return True
+
+
+def encodable_text(text: str) -> str:
+    """``text`` with anything UTF-8 cannot hold (lone surrogates) written as ``\\udXXX``."""
+    return text if encodes(text) else text.encode("utf-8", "backslashreplace").decode("utf-8")

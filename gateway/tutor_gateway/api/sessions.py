@@ -17,8 +17,10 @@ from ..sessions import CapacityError
 from ..startup import engine_state_of
 from . import responses
 from .deps import GatewayDep, SessionDep
+from .errors import encodes
 
 MAX_REPORTED = 10  # errors listed in one 422 for values JSON cannot carry
+NOT_UNICODE = "Input should be a valid string, unable to parse raw data as a unicode string"
 
 
 def json_body_errors(body: bytes) -> list[dict[str, Any]]:
@@ -50,42 +52,21 @@ def json_body_errors(body: bytes) -> list[dict[str, Any]]:
         loc, item = pending.pop()
         if isinstance(item, dict):
             for key, child in item.items():
-                if not _encodes(key):
-                    errors.append(_unicode_error((*loc, key), key))
+                if not encodes(key):
+                    errors.append(_problem("string_unicode", (*loc, key), NOT_UNICODE, key))
                 pending.append(((*loc, key), child))
         elif isinstance(item, list):
             pending.extend(((*loc, i), child) for i, child in enumerate(item))
         elif isinstance(item, float) and not math.isfinite(item):
-            errors.append(
-                {
-                    "type": "finite_number",
-                    "loc": loc,
-                    "msg": "Input should be a finite number",
-                    "input": item,
-                }
-            )
-        elif isinstance(item, str) and not _encodes(item):
-            errors.append(_unicode_error(loc, item))
+            errors.append(_problem("finite_number", loc, "Input should be a finite number", item))
+        elif isinstance(item, str) and not encodes(item):
+            errors.append(_problem("string_unicode", loc, NOT_UNICODE, item))
     return errors
 
 
-def _encodes(text: str) -> bool:
-    if text.isascii():
-        return True
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
-def _unicode_error(loc: tuple[int | str, ...], text: str) -> dict[str, Any]:
-    return {
-        "type": "string_unicode",
-        "loc": loc,
-        "msg": "Input should be a valid string, unable to parse raw data as a unicode string",
-        "input": text,
-    }
+def _problem(kind: str, loc: tuple[int | str, ...], msg: str, value: Any) -> dict[str, Any]:
+    """One entry of a 422's ``detail``, as pydantic writes them."""
+    return {"type": kind, "loc": loc, "msg": msg, "input": value}
 
 
 class StrictJSONRoute(APIRoute):

@@ -53,15 +53,12 @@ async def conversation(websocket: WebSocket) -> None:
     """
     session_id: str = websocket.path_params["session_id"]
     gateway = get_gateway(websocket)
-    token = websocket.query_params.get("token")  # the session's engine_token
     # Every line logged for this connection (its task and the tasks it starts) names the
     # session; the task, and with it the binding, ends with the connection.
     logs.bind(session=session_id)
-    # The token may come as a subprotocol ``token.<token>`` beside ``tutor.v1`` (auth.py);
-    # the answer selects ``tutor.v1``, never the token.
-    offered = websocket.scope.get("subprotocols", ())
-    token = websocket_token(offered, token)
-    await websocket.accept(subprotocol=select_subprotocol(offered))
+    offered = websocket.scope.get("subprotocols", ())  # ``tutor.v1``, maybe ``token.<token>``
+    token = websocket_token(offered, websocket.query_params.get("token"))  # its engine_token
+    await websocket.accept(subprotocol=select_subprotocol(offered))  # never the token
     session = await gateway.store.get(session_id)
     if session is None:
         reason = gateway.store.ended_reason(session_id)

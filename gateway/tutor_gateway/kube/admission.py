@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from ..admission import EngineState, Refusal, cold_start_refusal
+from ..service import ColdStartCheck
 from ..sessions import Session
 from .reflector import Obj, Reflector
 from .resources import ready_endpoints
@@ -28,21 +29,15 @@ def engine_states(objects: Mapping[str, Obj]) -> dict[int, EngineState]:
     return states
 
 
-class ClusterColdStarts:
+def cluster_cold_starts(engines: Reflector, limit: int, retry_after: int) -> ColdStartCheck:
     """The gateway's cold-start check in cluster mode (``Gateway.cold_starts``)."""
 
-    def __init__(self, engines: Reflector, limit: int, retry_after: int) -> None:
-        self.engines = engines
-        self.limit = limit
-        self.retry_after = retry_after
-
-    def __call__(self, tutor_id: int, live: list[Session]) -> Refusal | None:
-        if not self.engines.synced.is_set():
+    def check(tutor_id: int, live: list[Session]) -> Refusal | None:
+        if not engines.synced.is_set():
             return None  # not listed yet: every tutor would look cold; admit meanwhile
+        tutors = (s.tutor_id for s in live)
         return cold_start_refusal(
-            tutor_id,
-            engine_states(self.engines.objects),
-            (s.tutor_id for s in live),
-            self.limit,
-            self.retry_after,
+            tutor_id, engine_states(engines.objects), tutors, limit, retry_after
         )
+
+    return check

@@ -12,11 +12,12 @@ import httpx2
 from lightkube import AsyncClient, KubeConfig
 from lightkube.config.client_adapter import AsyncClient as AdapterClient
 from lightkube.config.client_adapter import ConnectionParams
+from lightkube.config.models import Cluster, User
 from tutor_contract.tasks import cancel_and_wait
 
 from ..config import GatewaySettings
 from ..service import Gateway
-from .admission import ClusterColdStarts
+from .admission import cluster_cold_starts
 from .reflector import Reflector, WatchSettings
 from .resources import TutorEngine, TutorSession
 from .router import KubeEngineRouter
@@ -28,23 +29,10 @@ log = logging.getLogger("tutor_gateway.kube")
 def kube_config(settings: GatewaySettings) -> KubeConfig:
     """An explicit API server URL (tests, development), else in-cluster or kubeconfig."""
     if settings.kube_api_url:
-        user = {"token": settings.kube_api_token} if settings.kube_api_token else {}
-        return KubeConfig.from_dict(
-            {
-                "clusters": [{"name": "api", "cluster": {"server": settings.kube_api_url}}],
-                "users": [{"name": "user", "user": user}],
-                "contexts": [
-                    {
-                        "name": "api",
-                        "context": {
-                            "cluster": "api",
-                            "user": "user",
-                            "namespace": settings.kube_namespace or "default",
-                        },
-                    }
-                ],
-                "current-context": "api",
-            }
+        return KubeConfig.from_one(
+            cluster=Cluster(server=settings.kube_api_url),
+            user=User(token=settings.kube_api_token or None),
+            namespace=settings.kube_namespace or "default",
         )
     return KubeConfig.from_env()
 
@@ -84,7 +72,7 @@ async def cluster_mode(settings: GatewaySettings) -> AsyncIterator[Gateway]:
     )
     http = httpx.AsyncClient(timeout=5.0)
     router = KubeEngineRouter(sessions, engines, settings.engine_api_key, http)
-    cold_starts = ClusterColdStarts(
+    cold_starts = cluster_cold_starts(
         engines, settings.max_concurrent_cold_starts, settings.admission_retry_after_seconds
     )
     gateway = Gateway(settings, store, router, cold_starts=cold_starts)

@@ -69,22 +69,19 @@ def collection_path(resource: Any, namespace: str) -> str:
     return f"{root}/namespaces/{namespace}/{info.plural}"
 
 
-def _failure(response: httpx2.Response, body: Any) -> Exception:
+async def _failure(response: httpx2.Response) -> Exception:
     """The exception for an error answer (a ``Status`` body, or anything else)."""
+    try:
+        await response.aread()
+        body = response.json()
+    except (ValueError, httpx2.HTTPError):
+        body = None
     status = body if isinstance(body, dict) else {}
     code = status.get("code", response.status_code)
     message = status.get("message") or response.reason_phrase
     if code == 410:
         return WatchGone(message)
     return WatchFailed(f"{code} {status.get('reason') or ''}: {message}".replace("  ", " "))
-
-
-async def _error_body(response: httpx2.Response) -> Any:
-    try:
-        await response.aread()
-        return response.json()
-    except (ValueError, httpx2.HTTPError):
-        return None
 
 
 class Reflector:
@@ -141,7 +138,7 @@ class Reflector:
         """Replace the cache with a fresh list; what vanished meanwhile is told as DELETED."""
         response = await self.http.get(self.path, timeout=self.settings.request_timeout)
         if response.is_error:
-            raise _failure(response, await _error_body(response))
+            raise await _failure(response)
         body = response.json()
         version = (body.get("metadata") or {}).get("resourceVersion") or None
         fresh: dict[str, Obj] = {o["metadata"]["name"]: o for o in body.get("items") or []}
@@ -180,7 +177,7 @@ class Reflector:
         loop = asyncio.get_running_loop()
         async with self.http.stream("GET", self.path, params=params, timeout=timeout) as response:
             if response.is_error:
-                raise _failure(response, await _error_body(response))
+                raise await _failure(response)
             lines = response.aiter_lines()
             deadline = loop.time() + settings.stale_seconds
             while True:

@@ -23,7 +23,7 @@ from ..engines import EngineEndpoint, EngineUnavailable, end_on_engine
 from ..policy import engine_is_dead, idle_engines
 from ..retry import Backoff
 from ..sessions import Session
-from ..startup import LOCAL_READY, EngineState, not_started
+from ..startup import LOCAL_READY, NOT_STARTED_STATE, EngineState
 from .registry import EngineRegistry, parent_link
 
 log = logging.getLogger("tutor_gateway.engines")
@@ -112,7 +112,7 @@ class LocalEngines:
             return state or EngineState(PENDING, STARTING, "starting the engine process")
         if state is not None and not state.ready:
             return state  # the last start failed; the next connection tries again
-        return not_started()
+        return NOT_STARTED_STATE
 
     def _note(self, tutor_id: int, phase: str, reason: str, message: str) -> None:
         """Record a start's progress; ``since`` moves only when the phase does."""
@@ -178,14 +178,13 @@ class LocalEngines:
                 )
         except TimeoutError:
             problem = f"no answer within {RELEASE_TIMEOUT}s"
-        if problem is None:
-            return
-        log.warning(
-            "engine for tutor %s did not drop session %s: %s",
-            session.tutor_id,
-            session.session_id[:8],
-            problem,
-        )
+        if problem is not None:
+            log.warning(
+                "engine for tutor %s did not drop session %s: %s",
+                session.tutor_id,
+                session.session_id[:8],
+                problem,
+            )
 
     def report_failure(self, session: Session, endpoint: EngineEndpoint) -> None:
         """Mark the engine suspect: the next ``ensure`` checks it before reusing it."""
@@ -285,7 +284,7 @@ class LocalEngines:
         while True:
             if not engine.alive:
                 raise EngineUnavailable(f"process exited with code {engine.process.returncode}")
-            try:
+            with contextlib.suppress(httpx.TransportError):
                 response = await self._http.get(f"{engine.base_url}/readyz")
                 if response.status_code == 200:
                     log.info("engine for tutor %s is ready", engine.tutor_id)
@@ -296,8 +295,6 @@ class LocalEngines:
                     raise EngineUnavailable(body["error"])
                 reason = body.get("reason") or "models are still loading"
                 self._note(engine.tutor_id, PENDING, LOADING, reason)
-            except httpx.TransportError:
-                pass
             await asyncio.sleep(backoff.next())
 
     async def stop_idle(self, busy_tutors: set[int]) -> list[int]:

@@ -22,6 +22,7 @@ Two safeguards, for the two ways an engine could be left behind:
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -57,20 +58,14 @@ class ParentLink:
         return (self.read_fd,)
 
 
-_link: ParentLink | None = None
-
-
+@functools.cache
 def parent_link() -> ParentLink:
     """The process's parent link, created on first use and open until the process exits.
 
     Both ends are non-inheritable (``os.pipe``); ``pass_fds`` hands only the read end to each
     engine, so the kernel closes the last write end exactly when this process ends.
     """
-    global _link
-    if _link is None:
-        read_fd, write_fd = os.pipe()
-        _link = ParentLink(read_fd, write_fd)
-    return _link
+    return ParentLink(*os.pipe())
 
 
 @dataclass(frozen=True)

@@ -116,8 +116,7 @@ class SessionDb:
     def insert(self, session: Session, max_sessions: int) -> bool:
         """Store a new session unless ``max_sessions`` are already stored."""
         with _transaction(self.db):
-            (count,) = self.db.execute("SELECT count(*) FROM sessions").fetchone()
-            if not has_capacity(count, max_sessions):
+            if not has_capacity(self.count(), max_sessions):
                 return False
             self.db.execute(
                 f"INSERT INTO sessions ({COLUMNS}) VALUES (?,?,?,?,?,?,?,?)", astuple(session)
