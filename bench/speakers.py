@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import json
 import re
 import statistics
@@ -24,6 +25,7 @@ import time
 from typing import Any
 
 import httpx
+import psutil
 from websockets.asyncio.client import connect
 
 from .common import free_port, process, write_result
@@ -104,10 +106,30 @@ async def rounds(gateway: str, speakers: int, count: int, frame: str) -> dict[st
     }
 
 
-async def measure(gateway: str, counts: list[int], count: int) -> dict[str, Any]:
+def cpu_seconds(server: psutil.Process) -> float:
+    """CPU time the gateway and its engines (its children) have used so far."""
+    total = 0.0
+    for proc in [server, *server.children(recursive=True)]:
+        with contextlib.suppress(psutil.Error):
+            times = proc.cpu_times()
+            total += times.user + times.system
+    return total
+
+
+async def measure(
+    gateway: str, server: psutil.Process, counts: list[int], count: int
+) -> dict[str, Any]:
+    """Each N's figures, with the CPU its turns cost: ``cpu_ms_per_turn`` (gateway + engine)."""
     frame = json.dumps({"type": "audio", "data": base64.b64encode(spoken("short")).decode()})
     await rounds(gateway, 1, 1, frame)  # starts the tutor's engine, warms it
-    return {f"{n}_speakers": await rounds(gateway, n, count, frame) for n in counts}
+    result = {}
+    for n in counts:
+        before = cpu_seconds(server)
+        figures = await rounds(gateway, n, count, frame)
+        turns = figures["samples"] + figures["errors"]
+        figures["cpu_ms_per_turn"] = round((cpu_seconds(server) - before) * 1000 / turns, 1)
+        result[f"{n}_speakers"] = figures
+    return result
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -141,8 +163,8 @@ def main(argv: list[str] | None = None) -> None:
             [sys.executable, "-m", "tutor_gateway"],
             {**env, "STATE_DIR": state_dir},
             f"{gateway}/health",
-        ):
-            result = asyncio.run(measure(gateway, counts, args.rounds))
+        ) as server:
+            result = asyncio.run(measure(gateway, server, counts, args.rounds))
     base = result.get("1_speakers", {}).get("first_audio_p50_ms")
     ratios = {
         f"{n}_over_1": round(result[f"{n}_speakers"]["first_audio_p50_ms"] / base, 2)

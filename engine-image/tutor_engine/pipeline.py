@@ -48,7 +48,7 @@ from .protocol import (
     text_message,
     transcription_message,
 )
-from .scheduling import FairSlots, run_holding
+from .scheduling import FIRST_SPEECH, HEARING, LATER_SPEECH, FairSlots, run_holding
 from .text import SentenceSplitter
 
 log = logging.getLogger("tutor_engine.pipeline")
@@ -159,9 +159,12 @@ class TutorPipeline:
         self.history = history
         self.settings = settings
         self.metrics = metrics
-        # Decodes + transcriptions at once, engine-wide; each holds its slot until its thread
-        # is done, even if its turn was cancelled meanwhile.
-        self.decode_slots = FairSlots(settings.max_concurrent_decodes)
+        # Hearing (decode + ASR) and speaking, engine-wide: each holds a slot until its thread
+        # is done, even if its turn was cancelled meanwhile. When both models run on the CPU
+        # they share the hearing slots, so together they do not oversubscribe the cores, and
+        # the speech that starts a reply goes first, then hearing, then the rest of replies.
+        self.hearing_slots = FairSlots(settings.max_concurrent_decodes)
+        self.speaking_slots = FairSlots(settings.tts_concurrency)
 
     @contextlib.contextmanager
     def stage(self, name: str, span: str | None = None) -> Iterator[None]:
@@ -296,7 +299,7 @@ class TutorPipeline:
             if isinstance(message, TextIn):
                 user_text = message.content
             else:
-                user_text = (await run_holding(self.decode_slots, self._hear(message))).strip()
+                user_text = await self.hear(message)
             history = await loading  # long loaded, as a rule: ASR takes far longer
         finally:
             loading.cancel()  # ASR failed or the turn was cancelled; no-op once done
@@ -324,13 +327,17 @@ class TutorPipeline:
             await send(text_message(answer))
             self._text_sent(clock)
             if speak:
-                data, took = await self._synthesize(answer, conv.pcm16_rate)
+                data, took = await self._synthesize(answer, conv.pcm16_rate, first=True)
                 self.metrics.stage_seconds.labels("tts_first_chunk").observe(took)
                 self.metrics.stage_seconds.labels("tts").observe(took)
                 await send(audio_message(answer, data, conv.pcm16_rate))
                 self._audio_sent(clock)
         if reply.history_errors:
             await send(error_message(history_error_text(reply.history_errors)))
+
+    async def hear(self, message: AudioIn | SpeechIn) -> str:
+        """What the user said, recognised in a hearing slot."""
+        return (await run_holding(self.hearing_slots, self._hear(message), HEARING)).strip()
 
     async def _hear(self, message: AudioIn | SpeechIn) -> str:
         """Decode then recognise the user's audio (each step timed, and a span); a streamed
@@ -356,12 +363,18 @@ class TutorPipeline:
             clock.audio_sent = True
             self.metrics.first_audio_seconds.labels(clock.mode).observe(clock.since())
 
-    async def _synthesize(self, text: str, pcm16_rate: int | None) -> tuple[str, float]:
-        """The speech of ``text`` as base64 (WAV, or PCM16 at ``pcm16_rate``) and how long
-        synthesising it took (a span each). Encoding runs off the event loop."""
+    async def _synthesize(
+        self, text: str, pcm16_rate: int | None, first: bool
+    ) -> tuple[str, float]:
+        """The speech of ``text`` (``first``: a reply's first) as base64 (WAV, or PCM16 at
+        ``pcm16_rate``) and how long it took, slot included (a span each). Encoding runs off
+        the event loop."""
         started = time.perf_counter()
+        asr, tts = self.backends.asr, self.backends.tts
+        slots = self.hearing_slots if asr.on_cpu and tts.on_cpu else self.speaking_slots
         with tracer.start_as_current_span("engine.tts") as span:
-            wav = await self.backends.tts.synthesize(text)
+            priority = FIRST_SPEECH if first else LATER_SPEECH
+            wav = await run_holding(slots, tts.synthesize(text), priority)
             seconds = wav_seconds(wav)
             span.set_attribute("audio.seconds", seconds)
             data = await asyncio.to_thread(encode_speech, wav, pcm16_rate)
@@ -419,7 +432,7 @@ class TutorPipeline:
         index = 0
         synthesis = 0.0
         while (sentence := await sentences.get()) is not None:
-            data, took = await self._synthesize(sentence, pcm16_rate)
+            data, took = await self._synthesize(sentence, pcm16_rate, first=index == 0)
             synthesis += took
             if index == 0:
                 self.metrics.stage_seconds.labels("tts_first_chunk").observe(took)

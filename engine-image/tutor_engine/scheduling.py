@@ -22,6 +22,10 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 
+# Priorities of speech work in one engine's slots (lower first): the speech that starts a
+# reply, then hearing a question, then the rest of the replies' speech.
+FIRST_SPEECH, HEARING, LATER_SPEECH = 0, 1, 2
+
 
 class FairSlots:
     """A FIFO semaphore: ``limit`` slots, waiters served by priority, then in the order they

@@ -1,11 +1,19 @@
-"""Concurrent speakers: slots granted by priority (FIFO among equals), and Piper syntheses of
-several sessions at once, each a reply's first sentence going ahead of later ones."""
+"""Concurrent speakers: slots granted by priority (FIFO among equals); the pipeline's hearing
+and speaking share the slots when both models run on the CPU, a reply's first sentence ahead of
+hearing, hearing ahead of later sentences; Piper syntheses of several sessions at once."""
 
 from __future__ import annotations
 
 import asyncio
 
+from tutor_engine.audio import pcm16_to_wav
+from tutor_engine.backends import Backends, DecodedAudio
+from tutor_engine.backends.mock import MockLLM
 from tutor_engine.config import EngineSettings
+from tutor_engine.history import GuardedHistory, open_store
+from tutor_engine.metrics import EngineMetrics
+from tutor_engine.pipeline import TutorPipeline
+from tutor_engine.protocol import AudioIn
 from tutor_engine.scheduling import FairSlots
 
 from .speech import real_speech_settings
@@ -32,6 +40,84 @@ async def test_waiters_are_served_by_priority_then_in_order() -> None:
         await asyncio.sleep(0)
     await asyncio.gather(*tasks)
     assert served == ["first-0", "second-0", "mid-1", "late-2"]
+
+
+class RecordingASR:
+    """Hears every clip as "question", noting when it ran."""
+
+    name = "recording-asr"
+
+    def __init__(self, ran: list[str], on_cpu: bool) -> None:
+        self.ran, self.on_cpu = ran, on_cpu
+
+    async def load(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def decode(self, audio: bytes) -> DecodedAudio:
+        return DecodedAudio(None, 1.0)
+
+    async def recognize(self, audio: DecodedAudio) -> str:
+        self.ran.append("hearing")
+        return "question"
+
+    async def transcribe(self, audio: bytes) -> str:
+        return await self.recognize(await self.decode(audio))
+
+
+class RecordingTTS:
+    """Speaks a short silence, noting which text it ran for."""
+
+    name = "recording-tts"
+
+    def __init__(self, ran: list[str], on_cpu: bool) -> None:
+        self.ran, self.on_cpu = ran, on_cpu
+
+    async def load(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def synthesize(self, text: str) -> bytes:
+        self.ran.append(text)
+        return pcm16_to_wav(bytes(320), 16000)
+
+
+def pipeline(ran: list[str], asr_on_cpu: bool, tts_on_cpu: bool) -> TutorPipeline:
+    """A pipeline with one slot each for hearing and speaking."""
+    settings = EngineSettings(_env_file=None, max_concurrent_decodes=1, tts_concurrency=1)
+    metrics = EngineMetrics()
+    store = open_store(settings)  # memory://
+    history = GuardedHistory(store, 2.0, metrics.history_errors, metrics.history_seconds)
+    backends = Backends(MockLLM(1), RecordingASR(ran, asr_on_cpu), RecordingTTS(ran, tts_on_cpu))
+    return TutorPipeline(backends, history, settings, metrics)
+
+
+async def test_on_cpu_a_first_sentence_goes_before_hearing_and_hearing_before_later_ones() -> None:
+    ran: list[str] = []
+    speech = pipeline(ran, asr_on_cpu=True, tts_on_cpu=True)
+    await speech.hearing_slots.acquire()  # the cores are busy
+    waiting = []
+    for work in (
+        speech._synthesize("later sentence", None, first=False),
+        speech.hear(AudioIn(b"clip")),
+        speech._synthesize("first sentence", None, first=True),
+    ):
+        waiting.append(asyncio.ensure_future(work))
+        await asyncio.sleep(0)
+    assert ran == []  # all three wait for the one slot
+    speech.hearing_slots.release()
+    await asyncio.gather(*waiting)
+    assert ran == ["first sentence", "hearing", "later sentence"]
+
+
+async def test_speech_on_a_gpu_does_not_wait_for_hearing_on_the_cpu() -> None:
+    ran: list[str] = []
+    speech = pipeline(ran, asr_on_cpu=True, tts_on_cpu=False)
+    await speech.hearing_slots.acquire()
+    async with asyncio.timeout(30):  # a bound, not a measurement: it would wait forever
+        await speech._synthesize("first sentence", None, first=True)
+    assert ran == ["first sentence"]
+    speech.hearing_slots.release()
 
 
 async def test_piper_speaks_several_sessions_at_once() -> None:

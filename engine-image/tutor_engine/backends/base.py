@@ -73,8 +73,11 @@ class ASR(Backend, Protocol):
     """Speech recognition: encoded audio (wav, webm/opus, ogg, mp3, …) in, text out.
 
     In two steps, so each is measured: ``decode`` (bytes to samples, AudioDecodeError if it
-    cannot) and ``recognize``; ``transcribe`` is both.
+    cannot) and ``recognize``; ``transcribe`` is both. ``on_cpu``: its model runs on the CPU
+    (known once loaded).
     """
+
+    on_cpu: bool
 
     async def decode(self, audio: bytes) -> DecodedAudio: ...
 
@@ -84,6 +87,8 @@ class ASR(Backend, Protocol):
 
 
 class TTS(Backend, Protocol):
-    """Speech synthesis: text in, a complete WAV file out."""
+    """Speech synthesis: text in, a complete WAV file out; ``on_cpu`` as for ASR."""
+
+    on_cpu: bool
 
     async def synthesize(self, text: str) -> bytes: ...

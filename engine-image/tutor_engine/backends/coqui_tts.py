@@ -91,6 +91,7 @@ class CoquiTTS:
     def __init__(self, settings: EngineSettings) -> None:
         self.settings = settings
         self._tts: Any = None
+        self.on_cpu = True
 
     async def load(self) -> None:
         """Load the model and synthesise one word to warm it."""
@@ -114,6 +115,7 @@ class CoquiTTS:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         tts.to(device)
         self._tts = tts
+        self.on_cpu = device == "cpu"
         self._speak("Hello.")
         log.info("coqui model %s loaded on %s", s.tts_model, device)
         return tts

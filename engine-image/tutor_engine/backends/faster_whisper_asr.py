@@ -252,6 +252,10 @@ class FasterWhisperASR:
         self._batches: BatchCollector | None = None  # CUDA: concurrent sessions batched
         self._language: str | None = None
 
+    @property
+    def on_cpu(self) -> bool:
+        return self._model is None or self._model.model.device == "cpu"
+
     async def load(self) -> None:
         """Load the model and run it once on a second of silence."""
         self._model = await asyncio.to_thread(self._load)

@@ -111,6 +111,7 @@ class MockASR(_NoModel):
     """Reads back the text MockTTS embedded; other WAVs are described by their duration."""
 
     name = "mock-asr"
+    on_cpu = True
 
     def __init__(self, max_audio_seconds: float = 60.0) -> None:
         self.max_audio_seconds = max_audio_seconds
@@ -136,6 +137,7 @@ class MockTTS(_NoModel):
     """Synthesises a placeholder WAV whose length grows with the text."""
 
     name = "mock-tts"
+    on_cpu = True
 
     async def synthesize(self, text: str) -> bytes:
         return make_wav(text)

@@ -6,7 +6,6 @@ import asyncio
 import json
 import logging
 import threading
-import weakref
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -15,7 +14,6 @@ from tutor_contract.cores import available_cores, threads_per_job
 
 from ..audio import pcm16_to_wav
 from ..config import EngineSettings
-from ..scheduling import FairSlots, run_holding
 from ..text import speakable
 
 log = logging.getLogger("tutor_engine.tts")
@@ -36,14 +34,10 @@ class PiperTTS:
     def __init__(self, settings: EngineSettings) -> None:
         self.settings = settings
         self._voice: Any = None
+        self.on_cpu = True
         # Syntheses of different sessions run side by side, at most tts_concurrency at once;
-        # a waiting synthesis goes ahead of those whose task (one reply's speaker) has had
-        # more already, so a reply's first sentence never waits behind another's third.
+        # the pipeline's slots say which goes first (a reply's first sentence).
         self._pool = ThreadPoolExecutor(settings.tts_concurrency, thread_name_prefix="tutor-tts")
-        self._slots = FairSlots(settings.tts_concurrency)
-        self._served: weakref.WeakKeyDictionary[asyncio.Task[Any], int] = (
-            weakref.WeakKeyDictionary()
-        )
 
     async def load(self) -> None:
         """Load the voice and synthesise one word to warm it."""
@@ -55,6 +49,7 @@ class PiperTTS:
         if not Path(model).is_file():
             raise FileNotFoundError(f"Piper voice not found: {model}")
         use_cuda = s.tts_device == "cuda" or (s.tts_device == "auto" and _onnx_has_cuda())
+        self.on_cpu = not use_cuda
         threads = threads_per_job(available_cores(), s.tts_concurrency, s.tts_threads)
         voice = load_voice(model, config or f"{model}.json", use_cuda, threads)
         list(voice.synthesize("Hello."))
@@ -71,13 +66,6 @@ class PiperTTS:
         self._voice = None
 
     async def synthesize(self, text: str) -> bytes:
-        task = asyncio.current_task()
-        served = self._served.get(task, 0) if task else 0
-        if task:
-            self._served[task] = served + 1
-        return await run_holding(self._slots, self._in_pool(text), priority=served)
-
-    async def _in_pool(self, text: str) -> bytes:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, self._synthesize, text)
 
