@@ -135,7 +135,8 @@ class EngineSettings(BaseSettings):
     tts_concurrency: int = Field(
         default_factory=lambda: min(available_cores(), 4),
         ge=1,
-        description="Piper: syntheses running at once, engine-wide (default: cores, at most 4).",
+        description="Syntheses running at once, engine-wide (default: cores, at most 4); on "
+        "the CPU with ASR on the CPU too, they share ENGINE_MAX_CONCURRENT_DECODES instead.",
     )
     tts_speaker: str = Field("", description="Coqui multi-speaker models: speaker name.")
     tts_speaker_wav: str = Field("", description="XTTS: reference voice WAV to clone.")
