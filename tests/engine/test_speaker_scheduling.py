@@ -42,17 +42,19 @@ async def test_waiters_are_served_by_priority_then_in_order() -> None:
     assert served == ["first-0", "second-0", "mid-1", "late-2"]
 
 
-class RecordingASR:
-    """Hears every clip as "question", noting when it ran."""
-
-    name = "recording-asr"
+class Recording:
+    """A model that notes what it ran, in order, into ``ran``."""
 
     def __init__(self, ran: list[str], on_cpu: bool) -> None:
-        self.ran, self.on_cpu = ran, on_cpu
+        self.name, self.ran, self.on_cpu = type(self).__name__, ran, on_cpu
 
     async def load(self) -> None: ...
 
     async def close(self) -> None: ...
+
+
+class RecordingASR(Recording):
+    """Hears every clip as "question"."""
 
     async def decode(self, audio: bytes) -> DecodedAudio:
         return DecodedAudio(None, 1.0)
@@ -65,17 +67,8 @@ class RecordingASR:
         return await self.recognize(await self.decode(audio))
 
 
-class RecordingTTS:
-    """Speaks a short silence, noting which text it ran for."""
-
-    name = "recording-tts"
-
-    def __init__(self, ran: list[str], on_cpu: bool) -> None:
-        self.ran, self.on_cpu = ran, on_cpu
-
-    async def load(self) -> None: ...
-
-    async def close(self) -> None: ...
+class RecordingTTS(Recording):
+    """Speaks a short silence."""
 
     async def synthesize(self, text: str) -> bytes:
         self.ran.append(text)
