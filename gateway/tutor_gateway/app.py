@@ -62,6 +62,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     app.add_exception_handler(RequestValidationError, errors.validation_error)  # type: ignore[arg-type]
     app.add_middleware(errors.BodyLimit, limit=settings.max_request_body_bytes)
     app.add_middleware(RequestRateLimit, per_minute=settings.max_requests_per_minute)
+    app.add_middleware(ws.ConversationRoutes)  # after the access check, before the rest
     auth.install(app, settings)  # keys and Origin before any body is read
     app.add_middleware(RequestMetrics)  # outermost: every answer counts, refusals included
 
@@ -73,7 +74,6 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         # One documented operation each: /mgmt/v1 is an alias (the OpenAPI description says so).
         app.include_router(versioned, include_in_schema=prefix == "/v1")
     app.include_router(health.router)
-    app.include_router(ws.router)
     app.include_router(demo.router(settings.demo_enabled))
     docs.install(app)
     return app

@@ -18,10 +18,12 @@ class Backoff:
 
     def __init__(self, wait: wait_base) -> None:
         self.wait, self.failures = wait, 0
-        self._state = RetryCallState(AsyncRetrying(wait=wait), None, (), {})
+        self._state: RetryCallState | None = None  # made at the first failure (~1 KiB)
 
     def next(self) -> float:
         self.failures += 1
+        if self._state is None:
+            self._state = RetryCallState(AsyncRetrying(wait=self.wait), None, (), {})
         self._state.attempt_number = self.failures
         return self.wait(self._state)
 

@@ -8,7 +8,9 @@ from __future__ import annotations
 import contextlib
 import logging
 
-from fastapi import APIRouter, WebSocket, WebSocketDisconnect
+from fastapi import WebSocket, WebSocketDisconnect
+from starlette.routing import Match, WebSocketRoute
+from starlette.types import ASGIApp, Receive, Scope, Send
 from tutor_contract import logs
 
 from ..auth import select_subprotocol, websocket_token
@@ -25,7 +27,6 @@ from ..tokens import token_matches
 from .deps import get_gateway
 
 log = logging.getLogger("tutor_gateway.ws")
-router = APIRouter(tags=["conversation"])
 
 REFUSALS = {
     "expired": (CLOSE_SESSION_EXPIRED, "Session expired"),
@@ -98,5 +99,24 @@ async def conversation(websocket: WebSocket) -> None:
         gateway.connections.remove(session_id, relay)
 
 
-for _path in ("/ws/ws/{session_id}", "/ws/{session_id}"):
-    router.add_websocket_route(_path, conversation)
+PATHS = ("/ws/ws/{session_id}", "/ws/{session_id}")  # unified, split
+ROUTES = [WebSocketRoute(path, conversation) for path in PATHS]
+
+
+class ConversationRoutes:
+    """ASGI middleware: the conversation WebSockets go straight to their route, past the
+    middleware inside it (HTTP-only: rate limit, body limit) and the router, each of which
+    would keep a suspended frame for the connection's whole life (~6 KiB an idle one)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":
+            for route in ROUTES:
+                match, child_scope = route.matches(scope)
+                if match is Match.FULL:
+                    scope.update(child_scope)
+                    await route.handle(scope, receive, send)
+                    return
+        await self.app(scope, receive, send)
