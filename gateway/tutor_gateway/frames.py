@@ -13,6 +13,7 @@ from typing import Any
 from .schemas import iso
 
 CLOSE_INTERNAL_ERROR = 1011
+CLOSE_TRY_AGAIN_LATER = 1013  # the session store is unavailable for a moment: reconnect
 CLOSE_UNAUTHORIZED = 4401  # missing or wrong token
 CLOSE_SESSION_NOT_FOUND = 4404  # no such session
 CLOSE_SESSION_EXPIRED = 4408  # idle past SESSION_TIMEOUT_SECONDS

@@ -13,7 +13,7 @@ import httpx
 import pytest
 from tutor_engine.backends.mock import make_wav
 from tutor_gateway.engines import EngineEndpoint
-from tutor_gateway.sessions import Session
+from tutor_gateway.sessions import Session, StoreUnavailable
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
@@ -99,6 +99,21 @@ def test_unknown_session_is_refused_with_4404(gateway: RunningServer) -> None:
     fake = {"session_id": str(uuid.uuid4()), "engine_token": "x"}
     with open_ws(gateway, fake) as ws:
         assert "not found" in closed_with(ws, 4404).lower()
+
+
+def test_a_failing_session_store_refuses_the_socket_with_an_error(
+    gateway: RunningServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    session = create_session(gateway)
+    state = gateway.app.state.gateway
+
+    async def unavailable(session_id: str) -> Session | None:
+        raise StoreUnavailable("session database is closed")
+
+    monkeypatch.setattr(state.store, "get", unavailable)
+    with open_ws(gateway, session) as ws:
+        assert "store is unavailable" in closed_with(ws, 1013)
+    assert state.metrics.ws_rejected.labels("store_unavailable")._value.get() == 1
 
 
 def test_deleted_session_closes_its_socket_and_refuses_reconnects(gateway: RunningServer) -> None:

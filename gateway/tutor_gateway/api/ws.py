@@ -19,10 +19,12 @@ from ..frames import (
     CLOSE_SESSION_ENDED,
     CLOSE_SESSION_EXPIRED,
     CLOSE_SESSION_NOT_FOUND,
+    CLOSE_TRY_AGAIN_LATER,
     CLOSE_UNAUTHORIZED,
     error_frame,
 )
 from ..relay import Ending, Relay, RelayLimits
+from ..sessions import StoreUnavailable
 from ..tokens import token_matches
 from .deps import get_gateway
 
@@ -33,6 +35,7 @@ REFUSALS = {
     "deleted": (CLOSE_SESSION_ENDED, "Session ended"),
     None: (CLOSE_SESSION_NOT_FOUND, "Session not found"),
 }
+STORE_UNAVAILABLE = "The session store is unavailable; reconnect in a moment"
 REPLACED = Ending(
     CLOSE_REPLACED,
     "replaced by a newer connection",
@@ -60,7 +63,13 @@ async def conversation(websocket: WebSocket) -> None:
     offered = websocket.scope.get("subprotocols", ())  # ``tutor.v1``, maybe ``token.<token>``
     token = websocket_token(offered, websocket.query_params.get("token"))  # its engine_token
     await websocket.accept(subprotocol=select_subprotocol(offered))  # never the token
-    session = await gateway.store.get(session_id)
+    try:
+        session = await gateway.store.get(session_id)
+    except StoreUnavailable as exc:
+        log.warning("WebSocket refused: %s", exc)
+        gateway.metrics.ws_rejected.labels("store_unavailable").inc()
+        await _refuse(websocket, CLOSE_TRY_AGAIN_LATER, STORE_UNAVAILABLE)
+        return
     if session is None:
         reason = gateway.store.ended_reason(session_id)
         gateway.metrics.ws_rejected.labels(reason or "not_found").inc()
