@@ -110,10 +110,12 @@ def test_a_failing_session_store_refuses_the_socket_with_an_error(
     async def unavailable(session_id: str) -> Session | None:
         raise StoreUnavailable("session database is closed")
 
-    monkeypatch.setattr(state.store, "get", unavailable)
-    with open_ws(gateway, session) as ws:
-        assert "store is unavailable" in closed_with(ws, 1013)
-    assert state.metrics.ws_rejected.labels("store_unavailable")._value.get() == 1
+    for method in ("get", "touch"):  # the lookup, then the touch of a session found
+        with monkeypatch.context() as patch:
+            patch.setattr(state.store, method, unavailable)
+            with open_ws(gateway, session) as ws:
+                assert "store is unavailable" in closed_with(ws, 1013)
+    assert state.metrics.ws_rejected.labels("store_unavailable")._value.get() == 2
 
 
 def test_deleted_session_closes_its_socket_and_refuses_reconnects(gateway: RunningServer) -> None:

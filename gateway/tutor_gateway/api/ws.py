@@ -24,7 +24,8 @@ from ..frames import (
     error_frame,
 )
 from ..relay import Ending, Relay, RelayLimits
-from ..sessions import StoreUnavailable
+from ..service import Gateway
+from ..sessions import Session, StoreUnavailable
 from ..tokens import token_matches
 from .deps import get_gateway
 
@@ -49,6 +50,24 @@ async def _refuse(websocket: WebSocket, code: int, message: str) -> None:
         await websocket.close(code, message)
 
 
+async def _admitted(
+    websocket: WebSocket, gateway: Gateway, session_id: str, token: str | None
+) -> Session | None:
+    """The session, touched, if it exists and ``token`` is its; else refuse the socket."""
+    session = await gateway.store.get(session_id)
+    if session is None:
+        reason = gateway.store.ended_reason(session_id)
+        gateway.metrics.ws_rejected.labels(reason or "not_found").inc()
+        await _refuse(websocket, *REFUSALS[reason])
+        return None
+    if not token_matches(token, session.token_hash):
+        gateway.metrics.ws_rejected.labels("unauthorized").inc()
+        await _refuse(websocket, CLOSE_UNAUTHORIZED, "Invalid or missing token")
+        return None
+    await gateway.store.touch(session_id)
+    return session
+
+
 async def conversation(websocket: WebSocket) -> None:
     """Authenticate, then relay this connection to the session's engine until it ends.
 
@@ -64,23 +83,15 @@ async def conversation(websocket: WebSocket) -> None:
     token = websocket_token(offered, websocket.query_params.get("token"))  # its engine_token
     await websocket.accept(subprotocol=select_subprotocol(offered))  # never the token
     try:
-        session = await gateway.store.get(session_id)
+        session = await _admitted(websocket, gateway, session_id, token)
     except StoreUnavailable as exc:
         log.warning("WebSocket refused: %s", exc)
         gateway.metrics.ws_rejected.labels("store_unavailable").inc()
         await _refuse(websocket, CLOSE_TRY_AGAIN_LATER, STORE_UNAVAILABLE)
         return
     if session is None:
-        reason = gateway.store.ended_reason(session_id)
-        gateway.metrics.ws_rejected.labels(reason or "not_found").inc()
-        await _refuse(websocket, *REFUSALS[reason])
-        return
-    if not token_matches(token, session.token_hash):
-        gateway.metrics.ws_rejected.labels("unauthorized").inc()
-        await _refuse(websocket, CLOSE_UNAUTHORIZED, "Invalid or missing token")
         return
     logs.bind(tutor_id=session.tutor_id)
-    await gateway.store.touch(session_id)
     settings = gateway.settings
     limits = RelayLimits(
         max_message_bytes=settings.max_message_bytes,
