@@ -48,7 +48,7 @@ from .protocol import (
     text_message,
     transcription_message,
 )
-from .scheduling import FIRST_SPEECH, HEARING, LATER_SPEECH, FairSlots, run_holding
+from .scheduling import HEARING, FairSlots, run_holding, speech_priority
 from .text import SentenceSplitter
 
 log = logging.getLogger("tutor_engine.pipeline")
@@ -327,7 +327,7 @@ class TutorPipeline:
             await send(text_message(answer))
             self._text_sent(clock)
             if speak:
-                data, took = await self._synthesize(answer, conv.pcm16_rate, first=True)
+                data, took = await self._synthesize(answer, conv.pcm16_rate, sentence=0)
                 self.metrics.stage_seconds.labels("tts_first_chunk").observe(took)
                 self.metrics.stage_seconds.labels("tts").observe(took)
                 await send(audio_message(answer, data, conv.pcm16_rate))
@@ -364,17 +364,16 @@ class TutorPipeline:
             self.metrics.first_audio_seconds.labels(clock.mode).observe(clock.since())
 
     async def _synthesize(
-        self, text: str, pcm16_rate: int | None, first: bool
+        self, text: str, pcm16_rate: int | None, sentence: int
     ) -> tuple[str, float]:
-        """The speech of ``text`` (``first``: a reply's first) as base64 (WAV, or PCM16 at
-        ``pcm16_rate``) and how long it took, slot included (a span each). Encoding runs off
-        the event loop."""
+        """The speech of ``text``, a reply's ``sentence``-th (0: first), as base64 (WAV, or
+        PCM16 at ``pcm16_rate``) and how long it took, slot included (a span each). Encoding
+        runs off the event loop."""
         started = time.perf_counter()
         asr, tts = self.backends.asr, self.backends.tts
         slots = self.hearing_slots if asr.on_cpu and tts.on_cpu else self.speaking_slots
         with tracer.start_as_current_span("engine.tts") as span:
-            priority = FIRST_SPEECH if first else LATER_SPEECH
-            wav = await run_holding(slots, tts.synthesize(text), priority)
+            wav = await run_holding(slots, tts.synthesize(text), speech_priority(sentence))
             seconds = wav_seconds(wav)
             span.set_attribute("audio.seconds", seconds)
             data = await asyncio.to_thread(encode_speech, wav, pcm16_rate)
@@ -432,7 +431,7 @@ class TutorPipeline:
         index = 0
         synthesis = 0.0
         while (sentence := await sentences.get()) is not None:
-            data, took = await self._synthesize(sentence, pcm16_rate, first=index == 0)
+            data, took = await self._synthesize(sentence, pcm16_rate, sentence=index)
             synthesis += took
             if index == 0:
                 self.metrics.stage_seconds.labels("tts_first_chunk").observe(took)

@@ -23,8 +23,14 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 # Priorities of speech work in one engine's slots (lower first): the speech that starts a
-# reply, then hearing a question, then the rest of the replies' speech.
+# reply, then hearing a question, then the rest of the replies' speech (``speech_priority``).
 FIRST_SPEECH, HEARING, LATER_SPEECH = 0, 1, 2
+
+
+def speech_priority(sentence: int) -> int:
+    """The priority of a reply's ``sentence``-th speech (0: its first): the first goes before
+    hearing, and each later one behind every other reply's earlier ones."""
+    return FIRST_SPEECH if sentence == 0 else LATER_SPEECH + sentence - 1
 
 
 class FairSlots:

@@ -91,16 +91,17 @@ async def test_on_cpu_a_first_sentence_goes_before_hearing_and_hearing_before_la
     await speech.hearing_slots.acquire()  # the cores are busy
     waiting = []
     for work in (
-        speech._synthesize("later sentence", None, first=False),
+        speech._synthesize("a third sentence", None, sentence=2),
+        speech._synthesize("a second sentence", None, sentence=1),
         speech.hear(AudioIn(b"clip")),
-        speech._synthesize("first sentence", None, first=True),
+        speech._synthesize("a first sentence", None, sentence=0),
     ):
         waiting.append(asyncio.ensure_future(work))
         await asyncio.sleep(0)
-    assert ran == []  # all three wait for the one slot
+    assert ran == []  # all wait for the one slot
     speech.hearing_slots.release()
     await asyncio.gather(*waiting)
-    assert ran == ["first sentence", "hearing", "later sentence"]
+    assert ran == ["a first sentence", "hearing", "a second sentence", "a third sentence"]
 
 
 async def test_speech_on_a_gpu_does_not_wait_for_hearing_on_the_cpu() -> None:
@@ -108,7 +109,7 @@ async def test_speech_on_a_gpu_does_not_wait_for_hearing_on_the_cpu() -> None:
     speech = pipeline(ran, asr_on_cpu=True, tts_on_cpu=False)
     await speech.hearing_slots.acquire()
     async with asyncio.timeout(30):  # a bound, not a measurement: it would wait forever
-        await speech._synthesize("first sentence", None, first=True)
+        await speech._synthesize("first sentence", None, sentence=0)
     assert ran == ["first sentence"]
     speech.hearing_slots.release()
 
