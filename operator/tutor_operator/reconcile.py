@@ -274,8 +274,8 @@ async def _reconcile(
     current = None if deployment is None else deployment.replicas
     sessions = ctx.written.sessions_of(key, indices.sessions_of(key))
     template = _Template(busy=any(not s.deleting for s in sessions), changed=changed)
-    if resolved is not None and deployment is not None:
-        built = build_engine_deployment(resolved, 0)
+    built = None if resolved is None else build_engine_deployment(resolved, 0)  # once a pass
+    if built is not None and deployment is not None:
         template.action = template.decide(deployment.annotations, built)
     plan = plan_engine(
         name=name,
@@ -290,10 +290,10 @@ async def _reconcile(
         rollout=template.action == REPLACE,
     )
     template.ready = plan.rollout_ready
-    if resolved is not None and not plan.delete_engine:
+    if resolved is not None and built is not None and not plan.delete_engine:
         for pod, marks in plan.pod_patches.items():
             await ctx.api.patch(PODS, namespace, pod, marks)
-        await _ensure_children(ctx, resolved, indices, key, plan.replicas, current, template)
+        await _ensure_children(ctx, resolved, built, indices, key, plan.replicas, current, template)
     indexed = {s.name: s.resource_version for s in indices.sessions_of(key)}
     views = {s.name: s for s in sessions}
     for session, patch in plan.session_patches.items():
@@ -391,14 +391,17 @@ async def _patch_session(
 async def _ensure_children(
     ctx: Context,
     engine: EngineSpec,
+    built: dict[str, Any],
     indices: Indices,
     key: Key,
     replicas: int,
     current: int | None,
     template: _Template,
 ) -> None:
+    """Create, replace or scale ``engine``'s Deployment (``built``, with any replica count),
+    and create its Service and PDB if missing."""
     namespace, name = key
-    deployment = build_engine_deployment(engine, replicas)
+    deployment = {**built, "spec": {**built["spec"], "replicas": replicas}}
     if current is None:
         created = await ctx.api.create(DEPLOYMENTS, namespace, deployment)
         if created is not None:
