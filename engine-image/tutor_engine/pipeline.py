@@ -293,16 +293,11 @@ class TutorPipeline:
             "audio" if speak else "text",
         )
         reply = conv.next_reply()
-        loading = asyncio.ensure_future(self.load_history(conv, reply))
-        loading.add_done_callback(lambda t: t.cancelled() or t.exception())  # never "unretrieved"
-        try:
-            if isinstance(message, TextIn):
-                user_text = message.content
-            else:
-                user_text = await self.hear(message)
-            history = await loading  # long loaded, as a rule: ASR takes far longer
-        finally:
-            loading.cancel()  # ASR failed or the turn was cancelled; no-op once done
+        if isinstance(message, TextIn):
+            user_text = message.content
+            history = await self.load_history(conv, reply)
+        else:
+            user_text, history = await self._hear_and_load(conv, message, reply)
         if speak:
             if not user_text:
                 self.metrics.errors.labels("audio").inc()
@@ -338,6 +333,18 @@ class TutorPipeline:
     async def hear(self, message: AudioIn | SpeechIn) -> str:
         """What the user said, recognised in a hearing slot."""
         return (await run_holding(self.hearing_slots, self._hear(message), HEARING)).strip()
+
+    async def _hear_and_load(
+        self, conv: Conversation, message: AudioIn | SpeechIn, reply: Reply
+    ) -> tuple[str, list[ChatMessage]]:
+        """What the user said and the session's history, the history loading meanwhile."""
+        loading = asyncio.ensure_future(self.load_history(conv, reply))
+        loading.add_done_callback(lambda t: t.cancelled() or t.exception())  # never "unretrieved"
+        try:
+            user_text = await self.hear(message)
+            return user_text, await loading  # long loaded, as a rule: ASR takes far longer
+        finally:
+            loading.cancel()  # ASR failed or the turn was cancelled; no-op once done
 
     async def _hear(self, message: AudioIn | SpeechIn) -> str:
         """Decode then recognise the user's audio (each step timed, and a span); a streamed

@@ -43,6 +43,7 @@ class FairSlots:
         self.limit = limit
         self._free = limit
         self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []  # a heap
+        self._waiting = 0  # waiters neither granted nor cancelled (the heap keeps the latter)
         self._order = itertools.count()
 
     @property
@@ -51,14 +52,15 @@ class FairSlots:
 
     @property
     def waiting(self) -> int:
-        return sum(1 for _, _, w in self._waiters if not w.done())
+        return self._waiting
 
     async def acquire(self, priority: int = 0) -> None:
-        if self._free and not self.waiting:
+        if self._free and not self._waiting:
             self._free -= 1
             return
         waiter = asyncio.get_running_loop().create_future()
         heapq.heappush(self._waiters, (priority, next(self._order), waiter))
+        self._waiting += 1
         try:
             await waiter
         except asyncio.CancelledError:
@@ -66,6 +68,7 @@ class FairSlots:
                 self.release()  # granted just as we were cancelled: pass it on
             else:
                 waiter.cancel()  # skipped (and dropped) by release
+                self._waiting -= 1
             raise
 
     def release(self) -> None:
@@ -73,6 +76,7 @@ class FairSlots:
             _, _, waiter = heapq.heappop(self._waiters)
             if not waiter.done():
                 waiter.set_result(None)  # the slot passes straight to the oldest waiter
+                self._waiting -= 1
                 return
         self._free = min(self.limit, self._free + 1)
 

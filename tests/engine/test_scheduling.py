@@ -43,11 +43,31 @@ async def test_a_cancelled_waiter_gives_up_its_place() -> None:
     await settle()
     first.cancel()
     await settle()
+    assert slots.waiting == 1  # the cancelled one no longer counts, though still in the heap
     slots.release()
     await asyncio.wait_for(second, 5)
     assert (slots.in_use, slots.waiting) == (1, 0)
     slots.release()
     assert slots.in_use == 0
+
+
+async def test_a_waiter_cancelled_as_it_is_granted_passes_the_slot_on() -> None:
+    slots = FairSlots(1)
+    await slots.acquire()
+    first = asyncio.create_task(slots.acquire())
+    second = asyncio.create_task(slots.acquire())
+    await settle()
+    assert slots.waiting == 2
+    slots.release()  # granted to first, which has not run yet
+    first.cancel()
+    await settle()
+    assert first.cancelled()
+    await asyncio.wait_for(second, 5)
+    assert (slots.in_use, slots.waiting) == (1, 0)
+    slots.release()
+    assert (slots.in_use, slots.waiting) == (0, 0)
+    await slots.acquire()  # the fast path is open again
+    assert slots.in_use == 1
 
 
 async def test_a_session_runs_one_turn_at_a_time_and_sessions_interleave() -> None:
