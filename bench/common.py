@@ -59,6 +59,16 @@ def process(
             proc.kill()
 
 
+def cpu_seconds(server: psutil.Process, children: bool = True) -> float:
+    """CPU time (user + system) ``server`` and its children (a gateway's engines) have used."""
+    total = 0.0
+    for proc in [server, *(server.children(recursive=True) if children else ())]:
+        with contextlib.suppress(psutil.Error):
+            times = proc.cpu_times()
+            total += times.user + times.system
+    return total
+
+
 def latency_summary(seconds: Sequence[float]) -> dict[str, float]:
     """p50/p99/mean of round trips, in milliseconds."""
     ordered = sorted(seconds)

@@ -24,14 +24,17 @@ import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import httpx
+import psutil
 import uvicorn
 from fastapi import FastAPI, WebSocket, WebSocketDisconnect
+from tutor_contract.cores import available_cores
 from tutor_contract.crd import ENGINE_KEY_HEADER
 from websockets.asyncio.client import connect
 
-from .common import free_port, latency_summary, process, write_result
+from .common import cpu_seconds, free_port, latency_summary, process, write_result
 
 Opener = Callable[[], Awaitable[tuple[str, dict[str, str]]]]
 GOAL_THROUGHPUT_OVER_REFERENCE = 0.7  # at 100 and 1,000 sessions
@@ -93,22 +96,38 @@ async def _session_loop(
     return rtts
 
 
-async def run_load(open_session: Opener, sessions: int, messages: int) -> dict[str, float]:
-    """``sessions`` warmed-up connections each doing ``messages`` sequential round trips."""
+async def run_load(
+    open_session: Opener, sessions: int, messages: int, server: psutil.Process
+) -> dict[str, Any]:
+    """``sessions`` warmed-up connections each doing ``messages`` sequential round trips, and
+    the CPU each message cost the client (this process) and ``server`` (with its children)."""
     targets = [await open_session() for _ in range(sessions)]
     warm = asyncio.Barrier(sessions + 1)
     loops = [asyncio.create_task(_session_loop(u, h, messages, warm)) for u, h in targets]
     await warm.wait()
-    started = time.perf_counter()
+    started, client_cpu = time.perf_counter(), time.process_time()
+    server_cpu, own_cpu = cpu_seconds(server), cpu_seconds(server, children=False)
     results = await asyncio.gather(*loops)
     elapsed = time.perf_counter() - started
     rtts = [r for per in results for r in per]
+    cpu_us = {
+        "client": round((time.process_time() - client_cpu) * 1e6 / len(rtts), 1),
+        "server": round((cpu_seconds(server) - server_cpu) * 1e6 / len(rtts), 1),
+        # The gateway alone, without its engine (the whole server on the other paths).
+        "server_process": round((cpu_seconds(server, False) - own_cpu) * 1e6 / len(rtts), 1),
+    }
     return {
         "sessions": sessions,
         "messages": len(rtts),
         "seconds": round(elapsed, 3),
         "messages_per_second": round(len(rtts) / elapsed, 1),
         **latency_summary(rtts),
+        "cpu_us_per_message": cpu_us,
+        # Messages/s once every core is busy with this client and these servers: the most the
+        # machine allows this path, whatever the scheduling.
+        "cpu_ceiling_messages_per_second": round(
+            available_cores() * 1e6 / (cpu_us["client"] + cpu_us["server"]), 1
+        ),
     }
 
 
@@ -166,7 +185,7 @@ def main(argv: list[str] | None = None) -> None:
     async def reference() -> tuple[str, dict[str, str]]:
         return f"ws://127.0.0.1:{ref_port}/ws/{uuid.uuid4()}", {}
 
-    results: dict[str, dict[str, dict[str, float]]] = {}
+    results: dict[str, dict[str, dict[str, Any]]] = {}
     with (
         # The gateway's sessions stay out of ``make run``'s state directory.
         tempfile.TemporaryDirectory(prefix="bench-relay-") as state_dir,
@@ -178,7 +197,7 @@ def main(argv: list[str] | None = None) -> None:
                 "STATE_DIR": state_dir,
             },
             f"{gateway}/health",
-        ),
+        ) as gateway_server,
         process(
             [
                 sys.executable,
@@ -191,19 +210,23 @@ def main(argv: list[str] | None = None) -> None:
             ],
             engine_env,
             f"http://127.0.0.1:{engine_port}/readyz",
-        ),
+        ) as engine_server,
         process(
             [sys.executable, "-m", "bench.relay", "--serve-reference", str(ref_port)],
             {},
             f"http://127.0.0.1:{ref_port}/health",
-        ),
+        ) as reference_server,
     ):
-        paths = (("reference", reference), ("direct", direct), ("gateway", through_gateway))
-        for name, opener in paths:
+        paths = (
+            ("reference", reference, reference_server),
+            ("direct", direct, engine_server),
+            ("gateway", through_gateway, gateway_server),
+        )
+        for name, opener, server in paths:
             results[name] = {}
             for n in loads:
                 each = args.messages_single if n == 1 else max(MIN_EACH, args.messages_total // n)
-                results[name][f"{n}_sessions"] = asyncio.run(run_load(opener, n, each))
+                results[name][f"{n}_sessions"] = asyncio.run(run_load(opener, n, each, server))
 
     def ratio(path: str, over: str, load: str, figure: str) -> float:
         return round(results[path][load][figure] / results[over][load][figure], 3)
@@ -218,6 +241,9 @@ def main(argv: list[str] | None = None) -> None:
                 "gateway", "direct", load, "messages_per_second"
             ),
             "p50_gateway_over_direct": ratio("gateway", "direct", load, "p50_ms"),
+            "cpu_ceiling_gateway_over_reference": ratio(
+                "gateway", "reference", load, "cpu_ceiling_messages_per_second"
+            ),
         }
         for load in results["direct"]
     }

@@ -15,20 +15,20 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
-import contextlib
 import json
 import re
 import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from typing import Any
 
 import httpx
 import psutil
 from websockets.asyncio.client import connect
 
-from .common import free_port, process, write_result
+from .common import cpu_seconds, free_port, process, write_result
 from .questions import QUESTIONS, spoken
 
 try:
@@ -50,17 +50,21 @@ async def open_session(http: httpx.AsyncClient, gateway: str, student: int) -> s
     return f"{body['engine_url']}?token={body['engine_token']}"
 
 
-async def speaker(url: str, frame: str, barrier: asyncio.Barrier) -> tuple[float, str]:
-    """Seconds from the end of sending the question to the first audio chunk of the reply, and
-    the transcription."""
+async def speaker(
+    url: str, frame: str, barrier: asyncio.Barrier, cpu: Callable[[], float] | None = None
+) -> tuple[float, str, float | None]:
+    """Seconds from the end of sending the question to the first audio chunk of the reply, the
+    transcription and, given ``cpu`` (the servers' CPU seconds so far), the CPU seconds the
+    servers spent from the send to that first chunk."""
     async with connect(url, max_size=None) as ws:
         await ws.send(json.dumps({"type": "options", "stream": True}))
         while json.loads(await ws.recv())["type"] != "options":
             pass
         await barrier.wait()
+        cpu_at_send = cpu() if cpu else 0.0
         await ws.send(frame)
         sent = time.perf_counter()
-        first, heard = None, ""
+        first, heard, first_cpu = None, "", None
         while True:
             message = json.loads(await asyncio.wait_for(ws.recv(), 120))
             kind = message["type"]
@@ -70,14 +74,21 @@ async def speaker(url: str, frame: str, barrier: asyncio.Barrier) -> tuple[float
                 heard = message["content"]
             if kind == "audio_chunk" and first is None:
                 first = time.perf_counter() - sent
+                first_cpu = cpu() - cpu_at_send if cpu else None
             if kind == "text" and message.get("final"):
                 if first is None:
                     raise RuntimeError("reply without audio")
-                return first, heard
+                return first, heard, first_cpu
 
 
-async def rounds(gateway: str, speakers: int, count: int, frame: str) -> dict[str, Any]:
+async def rounds(
+    gateway: str, speakers: int, count: int, frame: str, server: psutil.Process | None = None
+) -> dict[str, Any]:
+    """``count`` rounds of ``speakers`` at once; with one speaker and ``server``, also the CPU
+    the gateway and its engine spend up to the first audio."""
+    cpu = (lambda: cpu_seconds(server)) if server is not None and speakers == 1 else None
     firsts: list[float] = []
+    first_cpus: list[float] = []
     errors: list[str] = []
     misheard = 0
     async with httpx.AsyncClient(timeout=180) as http:
@@ -88,13 +99,15 @@ async def rounds(gateway: str, speakers: int, count: int, frame: str) -> dict[st
             ]
             barrier = asyncio.Barrier(speakers)
             results = await asyncio.gather(
-                *(speaker(url, frame, barrier) for url in urls), return_exceptions=True
+                *(speaker(url, frame, barrier, cpu) for url in urls), return_exceptions=True
             )
             for result in results:
                 if isinstance(result, BaseException):
                     errors.append(f"{type(result).__name__}: {result}")
                 else:
                     firsts.append(result[0])
+                    if result[2] is not None:
+                        first_cpus.append(result[2])
                     misheard += not CONTENT_WORDS <= set(re.findall(r"[a-z]+", result[1].lower()))
     return {
         "first_audio_p50_ms": round(statistics.median(firsts) * 1000, 1) if firsts else None,
@@ -103,17 +116,12 @@ async def rounds(gateway: str, speakers: int, count: int, frame: str) -> dict[st
         "errors": len(errors),
         "misheard": misheard,  # transcriptions missing a content word of the question
         "error_examples": sorted(set(errors))[:3],
+        **(
+            {"cpu_ms_to_first_audio": round(statistics.median(first_cpus) * 1000, 1)}
+            if first_cpus
+            else {}
+        ),
     }
-
-
-def cpu_seconds(server: psutil.Process) -> float:
-    """CPU time the gateway and its engines (its children) have used so far."""
-    total = 0.0
-    for proc in [server, *server.children(recursive=True)]:
-        with contextlib.suppress(psutil.Error):
-            times = proc.cpu_times()
-            total += times.user + times.system
-    return total
 
 
 async def measure(
@@ -125,7 +133,7 @@ async def measure(
     result = {}
     for n in counts:
         before = cpu_seconds(server)
-        figures = await rounds(gateway, n, count, frame)
+        figures = await rounds(gateway, n, count, frame, server)
         turns = figures["samples"] + figures["errors"]
         figures["cpu_ms_per_turn"] = round((cpu_seconds(server) - before) * 1000 / turns, 1)
         result[f"{n}_speakers"] = figures
@@ -171,6 +179,7 @@ def main(argv: list[str] | None = None) -> None:
         for n in counts
         if n != 1 and base and result[f"{n}_speakers"]["first_audio_p50_ms"]
     }
+
     out = {
         "question": QUESTIONS["short"],
         "available_cores": available_cores(),
