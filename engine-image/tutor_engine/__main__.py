@@ -7,10 +7,12 @@ within ``ENGINE_DRAIN_SECONDS``, the remaining WebSockets close with 1012, and t
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 
 import uvicorn
 from tutor_contract import logs, tracing
+from tutor_contract.cores import limit_blas
 from tutor_contract.version import version_line
 
 from .app import create_app
@@ -20,6 +22,7 @@ from .parent_watch import watch_parent
 from .transport import WS_PROTOCOL
 
 EXIT_LOAD_FAILED = 3  # the operator reads this exit code as "models failed to load"
+log = logging.getLogger("tutor_engine")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -46,6 +49,8 @@ def main(argv: list[str] | None = None) -> None:
     tracing.configure("tutor-engine")  # spans over OTLP if OTEL_EXPORTER_OTLP_ENDPOINT is set
     if args.parent_pid is not None:
         watch_parent(args.parent_pid, args.parent_fd)
+    # numpy is loaded by now (the app imports it): cap its BLAS pool before any model runs.
+    log.info("BLAS threads: %s", ", ".join(limit_blas(settings.blas_threads)) or "no BLAS loaded")
 
     def stop() -> None:
         server.should_exit = True

@@ -85,9 +85,8 @@ class EngineSettings(BaseSettings):
     asr_cpu_threads: int = Field(
         0,
         ge=0,
-        description="CTranslate2 threads per transcription; 0 = min(cores, ceil(2 x cores / "
-        "ENGINE_MAX_CONCURRENT_DECODES)): a lone one uses every core, a full pool "
-        "oversubscribes at most 2x.",
+        description="CTranslate2 threads per transcription; 0 = ceil(cores / "
+        "ENGINE_MAX_CONCURRENT_DECODES): a full pool does not oversubscribe the cores.",
     )
 
     # Streamed audio input (audio_start): Silero VAD, the model faster-whisper ships.
@@ -130,7 +129,14 @@ class EngineSettings(BaseSettings):
         0,
         ge=0,
         description="Piper: ONNX Runtime intra-op threads per synthesis; 0 = min(cores, "
-        "ceil(2 x cores / ENGINE_TTS_CONCURRENCY)), as for ENGINE_ASR_CPU_THREADS.",
+        "ceil(cores / ENGINE_TTS_CONCURRENCY), as for ENGINE_ASR_CPU_THREADS.",
+    )
+    blas_threads: int = Field(
+        1,
+        ge=1,
+        description="Threads of numpy's BLAS (OpenBLAS): its pool spins ~0.1 s after each "
+        "call (every transcription's mel filterbank, retrieval's embeddings), taking a core "
+        "from concurrent speech; the models have pools of their own.",
     )
     tts_concurrency: int = Field(
         default_factory=lambda: min(available_cores(), 4),

@@ -33,10 +33,11 @@ def test_explicit_compute_type_is_kept() -> None:
     assert choose_compute_type("float32", "cpu", {"int8"}) == "float32"
 
 
-def test_a_lone_job_gets_the_cores_and_a_full_pool_oversubscribes_at_most_twice() -> None:
-    assert threads_per_job(cores=2, jobs=2) == 2  # a lone job: both cores
-    assert threads_per_job(cores=8, jobs=4) == 4  # a full pool: 16 threads on 8 cores
-    assert threads_per_job(cores=4, jobs=4) == 2
+def test_a_full_pool_of_jobs_shares_the_cores_out() -> None:
+    assert threads_per_job(cores=2, jobs=2) == 1
+    assert threads_per_job(cores=8, jobs=4) == 2  # a full pool: 8 threads on 8 cores
+    assert threads_per_job(cores=8, jobs=3) == 3  # rounded up: 9 on 8
+    assert threads_per_job(cores=4, jobs=4) == 1
     assert threads_per_job(cores=1, jobs=4) == 1
     assert threads_per_job(cores=16, jobs=1) == 16
     assert threads_per_job(cores=8, jobs=4, requested=3) == 3
