@@ -142,7 +142,7 @@ async def measure(
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--speakers", default="1,4,8", help="comma-separated N")
     parser.add_argument("--device", default="auto", help="ENGINE_ASR_DEVICE/TTS_DEVICE (cuda)")
     args = parser.parse_args(argv)
