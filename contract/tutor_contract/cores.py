@@ -60,13 +60,17 @@ def available_cores(root: Path = CGROUP) -> int:
     return max(1, cores)
 
 
-def threads_per_job(cores: int, jobs: int, requested: int = 0) -> int:
+def threads_per_job(cores: int, jobs: int, requested: int = 0, oversubscribe: int = 1) -> int:
     """Threads for each of ``jobs`` inference jobs that may run at once on ``cores``:
-    ``requested`` if set, else ceil(cores / jobs), so a full pool does not oversubscribe the
-    cores. (Measured on 2 cores with tiny.en and Piper, ``bench.speakers``: 1 thread per job
-    instead of 2 answers a lone student as fast, 152 vs 155-157 ms to first audio, on 25 % less
-    CPU, and 4 and 8 students at once sooner: 271 vs 298 ms and 450 vs 487 ms.)"""
-    return requested or max(1, math.ceil(cores / max(1, jobs)))
+    ``requested`` if set, else min(cores, ceil(oversubscribe * cores / jobs)).
+
+    CTranslate2 (OpenMP, whose threads wait for one another at every step) takes 1: a full
+    pool then never oversubscribes the cores. ONNX Runtime with idle threads asleep takes 2: a
+    lone synthesis gets every core, a full pool oversubscribes at most 2x. Measured on 2 cores,
+    tiny.en and Piper, 1 / 4 / 8 students at once (``bench.speakers``): 128 / 269 / 442 ms to
+    first audio so, against 158 / 300 / 502 ms with 2x for both and 152 / 271 / 450 ms with 1x
+    for both, which also makes a plain client wait 50 % longer for its whole reply's speech."""
+    return requested or max(1, min(cores, math.ceil(oversubscribe * cores / max(1, jobs))))
 
 
 def limit_blas(threads: int) -> list[str]:

@@ -129,7 +129,8 @@ class EngineSettings(BaseSettings):
         0,
         ge=0,
         description="Piper: ONNX Runtime intra-op threads per synthesis; 0 = min(cores, "
-        "ceil(cores / ENGINE_TTS_CONCURRENCY), as for ENGINE_ASR_CPU_THREADS.",
+        "ceil(2 x cores / ENGINE_TTS_CONCURRENCY)): a lone synthesis uses every core, a full pool "
+        "oversubscribes at most 2x (idle ONNX Runtime threads sleep).",
     )
     blas_threads: int = Field(
         1,

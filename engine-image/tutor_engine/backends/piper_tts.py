@@ -50,7 +50,9 @@ class PiperTTS:
             raise FileNotFoundError(f"Piper voice not found: {model}")
         use_cuda = s.tts_device == "cuda" or (s.tts_device == "auto" and _onnx_has_cuda())
         self.on_cpu = not use_cuda
-        threads = threads_per_job(available_cores(), s.tts_concurrency, s.tts_threads)
+        threads = threads_per_job(
+            available_cores(), s.tts_concurrency, s.tts_threads, oversubscribe=2
+        )
         voice = load_voice(model, config or f"{model}.json", use_cuda, threads)
         list(voice.synthesize("Hello."))
         log.info(
