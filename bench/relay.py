@@ -247,7 +247,7 @@ def main(argv: list[str] | None = None) -> None:
         }
         for load in results["direct"]
     }
-    goal = {
+    goal: dict[str, Any] = {
         "throughput_gateway_over_reference_at_least": GOAL_THROUGHPUT_OVER_REFERENCE,
         "at": [f"{n}_sessions" for n in loads if n >= 100],
     }

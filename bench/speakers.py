@@ -26,15 +26,11 @@ from typing import Any
 
 import httpx
 import psutil
+from tutor_contract.cores import available_cores
 from websockets.asyncio.client import connect
 
 from .common import cpu_seconds, free_port, process, write_result
 from .questions import QUESTIONS, spoken
-
-try:
-    from tutor_contract.cores import available_cores
-except ImportError:  # measuring a tree from before tutor_contract.cores (PYTHONPATH)
-    from os import cpu_count as available_cores
 
 TUTOR = 1
 CONTENT_WORDS = {"prime", "number"}  # of QUESTIONS["short"]

@@ -41,7 +41,7 @@ from websockets.asyncio.client import connect
 from . import questions
 from .common import free_port, process, write_result
 
-SPEECH = {
+SPEECH: dict[str, dict[str, Any]] = {
     "asr": dict(asr_model="", asr_device="cpu", asr_compute_type="int8", asr_cpu_threads=2),
     "tts": dict(tts_model="", tts_device="cpu"),
 }
