@@ -114,7 +114,9 @@ async def run_load(
         "client": round((time.process_time() - client_cpu) * 1e6 / len(rtts), 1),
         "server": round((cpu_seconds(server) - server_cpu) * 1e6 / len(rtts), 1),
         # The gateway alone, without its engine (the whole server on the other paths).
-        "server_process": round((cpu_seconds(server, False) - own_cpu) * 1e6 / len(rtts), 1),
+        "server_process": round(
+            (cpu_seconds(server, children=False) - own_cpu) * 1e6 / len(rtts), 1
+        ),
     }
     return {
         "sessions": sessions,

@@ -175,7 +175,6 @@ def main(argv: list[str] | None = None) -> None:
         for n in counts
         if n != 1 and base and result[f"{n}_speakers"]["first_audio_p50_ms"]
     }
-
     out = {
         "question": QUESTIONS["short"],
         "available_cores": available_cores(),

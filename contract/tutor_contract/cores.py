@@ -68,8 +68,8 @@ def threads_per_job(cores: int, jobs: int, requested: int = 0, oversubscribe: in
     pool then never oversubscribes the cores. ONNX Runtime with idle threads asleep takes 2: a
     lone synthesis gets every core, a full pool oversubscribes at most 2x. Measured on 2 cores,
     tiny.en and Piper, 1 / 4 / 8 students at once (``bench.speakers``): 128 / 269 / 442 ms to
-    first audio so, against 158 / 300 / 502 ms with 2x for both and 152 / 271 / 450 ms with 1x
-    for both, which also makes a plain client wait 50 % longer for its whole reply's speech."""
+    first audio this way, against 158 / 300 / 502 ms with 2x for both and 152 / 271 / 450 ms
+    with 1x for both, which also makes a plain client wait 50 % longer for its reply's speech."""
     return requested or max(1, min(cores, math.ceil(oversubscribe * cores / max(1, jobs))))
 
 

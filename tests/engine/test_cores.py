@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 from tutor_contract import cores
+
+from tests.support.processes import engine_argv, free_port
 
 pytestmark = pytest.mark.unit
 
@@ -59,31 +60,29 @@ def test_no_cgroup_or_garbage(tmp_path: Path) -> None:
     assert cores.available_cores(tmp_path) == 8
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _run(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+def _run(command: list[str], **env: str) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("ENGINE_", "OPENBLAS"))}
-    command = [sys.executable, *args]
     return subprocess.run(command, env={**clean, **env}, capture_output=True, text=True, timeout=50)
 
 
 def test_limit_blas_caps_numpys_openblas_pool() -> None:
     done = _run(
-        "-c",
-        "import numpy; from threadpoolctl import threadpool_info; "
-        "from tutor_contract.cores import limit_blas; "
-        "print(limit_blas(1), [p['num_threads'] for p in threadpool_info()])",
+        [
+            sys.executable,
+            "-c",
+            "import numpy; from threadpoolctl import threadpool_info; "
+            "from tutor_contract.cores import limit_blas; "
+            "print(limit_blas(1), [p['num_threads'] for p in threadpool_info()])",
+        ]
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "['openblas: 1'] [1]"
 
 
 def test_limit_blas_without_a_blas_loaded_caps_nothing() -> None:
-    done = _run("-c", "from tutor_contract.cores import limit_blas; print(limit_blas(1))")
+    done = _run(
+        [sys.executable, "-c", "from tutor_contract.cores import limit_blas; print(limit_blas(1))"]
+    )
     assert done.stdout.strip() == "[]", done.stderr
 
 
@@ -91,7 +90,7 @@ def test_limit_blas_without_a_blas_loaded_caps_nothing() -> None:
 def test_the_engine_caps_the_blas_pool_at_one_thread_when_it_starts() -> None:
     # A model that cannot load makes the engine exit by itself once started.
     done = _run(
-        *("-m", "tutor_engine", "--host", "127.0.0.1", "--port", str(free_port())),
+        engine_argv(free_port()),
         ENGINE_ASR_BACKEND="faster-whisper",
         ENGINE_ASR_MODEL="/nonexistent",
         ENGINE_EXIT_ON_LOAD_FAILURE="true",

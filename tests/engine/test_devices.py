@@ -40,13 +40,13 @@ def test_a_full_pool_of_jobs_shares_the_cores_out() -> None:
     assert threads_per_job(cores=4, jobs=4) == 1
     assert threads_per_job(cores=1, jobs=4) == 1
     assert threads_per_job(cores=16, jobs=1) == 16
+    assert threads_per_job(cores=8, jobs=4, requested=3) == 3
 
 
 def test_an_oversubscribed_pool_gives_a_lone_job_every_core() -> None:
     assert threads_per_job(cores=2, jobs=2, oversubscribe=2) == 2
     assert threads_per_job(cores=8, jobs=4, oversubscribe=2) == 4  # 16 threads on 8 cores
     assert threads_per_job(cores=4, jobs=1, oversubscribe=2) == 4  # never more than the cores
-    assert threads_per_job(cores=8, jobs=4, requested=3) == 3
 
 
 def test_engine_with_make_run_defaults_starts_without_warnings(tmp_path: Path) -> None:

@@ -4,19 +4,13 @@ from __future__ import annotations
 
 import os
 import pathlib
-import socket
 import subprocess
-import sys
 
 import pytest
 
+from tests.support.processes import engine_argv, free_port
+
 pytestmark = pytest.mark.timeout(60)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_a_load_failure_is_written_to_the_termination_log_and_exits_3(
@@ -30,10 +24,7 @@ def test_a_load_failure_is_written_to_the_termination_log_and_exits_3(
         ENGINE_EXIT_ON_LOAD_FAILURE="true",
         ENGINE_TERMINATION_LOG=str(termination),
     )
-    command = [sys.executable, "-m", "tutor_engine", "--host", "127.0.0.1"]
-    done = subprocess.run(
-        [*command, "--port", str(free_port())], env=env, capture_output=True, timeout=50
-    )
+    done = subprocess.run(engine_argv(free_port()), env=env, capture_output=True, timeout=50)
     assert done.returncode == 3
     message = termination.read_text()
     assert message.startswith("faster-whisper: ") and "/nonexistent" in message

@@ -35,12 +35,18 @@ async def test_slots_are_granted_first_come_first_served() -> None:
     assert (slots.in_use, slots.waiting) == (0, 0)
 
 
-async def test_a_cancelled_waiter_gives_up_its_place() -> None:
+async def held_with_two_waiting() -> tuple[FairSlots, asyncio.Task[None], asyncio.Task[None]]:
+    """A one-slot FairSlots, held, and two waiters queued for it in order."""
     slots = FairSlots(1)
     await slots.acquire()
     first = asyncio.create_task(slots.acquire())
     second = asyncio.create_task(slots.acquire())
     await settle()
+    return slots, first, second
+
+
+async def test_a_cancelled_waiter_gives_up_its_place() -> None:
+    slots, first, second = await held_with_two_waiting()
     first.cancel()
     await settle()
     assert slots.waiting == 1  # the cancelled one no longer counts, though still in the heap
@@ -52,11 +58,7 @@ async def test_a_cancelled_waiter_gives_up_its_place() -> None:
 
 
 async def test_a_waiter_cancelled_as_it_is_granted_passes_the_slot_on() -> None:
-    slots = FairSlots(1)
-    await slots.acquire()
-    first = asyncio.create_task(slots.acquire())
-    second = asyncio.create_task(slots.acquire())
-    await settle()
+    slots, first, second = await held_with_two_waiting()
     assert slots.waiting == 2
     slots.release()  # granted to first, which has not run yet
     first.cancel()
