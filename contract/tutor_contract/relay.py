@@ -9,39 +9,61 @@ client's own messages, small text frames that begin with ``RECEIPT_PREFIX``:
 - ``{"type":"tutor.relay","done":k,"stream":s}`` once frame ``k`` is settled: answered,
   rejected with an ``error``, interrupted, or discarded.
 
-``stream`` is the connection's streaming mode after that frame. The gateway consumes receipts
-and never forwards them, so clients never see them; an engine reached without the header
-never sends them. With receipts the gateway knows, when an engine goes away, which frames were
-never started (sent again to the next engine), which one was in flight (its reply ends with an
-``error``, or ``interrupted`` on a streaming connection) and which mode to reconnect in.
+``stream`` is the connection's streaming mode after that frame; the optional ``pcm16`` (the
+sample rate of raw PCM16 reply audio, absent for WAV), ``reply`` (the last ``reply_id`` given
+on the connection, absent for none) and ``held`` (``true`` while an audio stream is open) are
+the rest of what the connection has been told. The gateway consumes receipts and never
+forwards them, so clients never see them; an engine reached without the header never sends
+them. With receipts the gateway knows, when an engine goes away, which frames were never
+started (sent again to the next engine), which one was in flight (its reply ends with an
+``error``, or ``interrupted`` on a streaming connection), and how to open the next connection
+where this one left off (``resume_params``): the same mode and reply audio, ``reply_id``s
+going on from the last one.
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
 RELAY_HEADER = "X-Tutor-Relay"
 RECEIPT_TYPE = "tutor.relay"
 RECEIPT_PREFIX = '{"type":"tutor.relay",'
 # Receipts are tiny; anything longer that starts like one is a client-visible frame.
-MAX_RECEIPT_CHARS = 128
+MAX_RECEIPT_CHARS = 160
 
 
 @dataclass(frozen=True)
 class Receipt:
-    """One receipt: frame ``seq`` has ``started`` (else: is done); ``stream`` mode after it."""
+    """One receipt: frame ``seq`` has ``started`` (else: is done); the connection's state after
+    it: ``stream`` mode, ``pcm16`` reply audio rate (None: WAV), last ``reply`` id given (0:
+    none), and whether it ``held`` an open audio stream."""
 
     seq: int
     started: bool
     stream: bool
+    pcm16: int | None = None
+    reply: int = 0
+    held: bool = False
 
 
-def receipt_frame(seq: int, *, started: bool, stream: bool) -> str:
-    """The text frame an engine sends for frame ``seq`` (compact, prefix first)."""
+def receipt_frame(
+    seq: int,
+    *,
+    started: bool,
+    stream: bool,
+    pcm16: int | None = None,
+    reply: int = 0,
+    held: bool = False,
+) -> str:
+    """The text frame an engine sends for frame ``seq`` (compact, prefix first; the optional
+    fields only when they say something)."""
     key = "started" if started else "done"
-    return f'{RECEIPT_PREFIX}"{key}":{int(seq)},"stream":{"true" if stream else "false"}}}'
+    extra = f',"pcm16":{int(pcm16)}' if pcm16 else ""
+    extra += f',"reply":{int(reply)}' if reply else ""
+    extra += ',"held":true' if held else ""
+    return f'{RECEIPT_PREFIX}"{key}":{int(seq)},"stream":{"true" if stream else "false"}{extra}}}'
 
 
 def _hop_frame(frame: str | bytes, prefix: str, max_chars: int) -> dict[str, Any] | None:
@@ -60,9 +82,30 @@ def parse_receipt(frame: str | bytes) -> Receipt | None:
         return None
     started = "started" in body
     seq = body.get("started" if started else "done")
-    if not isinstance(seq, int) or isinstance(seq, bool) or seq < 1:
+    if not _count(seq) or seq < 1:
         return None
-    return Receipt(seq, started, body.get("stream") is True)
+    pcm16, reply = body.get("pcm16"), body.get("reply", 0)
+    return Receipt(
+        seq,
+        started,
+        body.get("stream") is True,
+        pcm16=pcm16 if _count(pcm16) and pcm16 > 0 else None,
+        reply=reply if _count(reply) else 0,
+        held=body.get("held") is True,
+    )
+
+
+def _count(value: object) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def resume_params(latest: Receipt) -> dict[str, str]:
+    """The query parameters that open the next engine connection where the one whose
+    ``latest`` receipt this is left off."""
+    params = {"stream": "1" if latest.stream else "0", "reply_base": str(latest.reply)}
+    if latest.pcm16 is not None:
+        params |= {"audio_format": "pcm16", "sample_rate": str(latest.pcm16)}
+    return params
 
 
 # Trace context, gateway → engine (only while tracing is on, only on relay connections): right

@@ -34,7 +34,7 @@ from .history import GuardedHistory, HistoryUnavailable, open_store
 from .knowledge import KnowledgeError, check_kb_id
 from .metrics import EngineMetrics
 from .pipeline import Conversation, TutorPipeline
-from .protocol import error_message
+from .protocol import ProtocolError, error_message, query_audio
 from .scheduling import TurnScheduler
 
 log = logging.getLogger("tutor_engine")
@@ -44,6 +44,8 @@ CLOSE_UNAUTHORIZED = 4401
 PARSE_THREADS = 2  # large frames parsed at once, engine-wide (each connection parses in order)
 SESSION_ID = Path(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._-]+$")
 # ?stream=1: on for 1, true, yes, on (any case), off for anything else, never an error.
+# The gateway continues a connection's reply ids on the next one (tutor_contract.relay).
+MAX_REPLY_BASE = 2**31 - 1
 OPT_IN = BeforeValidator(lambda value: str(value).lower() in ("1", "true", "yes", "on"))
 
 
@@ -258,7 +260,12 @@ def create_app(
 
     @app.websocket("/ws/{session_id}")
     async def conversation(
-        websocket: WebSocket, session_id: str, stream: Annotated[bool, Query(), OPT_IN] = False
+        websocket: WebSocket,
+        session_id: str,
+        stream: Annotated[bool, Query(), OPT_IN] = False,
+        audio_format: str | None = None,
+        sample_rate: str | None = None,
+        reply_base: Annotated[int, Query(ge=0, le=MAX_REPLY_BASE)] = 0,
     ) -> None:
         # Every line logged for this connection (its turns included) names the session; the
         # connection's task, and with it the binding, ends with the connection.
@@ -274,7 +281,13 @@ def create_app(
             await websocket.send_json(error_message("Invalid engine key"))
             await websocket.close(CLOSE_UNAUTHORIZED, "invalid engine key")
             return
-        conv = Conversation(session_id, stream=stream)
+        conv = Conversation(session_id, stream=stream, replies=reply_base)
+        try:
+            fmt, rate = query_audio(audio_format, sample_rate)
+        except ProtocolError as exc:
+            await websocket.send_json(error_message(f"{exc}; replying with WAV audio"))
+        else:
+            conv.audio_format, conv.sample_rate = fmt or conv.audio_format, rate or conv.sample_rate
         if kb_id := websocket.query_params.get("kb_id"):
             try:
                 conv.kb_id = check_kb_id(kb_id)

@@ -205,7 +205,15 @@ class Connection:
     async def _receipt(self, seq: int, *, started: bool) -> None:
         if not self.relay:
             return
-        frame = receipt_frame(seq, started=started, stream=self.conv.stream)
+        conv = self.conv
+        frame = receipt_frame(
+            seq,
+            started=started,
+            stream=conv.stream,
+            pcm16=conv.pcm16_rate,
+            reply=conv.replies,
+            held=self._audio is not None,
+        )
         async with self._send_lock:
             if not self._closed:
                 await self.websocket.send_text(frame)

@@ -132,7 +132,7 @@ class Conversation:
     audio_format: str = "wav"  # of reply audio: "wav" or "pcm16" (options)
     sample_rate: int = PCM16_RATE  # of pcm16 reply audio
     reply: Reply | None = None
-    _replies: int = field(default=0, repr=False)
+    replies: int = 0  # reply ids given so far (the gateway may start a connection further on)
 
     @property
     def pcm16_rate(self) -> int | None:
@@ -140,8 +140,8 @@ class Conversation:
         return self.sample_rate if self.audio_format == "pcm16" else None
 
     def next_reply(self) -> Reply:
-        self._replies += 1
-        self.reply = Reply(self._replies)
+        self.replies += 1
+        self.reply = Reply(self.replies)
         return self.reply
 
 

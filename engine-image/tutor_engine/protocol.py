@@ -14,12 +14,14 @@ Extensions old clients never see (documented in the README):
   messages while the client waits for an engine. The engine accepts and ignores it; an options
   message that names ``events`` but not ``stream`` leaves the streaming mode as it was;
 - ``options`` may carry ``"audio_format": "pcm16"`` and ``"sample_rate"``: reply audio then
-  comes as raw PCM16 at that rate, with ``format`` and ``sample_rate`` fields.
+  comes as raw PCM16 at that rate, with ``format`` and ``sample_rate`` fields (or, from the
+  start, the connection's query: ``?audio_format=pcm16&sample_rate=24000``, ``query_audio``).
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import math
 from dataclasses import dataclass
@@ -257,6 +259,16 @@ def _output_audio(payload: dict[str, Any]) -> tuple[str | None, int | None]:
             f"{', '.join(map(str, OUTPUT_RATES))})"
         )
     return fmt, rate
+
+
+def query_audio(fmt: str | None, rate: str | None) -> tuple[str | None, int | None]:
+    """The reply audio a connection's ``audio_format`` and ``sample_rate`` query parameters ask
+    for, as ``options`` would (None: the default)."""
+    number: object = rate
+    if rate is not None:
+        with contextlib.suppress(ValueError):
+            number = int(rate)
+    return _output_audio({"audio_format": fmt, "sample_rate": number})
 
 
 def _audio_file(audio: bytes, fmt: object) -> bytes:

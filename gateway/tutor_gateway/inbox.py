@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from tutor_contract.relay import Receipt
 
@@ -53,12 +53,16 @@ class SentFrames:
         self._next = 1
         self._forgotten = 0  # frames forgotten and not known to be settled since
         self._forgotten_upto = 0  # the newest of them
-        self.receipted = False
-        self.stream: bool | None = None  # the mode the latest receipt reported
+        self.latest: Receipt | None = None  # the connection's state as last reported
         self.bytes = 0
 
     def __len__(self) -> int:
         return len(self._frames)
+
+    @property
+    def receipted(self) -> bool:
+        """Whether the engine has sent a receipt on this connection."""
+        return self.latest is not None
 
     def add(self, data: bytes, text: bool) -> int:
         """Record the next frame sent; its number."""
@@ -75,8 +79,7 @@ class SentFrames:
     def apply(self, receipt: Receipt) -> None:
         """Take in a receipt; one for a frame never sent or already settled changes nothing
         but the mode."""
-        self.receipted = True
-        self.stream = receipt.stream
+        self.latest = receipt
         frame = self._frames.get(receipt.seq)
         if frame is None:
             if not receipt.started and receipt.seq <= self._forgotten_upto:
@@ -132,7 +135,7 @@ class FrameInbox:
         self._frames: deque[tuple[bytes, bool]] = deque()
         self._bytes = 0  # of the queued frames
         self.sent = SentFrames()
-        self.stream: bool | None = None  # the last streaming mode an engine reported
+        self.latest: Receipt | None = None  # the last connection state an engine reported
         self._changed = asyncio.Condition()
 
     @property
@@ -169,15 +172,18 @@ class FrameInbox:
         """Apply an engine's receipt (a settled frame frees its room)."""
         async with self._changed:
             self.sent.apply(receipt)
-            self.stream = self.sent.stream
+            self.latest = receipt
             self._changed.notify_all()
 
     async def lost(self) -> Loss:
         """The engine connection is gone: frames it never started go back to the front of the
-        queue, in order; the next connection numbers its frames from 1 again."""
+        queue, in order; the next connection numbers its frames from 1 again, and gives reply
+        ids after any the cut reply may have had."""
         async with self._changed:
             loss = self.sent.lost()
             self.sent = SentFrames()
+            if loss.in_flight and self.latest is not None:  # its reply may have taken an id
+                self.latest = replace(self.latest, reply=self.latest.reply + 1)
             self._frames.extendleft(reversed(loss.replay))
             self._bytes += sum(len(data) for data, _ in loss.replay)
             self._changed.notify_all()

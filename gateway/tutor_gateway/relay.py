@@ -36,7 +36,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 from tenacity import wait_exponential
 from tutor_contract import tracing
 from tutor_contract.crd import ENGINE_KEY_HEADER
-from tutor_contract.relay import RELAY_HEADER, parse_receipt, trace_frame
+from tutor_contract.relay import RELAY_HEADER, parse_receipt, resume_params, trace_frame
 from tutor_contract.tasks import cancel_and_wait
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
@@ -398,10 +398,11 @@ class Relay:
         )
 
     def _engine_params(self) -> dict[str, str]:
-        """The client's query options for the engine, in the last streaming mode reported."""
+        """The client's query options for the engine; on a connection after the first, where
+        the last one left off (its mode, reply audio and reply ids: ``resume_params``)."""
         params = dict(self.client.query_params)
-        if self._inbox.stream is not None:
-            params["stream"] = "1" if self._inbox.stream else "0"
+        if self._inbox.latest is not None:
+            params |= resume_params(self._inbox.latest)
         return params
 
     async def _attempt(self, endpoint: EngineEndpoint) -> Ending | _Attempt:

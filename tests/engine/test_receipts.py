@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import pytest
 import websockets
-from tutor_contract.relay import RECEIPT_PREFIX, RELAY_HEADER, parse_receipt
+from tutor_contract.relay import RECEIPT_PREFIX, RELAY_HEADER, Receipt, parse_receipt
 from tutor_engine.backends import Backends
 from tutor_engine.backends.mock import MockASR, MockLLM, MockTTS
 
@@ -132,3 +132,30 @@ async def test_without_the_header_no_receipt_is_ever_sent(slow_engine: RunningSe
     assert not any(f.startswith(RECEIPT_PREFIX) for f in frames)
     types = [json.loads(f)["type"] for f in frames]
     assert types[:3] == ["error", "text", "options"] and "interrupted" in types
+
+
+async def test_receipts_carry_what_the_next_connection_must_be_told(
+    mock_engine: RunningServer,
+) -> None:
+    """Reply audio, the last reply id, and an open audio stream (which holds the connection)."""
+    frames = [
+        '{"type": "options", "audio_format": "pcm16", "sample_rate": 24000}',
+        TEXT.format("one"),
+        '{"type": "audio_start", "vad": false}',
+        '{"type": "audio_cancel"}',
+    ]
+    receipts: list[Receipt] = []
+    async with websockets.connect(f"{mock_engine.ws}/ws/r9", additional_headers=RELAY) as ws:
+        for seq, frame in enumerate(frames, 1):  # one at a time: each waits for its done
+            await ws.send(frame)
+            while not receipts or (receipts[-1].seq, receipts[-1].started) != (seq, False):
+                async with asyncio.timeout(60):
+                    if (receipt := parse_receipt(await ws.recv())) is not None:
+                        receipts.append(receipt)
+    assert receipts == [
+        Receipt(1, False, False, pcm16=24000),
+        Receipt(2, True, False, pcm16=24000),
+        Receipt(2, False, False, pcm16=24000, reply=1),
+        Receipt(3, False, False, pcm16=24000, reply=1, held=True),
+        Receipt(4, False, False, pcm16=24000, reply=1, held=True),
+    ]

@@ -180,3 +180,29 @@ async def test_bad_audio_options_get_an_error_naming_the_allowed_values(
         assert (await recv(ws))["type"] == "text_delta"  # still streaming
     assert error["type"] == "error"
     assert "8000, 16000, 22050, 24000, 44100, 48000" in error["content"]
+
+
+async def test_reply_audio_and_reply_ids_can_be_set_by_the_connections_query(
+    mock_engine: RunningServer,
+) -> None:
+    """What the gateway opens the next engine connection with (``resume_params``)."""
+    query = "stream=1&audio_format=pcm16&sample_rate=8000&reply_base=41"
+    async with websockets.connect(f"{mock_engine.ws}/ws/pcm4?{query}") as ws:
+        await ws.send(audio_frame("Explain recursion to me please."))
+        events = await recv_until(ws, "text")
+    chunks = [e for e in events if e["type"] == "audio_chunk"]
+    assert chunks and {e["reply_id"] for e in events if "reply_id" in e} == {42}
+    for chunk in chunks:
+        assert abs(pcm16_samples(chunk) - mock_samples(chunk["content"], 8000)) <= 32
+
+
+async def test_bad_audio_in_the_query_gets_an_error_and_wav_audio(
+    mock_engine: RunningServer,
+) -> None:
+    async with websockets.connect(f"{mock_engine.ws}/ws/pcm5?audio_format=ogg") as ws:
+        error = await recv(ws)
+        await ws.send(audio_frame("What is a prime number?"))
+        audio = [await recv(ws) for _ in range(3)][2]
+    assert error["type"] == "error" and "'audio_format'" in error["content"]
+    assert "replying with WAV audio" in error["content"]
+    assert read_wav_comment(base64.b64decode(audio["data"])) == audio["content"]

@@ -111,7 +111,7 @@ async def test_a_turn_is_a_child_of_the_gateway_span_with_its_stages_and_llm_req
     assert kinds == ["tutor.relay", "transcription", "text", "audio", "tutor.relay"]
     assert [parse_receipt(f) for f in (frames[0], frames[-1])] == [
         parse_receipt('{"type":"tutor.relay","started":1,"stream":false}'),
-        parse_receipt('{"type":"tutor.relay","done":1,"stream":false}'),
+        parse_receipt('{"type":"tutor.relay","done":1,"stream":false,"reply":1}'),
     ]
 
     found = by_name(spans)

@@ -10,6 +10,7 @@ still has seconds to go.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -22,6 +23,7 @@ from typing import Any
 import httpx
 import psutil
 import pytest
+from tutor_engine.backends.mock import make_wav
 from tutor_gateway.engines import EngineEndpoint
 from tutor_gateway.local.engines import LocalEngines
 from tutor_gateway.relay import REPLY_CUT
@@ -127,27 +129,35 @@ def test_a_killed_engine_cuts_one_reply_and_the_same_socket_goes_on(
     assert "Traceback" not in gateway.log()
 
 
-def test_a_streaming_connection_gets_interrupted_and_keeps_streaming(
+def test_a_streaming_connection_gets_interrupted_and_keeps_its_options_and_reply_ids(
     gateway_process: GatewayStarter,  # noqa: F811
     tmp_path: Path,
 ) -> None:
     gateway = start(gateway_process, tmp_path, **SLOW)
     session = create_session(gateway, tutor_id=2)
     with connect_session(gateway, session) as ws:
-        ws.send(json.dumps({"type": "options", "stream": True}))
+        options = {"type": "options", "stream": True, "audio_format": "pcm16", "sample_rate": 8000}
+        ws.send(json.dumps(options))
         assert recv_json(ws)["type"] == "options"
         send_text(ws, LONG)
         # A delta reaches the client only after the gateway has read the turn's receipt.
-        assert recv_json(ws)["type"] == "text_delta"
+        assert recv_json(ws)["reply_id"] == 1
         os.kill(the_engine(gateway), signal.SIGKILL)
         while (message := recv_json(ws))["type"] == "text_delta":
             pass
         assert message["type"] == "interrupted" and "restarted" in message["reason"]
-        send_text(ws, "still streaming?")
-        assert recv_json(ws)["type"] == "text_delta", "the new engine streams: ?stream=1"
-        while (message := recv_json(ws))["type"] == "text_delta":
-            pass
-        assert message["final"] is True and "heard: still streaming?." in message["content"]
+        wav = base64.b64encode(make_wav("Still streaming?")).decode()
+        ws.send(json.dumps({"type": "audio", "data": wav}))
+        events = []
+        while not (events and events[-1].get("final")):
+            events.append(recv_json(ws))
+    assert "heard: Still streaming?." in events[-1]["content"]
+    assert {e["type"] for e in events} >= {"transcription", "text_delta", "audio_chunk"}, (
+        "the new engine streams"
+    )
+    assert {e["reply_id"] for e in events} == {2}, "reply ids go on; the cut reply keeps 1"
+    chunks = [e for e in events if e["type"] == "audio_chunk"]
+    assert {(c["format"], c["sample_rate"]) for c in chunks} == {("pcm16", 8000)}
     assert failovers(gateway, "resumed") == 1
 
 

@@ -16,7 +16,7 @@ import pytest
 from fastapi import FastAPI, WebSocket
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 from tutor_contract.crd import ACTIVE, ENGINE_KEY_HEADER, PENDING, READY_ENDPOINTS
-from tutor_contract.relay import RELAY_HEADER, Receipt, receipt_frame
+from tutor_contract.relay import RELAY_HEADER, Receipt, receipt_frame, resume_params
 from tutor_gateway.config import GatewaySettings
 from tutor_gateway.engines import EngineEndpoint
 from tutor_gateway.inbox import MAX_UNRECEIPTED_FRAMES, FrameInbox, Loss, SentFrames
@@ -85,7 +85,7 @@ def test_a_streaming_turn_in_flight_ends_interrupted() -> None:
     sent(frames, b"options", b"question")
     frames.apply(done(1, stream=True))
     frames.apply(started(2, stream=True))
-    assert frames.stream is True
+    assert frames.latest == started(2, stream=True)
     assert frames.lost() == Loss(in_flight=True, streaming=True, receipted=True)
 
 
@@ -101,7 +101,7 @@ def test_receipts_for_frames_never_sent_change_only_the_mode() -> None:
     sent(frames, b"one")
     frames.apply(done(7, stream=True))
     frames.apply(started(9))
-    assert frames.stream is False and len(frames) == 1 and frames.bytes == 3
+    assert frames.latest == started(9) and len(frames) == 1 and frames.bytes == 3
 
 
 def test_without_receipts_every_frame_sent_may_be_in_flight_and_none_is_replayed() -> None:
@@ -157,13 +157,35 @@ async def test_a_lost_engine_gives_its_unstarted_frames_back_first() -> None:
     await inbox.settle(started(1, stream=True))
     await inbox.put(b"four", False)  # arrived while the engine was being lost
     loss = await inbox.lost()
-    assert loss.in_flight and loss.streaming and inbox.stream is True
+    assert loss.in_flight and loss.streaming
+    assert inbox.latest == Receipt(1, True, True, reply=1), "the cut reply keeps its id"
     assert [await inbox.get() for _ in range(3)] == [
         (b"two", True),
         (b"three", True),
         (b"four", False),
     ]
     assert inbox.sent.lost() == Loss(in_flight=True), "the next connection counts from 1"
+
+
+async def test_a_settled_loss_resumes_exactly_where_the_connection_left_off() -> None:
+    inbox = FrameInbox(max_bytes=100)
+    await inbox.put(b"question", True)
+    await inbox.get()
+    await inbox.settle(Receipt(1, False, False, pcm16=24000, reply=4))
+    await inbox.lost()
+    assert inbox.latest is not None
+    assert resume_params(inbox.latest) == {
+        "stream": "0",
+        "reply_base": "4",
+        "audio_format": "pcm16",
+        "sample_rate": "24000",
+    }
+    await inbox.put(b"next", True)
+    await inbox.get()  # the next connection dies before its first receipt
+    await inbox.lost()
+    assert inbox.latest == Receipt(1, False, False, pcm16=24000, reply=5), (
+        "a frame that may have started a reply on it skips that reply's id"
+    )
 
 
 # -- what the client is told, and when a failover gets a fresh budget --
