@@ -8,10 +8,14 @@ RSS counts, measured with psutil). Steps, in one run:
 2. the N sessions are created over REST (``rss_sessions_created``: the session store's share,
    not counted per connection);
 3. N WebSockets connect, each does one round trip (the engine connection is open), then all
-   sit idle for ``--settle`` seconds: ``rss_connected``.
+   sit idle for ``--settle`` seconds: ``rss_engine_connected``;
+4. they stay idle until the gateway has given their engine connections up
+   (``ENGINE_IDLE_RELEASE_SECONDS``, the default unless ``--release`` says otherwise), plus
+   ``--settle``: ``rss_connected``, what an idle student's connection costs.
 
 ``kib_per_connection = (rss_connected - rss_sessions_created) / N``; goal ≤ 40 KiB (issue 14).
-Writes bench/results/gateway_memory.json.
+``kib_per_connection_engine_connected`` is the same at step 3. Writes
+bench/results/gateway_memory.json.
 
     python -m bench.gateway_memory
 """
@@ -28,6 +32,7 @@ import tempfile
 
 import httpx
 import psutil
+from tutor_gateway.config import GatewaySettings
 from websockets.asyncio.client import ClientConnection, connect
 
 from .common import free_port, process, write_result
@@ -67,7 +72,9 @@ def _rss(proc: psutil.Process) -> int:
     return int(proc.memory_info().rss)
 
 
-async def measure(base: str, proc: psutil.Process, n: int, warm: int, settle: float) -> dict:
+async def measure(
+    base: str, proc: psutil.Process, n: int, warm: int, settle: float, release: float
+) -> dict:
     """The RSS figures of one run (see the module's docstring)."""
     for ws in await _open_all(await _sessions(base, warm)):
         await ws.close()
@@ -78,6 +85,8 @@ async def measure(base: str, proc: psutil.Process, n: int, warm: int, settle: fl
     rss_created = _rss(proc)
     sockets = await _open_all(urls)
     await asyncio.sleep(settle)
+    rss_engine_connected = _rss(proc)
+    await asyncio.sleep(release + settle)
     rss_connected = _rss(proc)
     await asyncio.gather(*(ws.close() for ws in sockets))
     await asyncio.sleep(settle)
@@ -87,14 +96,19 @@ async def measure(base: str, proc: psutil.Process, n: int, warm: int, settle: fl
     return {
         "connections": n,
         "warm_up_connections": warm,
+        "engine_idle_release_seconds": release,
         "rss_mib": {
             "warm_no_sessions": round(rss_idle / mib, 1),
             "sessions_created": round(rss_created / mib, 1),
+            "engine_connected": round(rss_engine_connected / mib, 1),
             "connected_idle": round(rss_connected / mib, 1),
             "after_close": round(rss_closed / mib, 1),
         },
         "session_creation_kib_each": round((rss_created - rss_idle) / n / 1024, 1),
         "kib_per_connection": round(per, 1),
+        "kib_per_connection_engine_connected": round(
+            (rss_engine_connected - rss_created) / n / 1024, 1
+        ),
         "goal_kib_per_connection": GOAL_KIB_PER_CONNECTION,
         "goal_met": per <= GOAL_KIB_PER_CONNECTION,
     }
@@ -106,6 +120,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--connections", type=int, default=1000)
     parser.add_argument("--warm", type=int, default=100)
     parser.add_argument("--settle", type=float, default=3.0)
+    parser.add_argument(
+        "--release",
+        type=float,
+        default=GatewaySettings.model_fields["engine_idle_release_seconds"].default,
+        help="ENGINE_IDLE_RELEASE_SECONDS for the gateway (default: the gateway's default)",
+    )
     args = parser.parse_args(argv)
     port = free_port()
     total = args.connections + args.warm + 10
@@ -120,6 +140,7 @@ def main(argv: list[str] | None = None) -> None:
         "MAX_REQUESTS_PER_MINUTE": "1000000",
         "ENGINE_API_KEY": secrets.token_urlsafe(16),
         "SESSION_TIMEOUT_SECONDS": "3600",
+        "ENGINE_IDLE_RELEASE_SECONDS": str(args.release),
         "LOG_LEVEL": "warning",
         "ENGINE_LOG_LEVEL": "warning",
     }
@@ -133,7 +154,9 @@ def main(argv: list[str] | None = None) -> None:
         ) as proc,
     ):
         gc.collect()
-        result = asyncio.run(measure(base, proc, args.connections, args.warm, args.settle))
+        result = asyncio.run(
+            measure(base, proc, args.connections, args.warm, args.settle, args.release)
+        )
     path = write_result("gateway_memory", {"engine": "mock", **result})
     print(path.read_text())
 

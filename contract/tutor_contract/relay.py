@@ -102,9 +102,13 @@ def _count(value: object) -> TypeGuard[int]:
 def resume_params(latest: Receipt) -> dict[str, str]:
     """The query parameters that open the next engine connection where the one whose
     ``latest`` receipt this is left off."""
-    params = {"stream": "1" if latest.stream else "0", "reply_base": str(latest.reply)}
+    params = {
+        "stream": "1" if latest.stream else "0",
+        "audio_format": "wav" if latest.pcm16 is None else "pcm16",
+        "reply_base": str(latest.reply),
+    }
     if latest.pcm16 is not None:
-        params |= {"audio_format": "pcm16", "sample_rate": str(latest.pcm16)}
+        params["sample_rate"] = str(latest.pcm16)
     return params
 
 

@@ -265,7 +265,7 @@ def create_app(
         stream: Annotated[bool, Query(), OPT_IN] = False,
         audio_format: str | None = None,
         sample_rate: str | None = None,
-        reply_base: Annotated[int, Query(ge=0, le=MAX_REPLY_BASE)] = 0,
+        reply_base: Annotated[int | None, Query(ge=0, le=MAX_REPLY_BASE)] = None,
     ) -> None:
         # Every line logged for this connection (its turns included) names the session; the
         # connection's task, and with it the binding, ends with the connection.
@@ -281,18 +281,23 @@ def create_app(
             await websocket.send_json(error_message("Invalid engine key"))
             await websocket.close(CLOSE_UNAUTHORIZED, "invalid engine key")
             return
-        conv = Conversation(session_id, stream=stream, replies=reply_base)
+        # A connection the gateway opens to continue another (reply_base) is not told again
+        # what the first one was told about its query.
+        continued = reply_base is not None
+        conv = Conversation(session_id, stream=stream, replies=reply_base or 0)
         try:
             fmt, rate = query_audio(audio_format, sample_rate)
         except ProtocolError as exc:
-            await websocket.send_json(error_message(f"{exc}; replying with WAV audio"))
+            if not continued:
+                await websocket.send_json(error_message(f"{exc}; replying with WAV audio"))
         else:
             conv.audio_format, conv.sample_rate = fmt or conv.audio_format, rate or conv.sample_rate
         if kb_id := websocket.query_params.get("kb_id"):
             try:
                 conv.kb_id = check_kb_id(kb_id)
             except KnowledgeError as exc:
-                await websocket.send_json(error_message(f"{exc}; answering without it"))
+                if not continued:
+                    await websocket.send_json(error_message(f"{exc}; answering without it"))
         relay = websocket.headers.get(RELAY_HEADER) == "1"
         state.metrics.connections.inc()
         try:

@@ -75,6 +75,14 @@ class GatewaySettings(BaseSettings):
         description="Longest wait for one engine WebSocket handshake; a connection that "
         "times out is tried again until ENGINE_START_TIMEOUT_SECONDS.",
     )
+    engine_idle_release_seconds: float = Field(
+        30,
+        ge=0,
+        description="A connection on which nothing has passed either way for this long, "
+        "with every message answered and no audio stream open, gives its engine connection "
+        "up (its socket stays open; its next message opens another where the last left off); "
+        "0 keeps engine connections as long as their clients.",
+    )
     engine_liveness_timeout_seconds: float = Field(
         30,
         gt=0,

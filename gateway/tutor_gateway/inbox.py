@@ -60,6 +60,11 @@ class SentFrames:
         return len(self._frames)
 
     @property
+    def untouched(self) -> bool:
+        """No frame has been sent on this connection."""
+        return self._next == 1
+
+    @property
     def receipted(self) -> bool:
         """Whether the engine has sent a receipt on this connection."""
         return self.latest is not None
@@ -143,6 +148,11 @@ class FrameInbox:
         """Bytes held: queued for the engine, or sent and not yet settled."""
         return self._bytes + self.sent.bytes
 
+    @property
+    def settled(self) -> bool:
+        """Nothing is queued, and every frame sent is settled."""
+        return not self._frames and not self.sent
+
     def _fits(self, size: int) -> bool:
         if not self._frames and not self.sent.bytes:
             return True
@@ -167,6 +177,11 @@ class FrameInbox:
             self.sent.add(data, text)
             self._changed.notify_all()  # unreceipted frames held may be forgotten for room
             return data, text
+
+    async def wait_queued(self) -> None:
+        """Wait until a frame is queued (it stays queued)."""
+        async with self._changed:
+            await self._changed.wait_for(lambda: bool(self._frames))
 
     async def settle(self, receipt: Receipt) -> None:
         """Apply an engine's receipt (a settled frame frees its room)."""

@@ -101,6 +101,12 @@ class GatewayMetrics:
             ["outcome"],
             registry=r,
         )
+        self.engine_releases = Counter(
+            "tutor_gateway_engine_releases_total",
+            "Engine connections given up by sessions idle for ENGINE_IDLE_RELEASE_SECONDS (the "
+            "client's socket stays open; its next frame opens another)",
+            registry=r,
+        )
         self.limited = Counter(
             "tutor_gateway_limited_total",
             "Requests, sessions and WebSocket messages refused by an admission or rate limit, "

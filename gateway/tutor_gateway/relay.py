@@ -17,6 +17,12 @@ client get ``4503``, whose error names the engine's last known state.
 Metrics: the relay counters and engine waits of ``GatewayMetrics``. Traces (only while tracing
 is on): each client frame forwarded is a ``gateway.turn`` span (``_Turns``).
 
+Idle sessions: a connection on which nothing has passed either way for
+``engine_release_seconds``, with every frame settled and no audio stream open, gives its engine
+connection up (a normal close); the client's socket stays open, and its next frame opens
+another, where the last one left off (``tutor_contract.relay.resume_params``). An idle
+student then holds no engine connection, no pump tasks and no engine-side state.
+
 Cold start: a client that opted in gets ``status`` messages while it waits for an engine, at
 the start and after a loss, and ``ready`` once its frames are relayed (``startup.StatusFeed``).
 """
@@ -90,6 +96,7 @@ class RelayLimits:
     engine_connect_timeout_seconds: float
     send_timeout_seconds: float
     activity_interval_seconds: float
+    engine_release_seconds: float = 0.0  # 0: an engine connection is never given up
 
 
 @dataclass
@@ -98,6 +105,10 @@ class _Attempt:
 
     opened_at: float | None = None  # None: never got going (starting, busy, not ready)
     heard: bool = False  # the engine sent a frame on it (a receipt or one for the client)
+
+
+class _Released:
+    """The engine connection was given up while the session was idle."""
 
 
 @dataclass(frozen=True)
@@ -319,6 +330,14 @@ class Relay:
             outcome = await self._attempt(endpoint)
             if isinstance(outcome, Ending):
                 return outcome
+            if isinstance(outcome, _Released):
+                await self._inbox.lost()  # nothing is: the next connection counts from 1
+                await self._inbox.wait_queued()
+                self._watch(quiet=True)  # ``status`` only if the engine is not there at once
+                self._wait_started = loop.time()
+                deadline = self._wait_started + budget
+                backoff.reset()
+                continue
             self.router.report_failure(self.session, endpoint)
             if outcome.opened_at is not None:
                 lost_at = loop.time()
@@ -343,10 +362,11 @@ class Relay:
             self._awaiting_reply = self._inbox.queued_bytes > 0  # the cut reply is answered
             await self._send(notice)
 
-    def _watch(self) -> None:
+    def _watch(self, quiet: bool = False) -> None:
         """A wait for an engine begins: the status feed runs its task until it is over (an
-        idle connected session holds no task for it)."""
-        self._feed.wait_began()
+        idle connected session holds no task for it); ``quiet``: no ``ready`` unless a
+        ``status`` was sent meanwhile."""
+        self._feed.wait_began(quiet)
         if self._feed_task is None:
             self._feed_task = asyncio.create_task(self._feed.run())
 
@@ -405,7 +425,7 @@ class Relay:
             params |= resume_params(self._inbox.latest)
         return params
 
-    async def _attempt(self, endpoint: EngineEndpoint) -> Ending | _Attempt:
+    async def _attempt(self, endpoint: EngineEndpoint) -> Ending | _Attempt | _Released:
         """One connection to the engine, relayed until it ends."""
         attempt = _Attempt()
         try:
@@ -432,22 +452,47 @@ class Relay:
                 log.log(level, "session %s: engine unreachable: %r", self._sid, exc)
             return attempt
 
-    async def _pump(self, upstream: ClientConnection, attempt: _Attempt) -> Ending | _Attempt:
-        """Pump until one side stops; the engine's own close passes through, unless it means
+    async def _pump(
+        self, upstream: ClientConnection, attempt: _Attempt
+    ) -> Ending | _Attempt | _Released:
+        """Pump until one side stops, or the session has been idle for
+        ``engine_release_seconds``; the engine's own close passes through, unless it means
         the engine is gone (``attempt`` is returned then)."""
         metrics = self.metrics
         turns = _Turns(self.session.tutor_id, self._sid) if tracing.enabled() else None
+        loop = asyncio.get_running_loop()
+        release = self.limits.engine_release_seconds
+        quiet_since = loop.time()  # of the last frame either way, or of the last idle check
+
+        async def next_frame() -> tuple[bytes, bool] | None:
+            """The next frame for the engine; None once the connection may be given up."""
+            nonlocal quiet_since
+            while release > 0:
+                try:
+                    async with asyncio.timeout_at(quiet_since + release):
+                        return await self._inbox.get()
+                except TimeoutError:  # the frame, if one just came, is still queued
+                    if loop.time() < quiet_since + release:
+                        continue  # the engine sent something meanwhile
+                    if self._releasable():
+                        return None
+                    quiet_since = loop.time()  # a reply or an audio stream: look again later
+            return await self._inbox.get()
 
         async def to_engine() -> None:
-            while True:
-                data, text = await self._inbox.get()
+            nonlocal quiet_since
+            while (frame := await next_frame()) is not None:
+                data, text = frame
+                quiet_since = loop.time()
                 if turns is not None:  # the engine makes its turn a child of this one
                     await upstream.send(turns.begin(data, text))
                 await upstream.send(data, text=text)
                 metrics.relayed(CLIENT_TO_ENGINE, len(data))
 
         async def to_client() -> None:
+            nonlocal quiet_since
             async for frame in upstream:
+                quiet_since = loop.time()
                 attempt.heard = True
                 receipt = parse_receipt(frame)
                 if receipt is not None:
@@ -472,9 +517,21 @@ class Relay:
             if exc is not None and not isinstance(exc, ConnectionClosed):
                 raise exc
         close = upstream.protocol.close_rcvd
-        if close is None or close.code in ENGINE_GONE_CODES:
-            return attempt
-        return Ending(close.code, close.reason)
+        if close is not None and close.code not in ENGINE_GONE_CODES:
+            return Ending(close.code, close.reason)
+        if forward.done() and not forward.cancelled() and forward.exception() is None:
+            metrics.engine_releases.inc()
+            log.debug("session %s: idle for %.0fs; engine connection given up", self._sid, release)
+            return _Released()
+        return attempt
+
+    def _releasable(self) -> bool:
+        """Whether the engine connection may be given up, losing nothing: every frame is
+        settled, and either none was sent on it or its engine reported the state the next
+        connection is opened with (receipts), with no audio stream open."""
+        sent, latest = self._inbox.sent, self._inbox.sent.latest
+        known = sent.untouched or (latest is not None and not latest.held)
+        return known and self._inbox.settled
 
 
 class _Turns:

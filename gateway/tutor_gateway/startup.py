@@ -229,13 +229,16 @@ class StatusFeed:
         self.poll = poll
         self._clock = clock
         self._waiting_since: float | None = clock()  # a new connection waits for its engine
+        self._quiet = False  # this wait ends without ``ready`` unless a ``status`` was sent
         self._last: tuple[str, str, str] | None = None
         self._last_sent = 0.0
         self._wake = asyncio.Event()
 
-    def wait_began(self) -> None:
-        """The connection waits for an engine from now on."""
+    def wait_began(self, quiet: bool = False) -> None:
+        """The connection waits for an engine from now on; ``quiet``: its end is announced
+        (``ready``) only if a ``status`` was sent meanwhile (an idle session reconnecting)."""
         self._waiting_since = self._clock()
+        self._quiet = quiet
         self._last = None
         self._wake.set()
 
@@ -251,7 +254,7 @@ class StatusFeed:
     async def connected(self) -> None:
         """Frames are relayed to an engine: a waiting, opted-in client hears ``ready``."""
         since, self._waiting_since = self._waiting_since, None
-        if since is None or not self.enabled:
+        if since is None or not self.enabled or (self._quiet and self._last is None):
             return
         state = self.current()
         reason = state.reason if state and client_state(state.reason) == STATE_READY else None

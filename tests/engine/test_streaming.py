@@ -206,3 +206,14 @@ async def test_bad_audio_in_the_query_gets_an_error_and_wav_audio(
     assert error["type"] == "error" and "'audio_format'" in error["content"]
     assert "replying with WAV audio" in error["content"]
     assert read_wav_comment(base64.b64decode(audio["data"])) == audio["content"]
+
+
+async def test_a_continued_connection_is_not_told_again_about_its_query(
+    mock_engine: RunningServer,
+) -> None:
+    """The gateway's next connection of a session (``reply_base``) repeats the client's query."""
+    url = f"{mock_engine.ws}/ws/pcm6?audio_format=ogg&reply_base=3"
+    async with websockets.connect(url) as ws:
+        await ws.send('{"type": "text", "content": "hi"}')
+        reply = await recv(ws)
+    assert reply["type"] == "text" and "heard: hi." in reply["content"]

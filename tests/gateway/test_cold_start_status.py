@@ -157,6 +157,30 @@ async def test_the_feed_sends_on_change_and_says_ready_once_connected() -> None:
     assert all(set(f) == STATUS_KEYS and f["type"] == "status" for f in sent)
 
 
+async def test_a_quiet_wait_says_ready_only_after_a_status() -> None:
+    """An idle session reconnecting to its engine (``wait_began(quiet=True)``)."""
+    sent: list[dict[str, Any]] = []
+    state = [EngineState(ACTIVE, ASSIGNED, "pinned to pod p")]
+    now = [100.0]
+
+    async def send(frame: dict[str, Any]) -> None:
+        sent.append(frame)
+
+    feed = StatusFeed(send, lambda: state[0], enabled=True, clock=lambda: now[0])
+    await feed.connected()
+    assert [f["state"] for f in sent] == ["ready"], "the first connection's"
+    feed.wait_began(quiet=True)
+    await feed.tick()  # the engine is there: nothing to show yet
+    await feed.connected()
+    assert len(sent) == 1, "a quick reconnect is not announced"
+    feed.wait_began(quiet=True)
+    state[0] = EngineState(PENDING, LOADING, "pod p: engine is loading its models")
+    await feed.tick()
+    state[0] = EngineState(ACTIVE, ASSIGNED, "pinned to pod p")
+    await feed.connected()
+    assert [f["state"] for f in sent] == ["ready", "loading", "ready"]
+
+
 # --- real servers ------------------------------------------------------------------------------
 
 

@@ -180,6 +180,8 @@ async def test_a_settled_loss_resumes_exactly_where_the_connection_left_off() ->
         "audio_format": "pcm16",
         "sample_rate": "24000",
     }
+    back_to_wav = {"stream": "1", "audio_format": "wav", "reply_base": "0"}
+    assert resume_params(Receipt(1, False, True)) == back_to_wav, "over the client's own query"
     await inbox.put(b"next", True)
     await inbox.get()  # the next connection dies before its first receipt
     await inbox.lost()
@@ -294,14 +296,16 @@ def text(content: str) -> str:
 
 class FakeEngine:
     """An engine on 127.0.0.1: answers ``text`` with ``echo: <content>`` (streaming: a delta
-    and a final ``text``), applies ``options``, and starts but never finishes ``hang``. With
-    ``receipts`` it numbers each connection's frames and sends ``started``/``done``."""
+    and a final ``text``), applies ``options``, opens an audio stream on ``audio_start``, and
+    starts but never finishes ``hang``. With ``receipts`` it numbers each connection's frames
+    and sends ``started``/``done``. ``ended`` holds each finished connection's close code."""
 
     def __init__(self, receipts: bool = True) -> None:
         self.receipts = receipts
         self.received: list[str] = []  # every frame it got, over all connections
         self.requests: list[tuple[str, Headers]] = []  # (path, headers) per connection
         self.connections: list[ServerConnection] = []
+        self.ended: list[int | None] = []
         self.hanging = asyncio.Event()
         self._changed = asyncio.Condition()
 
@@ -311,6 +315,10 @@ class FakeEngine:
             port = next(iter(server.sockets)).getsockname()[1]
             self.endpoint = EngineEndpoint(f"http://127.0.0.1:{port}", KEY)
             yield self
+
+    async def wait_ended(self, count: int) -> None:
+        async with self._changed:
+            await self._changed.wait_for(lambda: len(self.ended) >= count)
 
     async def wait_received(self, count: int) -> None:
         async with self._changed:
@@ -344,19 +352,28 @@ class FakeEngine:
             pass
         finally:
             worker.cancel()
+            async with self._changed:
+                self.ended.append(ws.close_code)
+                self._changed.notify_all()
 
     async def _work(
         self, ws: ServerConnection, queue: asyncio.Queue[tuple[int, dict[str, Any]]], stream: bool
     ) -> None:
+        held = False
+
         async def receipt(seq: int, begun: bool) -> None:
             if self.receipts:
-                await ws.send(receipt_frame(seq, started=begun, stream=stream))
+                await ws.send(receipt_frame(seq, started=begun, stream=stream, held=held))
 
         while True:
             seq, message = await queue.get()
             if message["type"] == "options":
                 stream = message["stream"]
                 await ws.send(json.dumps({"type": "options", "stream": stream}))
+                await receipt(seq, False)
+                continue
+            if message["type"] == "audio_start":
+                held = True
                 await receipt(seq, False)
                 continue
             await receipt(seq, True)
@@ -396,7 +413,9 @@ async def _nothing() -> None:
 
 
 @contextlib.asynccontextmanager
-async def relay_to(router: ListRouter, wait_seconds: float = 30.0) -> AsyncIterator[Any]:
+async def relay_to(
+    router: ListRouter, wait_seconds: float = 30.0, release_seconds: float = 0.0
+) -> AsyncIterator[Any]:
     """A gateway-like server relaying ``/ws`` to the router's engines; yields (url, metrics)."""
     metrics = GatewayMetrics()
     limits = RelayLimits(
@@ -406,6 +425,7 @@ async def relay_to(router: ListRouter, wait_seconds: float = 30.0) -> AsyncItera
         engine_connect_timeout_seconds=10,
         send_timeout_seconds=30,
         activity_interval_seconds=1,
+        engine_release_seconds=release_seconds,
     )
     app = FastAPI()
 

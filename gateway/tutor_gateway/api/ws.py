@@ -100,6 +100,7 @@ async def conversation(websocket: WebSocket) -> None:
         engine_connect_timeout_seconds=settings.engine_connect_timeout_seconds,
         send_timeout_seconds=settings.client_send_timeout_seconds,
         activity_interval_seconds=min(1.0, settings.session_timeout_seconds / 8),
+        engine_release_seconds=settings.engine_idle_release_seconds,
     )
     relay = Relay(
         websocket,
