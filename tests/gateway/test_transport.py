@@ -7,7 +7,9 @@ send what a well-behaved client library refuses to (invalid UTF-8, oversize head
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import gc
 import json
 import logging
 import socket
@@ -19,12 +21,18 @@ import httpx
 import pytest
 from pydantic import ValidationError
 from tutor_gateway.config import GatewaySettings
-from tutor_gateway.server import GatewayHttpProtocol, GatewayWebSocketProtocol, uvicorn_options
+from tutor_gateway.server import (
+    EventQueue,
+    GatewayHttpProtocol,
+    GatewayWebSocketProtocol,
+    uvicorn_options,
+)
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.client import ClientProtocol
 from websockets.exceptions import ConnectionClosed
 from websockets.frames import Close
 from websockets.http11 import Response
+from websockets.protocol import Protocol
 from websockets.sync.client import connect
 from websockets.uri import parse_uri
 
@@ -223,6 +231,42 @@ def test_deflate_can_be_turned_off(transport: Factory) -> None:
         assert not ws.protocol.extensions
         ws.send("plain")
         assert json.loads(ws.recv(timeout=30)) == {"text": 5, "encodes": True}
+
+
+@pytest.mark.parametrize("deflate", [True, False], ids=["deflate", "plain"])
+def test_an_open_connection_holds_no_upgrade_request_and_parses_every_frame(
+    transport: Factory, deflate: bool
+) -> None:
+    """What an idle connection keeps: websockets' frame parser alone (not the handshake's,
+    whose local holds the request's headers) and the light ``EventQueue``."""
+    server = transport(ws_per_message_deflate=deflate)
+    with connect(f"{server.ws}/ws", compression="deflate" if deflate else None) as ws:
+        for size in (5, 70_000, 1):  # one over the 64 KiB a read may bring
+            ws.send("x" * size)
+            assert json.loads(ws.recv(timeout=30)) == {"text": size, "encodes": True}
+        (protocol,) = [
+            o
+            for o in gc.get_objects()
+            if type(o) is GatewayWebSocketProtocol and not o.disconnected
+        ]
+        assert protocol.conn.parser.gi_code is Protocol.parse.__code__
+        assert isinstance(protocol.queue, EventQueue)
+        assert bool(protocol.conn.extensions) is deflate
+
+
+async def test_the_event_queue_hands_events_over_in_order_to_one_reader() -> None:
+    queue = EventQueue()
+    queue.put_nowait(1)
+    reader = asyncio.create_task(queue.get())
+    assert await reader == 1 and queue.empty()
+    waiting = asyncio.create_task(queue.get())
+    await asyncio.sleep(0)
+    with pytest.raises(RuntimeError, match="already awaited"):
+        await queue.get()
+    queue.put_nowait(2)
+    queue.put_nowait(3)
+    assert await waiting == 2 and not queue.empty()
+    assert await queue.get() == 3
 
 
 # Oversize request heads, WebSocket upgrades and plain HTTP alike.
