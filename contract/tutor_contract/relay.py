@@ -7,7 +7,12 @@ client's own messages, small text frames that begin with ``RECEIPT_PREFIX``:
 - ``{"type":"tutor.relay","started":k,"stream":s}`` when the turn for frame ``k`` begins (its
   reply may be under way from here on);
 - ``{"type":"tutor.relay","done":k,"stream":s}`` once frame ``k`` is settled: answered,
-  rejected with an ``error``, interrupted, or discarded.
+  rejected with an ``error``, interrupted, or discarded;
+- ``{"type":"tutor.relay","done":0,"stream":s}`` first, as soon as the connection is open, if
+  the gateway also sent ``RELAY_HELLO_HEADER: 1`` (older gateways do not read it): from then on
+  the gateway knows that the engine receipts its frames, so a frame it never saw ``started``
+  was never started, even if the connection ends before its first receipt (an engine that
+  began to drain just then).
 
 ``stream`` is the connection's streaming mode after that frame; the optional ``pcm16`` (the
 sample rate of raw PCM16 reply audio, absent for WAV), ``reply`` (the last ``reply_id`` given
@@ -28,17 +33,20 @@ from dataclasses import dataclass
 from typing import Any, TypeGuard
 
 RELAY_HEADER = "X-Tutor-Relay"
+RELAY_HELLO_HEADER = "X-Tutor-Relay-Hello"
 RECEIPT_TYPE = "tutor.relay"
 RECEIPT_PREFIX = '{"type":"tutor.relay",'
 # Receipts are tiny; anything longer that starts like one is a client-visible frame.
 MAX_RECEIPT_CHARS = 160
+# The largest reply id a receipt reports, and an engine connection may be asked to go on from.
+MAX_REPLY_ID = 2**31 - 1
 
 
 @dataclass(frozen=True)
 class Receipt:
-    """One receipt: frame ``seq`` has ``started`` (else: is done); the connection's state after
-    it: ``stream`` mode, ``pcm16`` reply audio rate (None: WAV), last ``reply`` id given (0:
-    none), and whether it ``held`` an open audio stream."""
+    """One receipt: frame ``seq`` has ``started`` (else: is done; 0: the connection is open);
+    the connection's state after it: ``stream`` mode, ``pcm16`` reply audio rate (None: WAV),
+    last ``reply`` id given (0: none), and whether it ``held`` an open audio stream."""
 
     seq: int
     started: bool
@@ -82,7 +90,7 @@ def parse_receipt(frame: str | bytes) -> Receipt | None:
         return None
     started = "started" in body
     seq = body.get("started" if started else "done")
-    if not _count(seq) or seq < 1:
+    if not _count(seq) or (started and seq < 1):
         return None
     pcm16, reply = body.get("pcm16"), body.get("reply", 0)
     return Receipt(
@@ -90,7 +98,7 @@ def parse_receipt(frame: str | bytes) -> Receipt | None:
         started,
         body.get("stream") is True,
         pcm16=pcm16 if _count(pcm16) and pcm16 > 0 else None,
-        reply=reply if _count(reply) else 0,
+        reply=reply if _count(reply) and reply <= MAX_REPLY_ID else 0,
         held=body.get("held") is True,
     )
 

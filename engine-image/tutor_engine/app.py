@@ -24,7 +24,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BeforeValidator
 from starlette.websockets import WebSocketDisconnected
 from tutor_contract import logs, tracing
-from tutor_contract.relay import RELAY_HEADER
+from tutor_contract.relay import MAX_REPLY_ID, RELAY_HEADER, RELAY_HELLO_HEADER
 from tutor_contract.tasks import cancel_and_wait
 
 from .backends import Backend, Backends, build_backends
@@ -44,8 +44,6 @@ CLOSE_UNAUTHORIZED = 4401
 PARSE_THREADS = 2  # large frames parsed at once, engine-wide (each connection parses in order)
 SESSION_ID = Path(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._-]+$")
 # ?stream=1: on for 1, true, yes, on (any case), off for anything else, never an error.
-# The gateway continues a connection's reply ids on the next one (tutor_contract.relay).
-MAX_REPLY_BASE = 2**31 - 1
 OPT_IN = BeforeValidator(lambda value: str(value).lower() in ("1", "true", "yes", "on"))
 
 
@@ -265,7 +263,7 @@ def create_app(
         stream: Annotated[bool, Query(), OPT_IN] = False,
         audio_format: str | None = None,
         sample_rate: str | None = None,
-        reply_base: Annotated[int | None, Query(ge=0, le=MAX_REPLY_BASE)] = None,
+        reply_base: Annotated[int | None, Query(ge=0, le=MAX_REPLY_ID)] = None,
     ) -> None:
         # Every line logged for this connection (its turns included) names the session; the
         # connection's task, and with it the binding, ends with the connection.
@@ -299,9 +297,10 @@ def create_app(
                 if not continued:
                     await websocket.send_json(error_message(f"{exc}; answering without it"))
         relay = websocket.headers.get(RELAY_HEADER) == "1"
+        hello = relay and websocket.headers.get(RELAY_HELLO_HEADER) == "1"
         state.metrics.connections.inc()
         try:
-            await Connection(websocket, conv, state, relay=relay).serve()
+            await Connection(websocket, conv, state, relay=relay, hello=hello).serve()
         except (WebSocketDisconnect, WebSocketDisconnected):
             pass  # the client left while we were sending
         finally:

@@ -18,7 +18,8 @@ Receipts: a connection opened with ``RELAY_HEADER: 1`` (the gateway) numbers the
 receives from 1 and sends ``receipt_frame(k, started=True)`` when frame k's turn begins and
 ``receipt_frame(k, started=False)`` once frame k is settled (answered, rejected, interrupted,
 discarded, or its turn cancelled), after the last message of its reply. Options and rejected
-frames get only the latter.
+frames get only the latter. With ``RELAY_HELLO_HEADER: 1`` as well, ``receipt_frame(0,
+started=False)`` comes first, as soon as the connection is open.
 
 Draining (SIGTERM): no queued message starts any more; ``restart`` lets the turn in flight
 finish (until a deadline, then cancels it), and closes the socket with 1012. Frames that
@@ -173,12 +174,18 @@ class Connection:
     """Serves one accepted WebSocket until the client disconnects (or the engine drains)."""
 
     def __init__(
-        self, websocket: WebSocket, conv: Conversation, state: EngineState, relay: bool = False
+        self,
+        websocket: WebSocket,
+        conv: Conversation,
+        state: EngineState,
+        relay: bool = False,
+        hello: bool = False,
     ) -> None:
         self.websocket = websocket
         self.conv = conv
         self.state = state
         self.relay = relay  # send receipts (the gateway asked with RELAY_HEADER)
+        self.hello = hello  # and receipt 0 at once (RELAY_HELLO_HEADER)
         self.entry: SessionEntry | None = None
         self._queue: deque[_Item] = deque()
         self._wakeup = asyncio.Event()
@@ -222,6 +229,8 @@ class Connection:
         self.entry = self.state.sessions.join(self)
         worker = asyncio.create_task(self._work())
         try:
+            if self.hello:
+                await self._receipt(0, started=False)
             if self.state.draining:  # accepted just as the drain began
                 await self.restart(asyncio.get_running_loop().time())
             seq = 0

@@ -12,7 +12,7 @@ import asyncio
 from collections import deque
 from dataclasses import dataclass, field, replace
 
-from tutor_contract.relay import Receipt
+from tutor_contract.relay import MAX_REPLY_ID, Receipt
 
 # Frames held for an engine that has sent no receipt yet; older ones are forgotten.
 MAX_UNRECEIPTED_FRAMES = 256
@@ -87,7 +87,7 @@ class SentFrames:
         self.latest = receipt
         frame = self._frames.get(receipt.seq)
         if frame is None:
-            if not receipt.started and receipt.seq <= self._forgotten_upto:
+            if not receipt.started and 0 < receipt.seq <= self._forgotten_upto:
                 self._forgotten = max(0, self._forgotten - 1)
         elif receipt.started:
             frame.started, frame.stream = True, receipt.stream
@@ -198,7 +198,7 @@ class FrameInbox:
             loss = self.sent.lost()
             self.sent = SentFrames()
             if loss.in_flight and self.latest is not None:  # its reply may have taken an id
-                self.latest = replace(self.latest, reply=self.latest.reply + 1)
+                self.latest = replace(self.latest, reply=min(self.latest.reply + 1, MAX_REPLY_ID))
             self._frames.extendleft(reversed(loss.replay))
             self._bytes += sum(len(data) for data, _ in loss.replay)
             self._changed.notify_all()

@@ -42,7 +42,13 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 from tenacity import wait_exponential
 from tutor_contract import tracing
 from tutor_contract.crd import ENGINE_KEY_HEADER
-from tutor_contract.relay import RELAY_HEADER, parse_receipt, resume_params, trace_frame
+from tutor_contract.relay import (
+    RELAY_HEADER,
+    RELAY_HELLO_HEADER,
+    parse_receipt,
+    resume_params,
+    trace_frame,
+)
 from tutor_contract.tasks import cancel_and_wait
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
@@ -331,7 +337,7 @@ class Relay:
             if isinstance(outcome, Ending):
                 return outcome
             if isinstance(outcome, _Released):
-                await self._inbox.lost()  # nothing is: the next connection counts from 1
+                await self._inbox.lost()  # all was settled; the next counts frames from 1
                 await self._inbox.wait_queued()
                 self._watch(quiet=True)  # ``status`` only if the engine is not there at once
                 self._wait_started = loop.time()
@@ -431,7 +437,11 @@ class Relay:
         try:
             async with connect(
                 endpoint.websocket_url(self.session, self._engine_params()),
-                additional_headers={ENGINE_KEY_HEADER: endpoint.api_key, RELAY_HEADER: "1"},
+                additional_headers={
+                    ENGINE_KEY_HEADER: endpoint.api_key,
+                    RELAY_HEADER: "1",
+                    RELAY_HELLO_HEADER: "1",
+                },
                 max_size=None,
                 compression=None,  # loopback / in-cluster: deflate only costs memory and CPU
                 open_timeout=self.limits.engine_connect_timeout_seconds,

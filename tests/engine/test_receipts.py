@@ -10,7 +10,13 @@ from typing import Any
 import httpx
 import pytest
 import websockets
-from tutor_contract.relay import RECEIPT_PREFIX, RELAY_HEADER, Receipt, parse_receipt
+from tutor_contract.relay import (
+    RECEIPT_PREFIX,
+    RELAY_HEADER,
+    RELAY_HELLO_HEADER,
+    Receipt,
+    parse_receipt,
+)
 from tutor_engine.backends import Backends
 from tutor_engine.backends.mock import MockASR, MockLLM, MockTTS
 
@@ -68,6 +74,16 @@ async def test_text_turns_are_started_then_done_after_their_reply(
         assert await read_until(ws, "done 2") == [
             "started 1", "text", "done 1", "started 2", "text", "done 2",
         ]  # fmt: skip
+
+
+async def test_a_gateway_that_asks_gets_receipt_zero_as_soon_as_the_connection_is_open(
+    mock_engine: RunningServer,
+) -> None:
+    headers = {**RELAY, RELAY_HELLO_HEADER: "1"}
+    async with websockets.connect(f"{mock_engine.ws}/ws/r0", additional_headers=headers) as ws:
+        assert await read_until(ws, "done 0") == ["done 0"]
+        await ws.send(TEXT.format("one"))
+        assert await read_until(ws, "done 1") == ["started 1", "text", "done 1"]
 
 
 async def test_rejected_frames_and_options_get_only_done(mock_engine: RunningServer) -> None:

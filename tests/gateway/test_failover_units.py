@@ -16,7 +16,13 @@ import pytest
 from fastapi import FastAPI, WebSocket
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 from tutor_contract.crd import ACTIVE, ENGINE_KEY_HEADER, PENDING, READY_ENDPOINTS
-from tutor_contract.relay import RELAY_HEADER, Receipt, receipt_frame, resume_params
+from tutor_contract.relay import (
+    RELAY_HEADER,
+    RELAY_HELLO_HEADER,
+    Receipt,
+    receipt_frame,
+    resume_params,
+)
 from tutor_gateway.config import GatewaySettings
 from tutor_gateway.engines import EngineEndpoint
 from tutor_gateway.inbox import MAX_UNRECEIPTED_FRAMES, FrameInbox, Loss, SentFrames
@@ -180,8 +186,6 @@ async def test_a_settled_loss_resumes_exactly_where_the_connection_left_off() ->
         "audio_format": "pcm16",
         "sample_rate": "24000",
     }
-    back_to_wav = {"stream": "1", "audio_format": "wav", "reply_base": "0"}
-    assert resume_params(Receipt(1, False, True)) == back_to_wav, "over the client's own query"
     await inbox.put(b"next", True)
     await inbox.get()  # the next connection dies before its first receipt
     await inbox.lost()
@@ -298,10 +302,13 @@ class FakeEngine:
     """An engine on 127.0.0.1: answers ``text`` with ``echo: <content>`` (streaming: a delta
     and a final ``text``), applies ``options``, opens an audio stream on ``audio_start``, and
     starts but never finishes ``hang``. With ``receipts`` it numbers each connection's frames
-    and sends ``started``/``done``. ``ended`` holds each finished connection's close code."""
+    and sends ``started``/``done`` (and ``done 0`` at once when asked). ``ended`` holds each
+    finished connection's close code. With ``drain_on_frame`` it closes 1012 as soon as a frame
+    arrives, before any receipt for it (an engine whose drain began just then)."""
 
-    def __init__(self, receipts: bool = True) -> None:
+    def __init__(self, receipts: bool = True, drain_on_frame: bool = False) -> None:
         self.receipts = receipts
+        self.drain_on_frame = drain_on_frame
         self.received: list[str] = []  # every frame it got, over all connections
         self.requests: list[tuple[str, Headers]] = []  # (path, headers) per connection
         self.connections: list[ServerConnection] = []
@@ -339,6 +346,8 @@ class FakeEngine:
         query = parse_qs(urlsplit(ws.request.path).query)
         stream = query.get("stream") == ["1"]
         queue: asyncio.Queue[tuple[int, dict[str, Any]]] = asyncio.Queue()
+        if self.receipts and ws.request.headers.get(RELAY_HELLO_HEADER) == "1":
+            await ws.send(receipt_frame(0, started=False, stream=stream))
         worker = asyncio.create_task(self._work(ws, queue, stream))
         try:
             seq = 0
@@ -347,6 +356,9 @@ class FakeEngine:
                 async with self._changed:
                     self.received.append(str(frame))
                     self._changed.notify_all()
+                if self.drain_on_frame:
+                    await ws.close(1012)
+                    break
                 queue.put_nowait((seq, json.loads(frame)))
         except ConnectionClosed:
             pass
@@ -478,6 +490,18 @@ async def test_a_lost_engine_cuts_the_reply_in_flight_and_replays_what_never_sta
         assert headers[RELAY_HEADER] == "1" and headers[ENGINE_KEY_HEADER] == KEY
         assert failovers(metrics, "resumed") == 1
         assert waits(metrics, "ready") == 2  # at the start, and the failover's
+
+
+async def test_a_frame_an_engine_drained_before_receipting_goes_to_the_next_engine() -> None:
+    """Receipt 0 (the hello) says the engine receipts frames: one it never saw started, on a
+    connection that ended before its first receipt, was never started and is sent again."""
+    draining, second = FakeEngine(drain_on_frame=True), FakeEngine()
+    async with draining.running(), second.running():
+        async with relay_to(ListRouter(draining, second)) as (url, metrics), connect(url) as client:
+            await client.send(text("one"))
+            assert await recv(client) == {"type": "text", "content": "echo: one"}, "no error"
+        assert draining.received == second.received == [text("one")]
+        assert failovers(metrics, "resumed") == 1
 
 
 async def test_a_streaming_reply_in_flight_ends_interrupted_and_streaming_goes_on() -> None:
