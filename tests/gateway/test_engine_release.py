@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
+from collections.abc import AsyncIterator
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from tutor_engine.backends.mock import make_wav
 from tutor_gateway.metrics import GatewayMetrics
-from websockets.asyncio.client import connect
+from websockets.asyncio.client import ClientConnection, connect
 
 from tests.abuse.conftest import (
     GatewayStarter,
@@ -46,44 +48,48 @@ def query(engine: FakeEngine, connection: int) -> dict[str, list[str]]:
     return parse_qs(urlsplit(engine.requests[connection][0]).query)
 
 
+@contextlib.asynccontextmanager
+async def relayed(
+    engine: FakeEngine, query: str = "", release: float = RELEASE
+) -> AsyncIterator[tuple[ClientConnection, GatewayMetrics]]:
+    """A client relayed to ``engine`` by a relay that gives idle connections up after
+    ``release`` seconds; yields (client, the relay's metrics)."""
+    async with (
+        engine.running(),
+        relay_to(ListRouter(engine), release_seconds=release) as (url, metrics),
+        connect(url + query) as client,
+    ):
+        yield client, metrics
+
+
 async def test_an_idle_session_gives_its_engine_connection_up_and_its_next_message_reopens_it() -> (
     None
 ):
     engine = FakeEngine()
-    async with engine.running():
-        router = ListRouter(engine)
-        async with relay_to(router, release_seconds=RELEASE) as (url, metrics):
-            async with connect(f"{url}?events=0") as client:
-                await client.send(json.dumps({"type": "options", "stream": True}))
-                assert (await recv(client))["type"] == "options"
-                await client.send(text("one"))
-                assert (await recv(client))["type"] == "text_delta"
-                assert (await recv(client))["content"] == "echo: one"
-                await engine.wait_ended(1)
-                assert engine.ended == [1000], "a normal close, from the gateway"
-                assert releases(metrics) == 1
-                await client.send(text("two"))
-                assert (await recv(client))["type"] == "text_delta"
-                assert (await recv(client))["content"] == "echo: two"
-                assert len(engine.connections) == 2
-                assert query(engine, 1)["stream"] == ["1"], "opened where the last left off"
-                assert query(engine, 1)["events"] == ["0"], "with the client's own query"
-                assert engine.received[-1] == text("two")
+    async with relayed(engine, "?events=0") as (client, metrics):
+        await client.send(json.dumps({"type": "options", "stream": True}))
+        assert (await recv(client))["type"] == "options"
+        await client.send(text("one"))
+        assert (await recv(client))["type"] == "text_delta"
+        assert (await recv(client))["content"] == "echo: one"
+        await engine.wait_ended(1)
+        assert engine.ended == [1000], "a normal close, from the gateway"
+        assert releases(metrics) == 1
+        await client.send(text("two"))
+        assert (await recv(client))["type"] == "text_delta"
+        assert (await recv(client))["content"] == "echo: two"
+        assert len(engine.connections) == 2
+        assert query(engine, 1)["stream"] == ["1"], "opened where the last left off"
+        assert query(engine, 1)["events"] == ["0"], "with the client's own query"
+        assert engine.received[-1] == text("two")
 
 
 async def test_a_connection_that_never_sent_a_frame_is_given_up_too() -> None:
     engine = FakeEngine(receipts=False)  # an older engine: nothing to know about it
-    async with (
-        engine.running(),
-        relay_to(ListRouter(engine), release_seconds=RELEASE) as (
-            url,
-            metrics,
-        ),
-    ):
-        async with connect(url) as client:
-            await engine.wait_ended(1)
-            await client.send(text("late"))
-            assert await recv(client) == {"type": "text", "content": "echo: late"}
+    async with relayed(engine) as (client, metrics):
+        await engine.wait_ended(1)
+        await client.send(text("late"))
+        assert await recv(client) == {"type": "text", "content": "echo: late"}
         assert releases(metrics) == 1 and len(engine.connections) == 2
 
 
@@ -100,42 +106,29 @@ async def test_an_engine_connection_that_holds_something_is_kept(
     frame: str, receipts: bool
 ) -> None:
     engine = FakeEngine(receipts=receipts)
-    async with (
-        engine.running(),
-        relay_to(ListRouter(engine), release_seconds=RELEASE) as (
-            url,
-            metrics,
-        ),
-    ):
-        async with connect(url) as client:
-            await client.send(frame)
-            await engine.wait_received(1)
-            await asyncio.sleep(QUIET)
-            assert engine.ended == [] and releases(metrics) == 0
-            await client.send(text("still there?"))
-            await engine.wait_received(2)
+    async with relayed(engine) as (client, metrics):
+        await client.send(frame)
+        await engine.wait_received(1)
+        await asyncio.sleep(QUIET)
+        assert engine.ended == [] and releases(metrics) == 0
+        await client.send(text("still there?"))
+        await engine.wait_received(2)
         assert len(engine.connections) == 1
 
 
 async def test_engine_frames_keep_a_connection_busy() -> None:
-    """Frames the engine sends count as activity, as the client's do."""
+    """Frames the engine sends count as activity, as the client's do: a frame every 0.1 s for
+    3 s keeps a connection whose release time is 2 s (only a stall of 1.9 s could fail it)."""
     engine = FakeEngine()
-    async with (
-        engine.running(),
-        relay_to(ListRouter(engine), release_seconds=RELEASE) as (
-            url,
-            metrics,
-        ),
-    ):
-        async with connect(url) as client:
-            await client.send(text("one"))
-            assert (await recv(client))["content"] == "echo: one"
-            for _ in range(5):  # every half release time, a frame from the engine
-                await engine.connections[0].send(json.dumps({"type": "status"}))
-                assert (await recv(client))["type"] == "status"
-                await asyncio.sleep(RELEASE / 2)
-            assert engine.ended == [] and releases(metrics) == 0
-            await engine.wait_ended(1)  # once they stop
+    async with relayed(engine, release=2.0) as (client, metrics):
+        await client.send(text("one"))
+        assert (await recv(client))["content"] == "echo: one"
+        for _ in range(30):
+            await asyncio.sleep(0.1)
+            await engine.connections[0].send(json.dumps({"type": "status"}))
+            assert (await recv(client))["type"] == "status"
+        assert engine.ended == [] and releases(metrics) == 0
+        await engine.wait_ended(1)  # once they stop
 
 
 def test_a_real_engine_continues_the_connection_it_gave_up(
