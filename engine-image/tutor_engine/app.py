@@ -178,6 +178,25 @@ async def _purge_history(state: EngineState) -> None:
                 log.info("purged %d expired history entries", purged)
 
 
+def _apply_query(
+    conv: Conversation, kb_id: str | None, audio_format: str | None, sample_rate: str | None
+) -> list[str]:
+    """Set up a connection's conversation from its query; what could not be used, in words."""
+    problems = []
+    try:
+        fmt, rate = query_audio(audio_format, sample_rate)
+    except ProtocolError as exc:
+        problems.append(f"{exc}; replying with WAV audio")
+    else:
+        conv.audio_format, conv.sample_rate = fmt or conv.audio_format, rate or conv.sample_rate
+    if kb_id:
+        try:
+            conv.kb_id = check_kb_id(kb_id)
+        except KnowledgeError as exc:
+            problems.append(f"{exc}; answering without it")
+    return problems
+
+
 def create_app(
     settings: EngineSettings | None = None,
     backends: Backends | None = None,
@@ -279,23 +298,13 @@ def create_app(
             await websocket.send_json(error_message("Invalid engine key"))
             await websocket.close(CLOSE_UNAUTHORIZED, "invalid engine key")
             return
-        # A connection the gateway opens to continue another (reply_base) is not told again
-        # what the first one was told about its query.
-        continued = reply_base is not None
         conv = Conversation(session_id, stream=stream, replies=reply_base or 0)
-        try:
-            fmt, rate = query_audio(audio_format, sample_rate)
-        except ProtocolError as exc:
-            if not continued:
-                await websocket.send_json(error_message(f"{exc}; replying with WAV audio"))
-        else:
-            conv.audio_format, conv.sample_rate = fmt or conv.audio_format, rate or conv.sample_rate
-        if kb_id := websocket.query_params.get("kb_id"):
-            try:
-                conv.kb_id = check_kb_id(kb_id)
-            except KnowledgeError as exc:
-                if not continued:
-                    await websocket.send_json(error_message(f"{exc}; answering without it"))
+        problems = _apply_query(
+            conv, websocket.query_params.get("kb_id"), audio_format, sample_rate
+        )
+        if reply_base is None:  # else the gateway continues a connection already told
+            for problem in problems:
+                await websocket.send_json(error_message(problem))
         relay = websocket.headers.get(RELAY_HEADER) == "1"
         hello = relay and websocket.headers.get(RELAY_HELLO_HEADER) == "1"
         state.metrics.connections.inc()
