@@ -140,7 +140,7 @@ class FrameInbox:
         self._frames: deque[tuple[bytes, bool]] = deque()
         self._bytes = 0  # of the queued frames
         self.sent = SentFrames()
-        self.latest: Receipt | None = None  # the last connection state an engine reported
+        self.latest: Receipt | None = None  # the state the next engine connection opens in
         self._changed = asyncio.Condition()
 
     @property
@@ -149,9 +149,13 @@ class FrameInbox:
         return self._bytes + self.sent.bytes
 
     @property
-    def settled(self) -> bool:
-        """Nothing is queued, and every frame sent is settled."""
-        return not self._frames and not self.sent
+    def releasable(self) -> bool:
+        """Whether the engine connection may be given up, losing nothing: nothing is queued,
+        every frame sent is settled, and either none was sent or the engine reported the state
+        the next connection is opened in (receipts), with no audio stream open."""
+        latest = self.sent.latest
+        known = self.sent.untouched or (latest is not None and not latest.held)
+        return known and not self._frames and not self.sent
 
     def _fits(self, size: int) -> bool:
         if not self._frames and not self.sent.bytes:
@@ -187,18 +191,19 @@ class FrameInbox:
         """Apply an engine's receipt (a settled frame frees its room)."""
         async with self._changed:
             self.sent.apply(receipt)
-            self.latest = receipt
             self._changed.notify_all()
 
     async def lost(self) -> Loss:
-        """The engine connection is gone: frames it never started go back to the front of the
-        queue, in order; the next connection numbers its frames from 1 again, and gives reply
-        ids after any the cut reply may have had."""
+        """The engine connection is gone (or given up): frames it never started go back to the
+        front of the queue, in order; the next connection numbers its frames from 1 again,
+        opens in the state this one last reported, and gives reply ids after any the cut reply
+        may have had."""
         async with self._changed:
             loss = self.sent.lost()
-            self.sent = SentFrames()
-            if loss.in_flight and self.latest is not None:  # its reply may have taken an id
-                self.latest = replace(self.latest, reply=min(self.latest.reply + 1, MAX_REPLY_ID))
+            latest = self.sent.latest or self.latest  # none reported: as it was opened
+            if loss.in_flight and latest is not None:  # its reply may have taken an id
+                latest = replace(latest, reply=min(latest.reply + 1, MAX_REPLY_ID))
+            self.latest, self.sent = latest, SentFrames()
             self._frames.extendleft(reversed(loss.replay))
             self._bytes += sum(len(data) for data, _ in loss.replay)
             self._changed.notify_all()

@@ -325,8 +325,7 @@ class Relay:
         budget = self.limits.engine_wait_seconds
         deadline = loop.time() + budget
         backoff = Backoff(wait_exponential(multiplier=0.1, max=2.0))
-        self._watch()
-        self._wait_started = loop.time()
+        self._watch(loop.time())
         while True:
             try:
                 async with asyncio.timeout_at(deadline):
@@ -339,9 +338,9 @@ class Relay:
             if isinstance(outcome, _Released):
                 await self._inbox.lost()  # all was settled; the next counts frames from 1
                 await self._inbox.wait_queued()
-                self._watch(quiet=True)  # ``status`` only if the engine is not there at once
-                self._wait_started = loop.time()
-                deadline = self._wait_started + budget
+                reopened = loop.time()
+                self._watch(reopened, quiet=True)  # ``status`` only if the engine is not there
+                deadline = reopened + budget
                 backoff.reset()
                 continue
             self.router.report_failure(self.session, endpoint)
@@ -361,17 +360,17 @@ class Relay:
         """The engine went away while relaying: end the reply in flight, keep the rest."""
         loss = await self._inbox.lost()
         self._failover = _Failover(lost_at, loss)
-        self._watch()
-        self._wait_started = lost_at
+        self._watch(lost_at)
         notice = loss_notice(loss)
         if notice is not None:
             self._awaiting_reply = self._inbox.queued_bytes > 0  # the cut reply is answered
             await self._send(notice)
 
-    def _watch(self, quiet: bool = False) -> None:
-        """A wait for an engine begins: the status feed runs its task until it is over (an
-        idle connected session holds no task for it); ``quiet``: no ``ready`` unless a
-        ``status`` was sent meanwhile."""
+    def _watch(self, since: float, quiet: bool = False) -> None:
+        """A wait for an engine began at ``since`` (loop time; ``engine_wait`` observes it):
+        the status feed runs its task until it is over (an idle connected session holds no
+        task for it); ``quiet``: no ``ready`` unless a ``status`` was sent meanwhile."""
+        self._wait_started = since
         self._feed.wait_began(quiet)
         if self._feed_task is None:
             self._feed_task = asyncio.create_task(self._feed.run())
@@ -484,7 +483,7 @@ class Relay:
                 except TimeoutError:  # the frame, if one just came, is still queued
                     if loop.time() < quiet_since + release:
                         continue  # the engine sent something meanwhile
-                    if self._releasable():
+                    if self._inbox.releasable:
                         return None
                     quiet_since = loop.time()  # a reply or an audio stream: look again later
             return await self._inbox.get()
@@ -530,18 +529,11 @@ class Relay:
         if close is not None and close.code not in ENGINE_GONE_CODES:
             return Ending(close.code, close.reason)
         if forward.done() and not forward.cancelled() and forward.exception() is None:
+            # to_engine returns only to give the connection up
             metrics.engine_releases.inc()
             log.debug("session %s: idle for %.0fs; engine connection given up", self._sid, release)
             return _Released()
         return attempt
-
-    def _releasable(self) -> bool:
-        """Whether the engine connection may be given up, losing nothing: every frame is
-        settled, and either none was sent on it or its engine reported the state the next
-        connection is opened with (receipts), with no audio stream open."""
-        sent, latest = self._inbox.sent, self._inbox.sent.latest
-        known = sent.untouched or (latest is not None and not latest.held)
-        return known and self._inbox.settled
 
 
 class _Turns:

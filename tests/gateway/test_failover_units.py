@@ -194,6 +194,25 @@ async def test_a_settled_loss_resumes_exactly_where_the_connection_left_off() ->
     )
 
 
+async def test_an_engine_connection_may_be_given_up_only_when_nothing_would_be_lost() -> None:
+    inbox = FrameInbox(max_bytes=100)
+    assert inbox.releasable, "nothing sent on it: it is as it was opened"
+    await inbox.put(b"question", True)
+    assert not inbox.releasable, "a frame waits for it"
+    await inbox.get()
+    assert not inbox.releasable, "sent, not settled"
+    await inbox.settle(started(1))
+    assert not inbox.releasable, "its reply is under way"
+    await inbox.settle(done(1))
+    assert inbox.releasable
+    await inbox.settle(Receipt(2, False, False, held=True))
+    assert not inbox.releasable, "an audio stream is open"
+    unreceipted = FrameInbox(max_bytes=100)
+    await unreceipted.put(b"question", True)
+    await unreceipted.get()
+    assert not unreceipted.releasable, "an engine without receipts: its state is not known"
+
+
 # -- what the client is told, and when a failover gets a fresh budget --
 
 
