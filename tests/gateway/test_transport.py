@@ -247,7 +247,9 @@ def test_an_open_connection_holds_no_upgrade_request_and_parses_every_frame(
         (protocol,) = [
             o
             for o in gc.get_objects()
-            if type(o) is GatewayWebSocketProtocol and not o.disconnected
+            if type(o) is GatewayWebSocketProtocol
+            and not o.disconnected
+            and o.server == ("127.0.0.1", server.port)  # this test's, whatever others left
         ]
         assert protocol.conn.parser.gi_code is Protocol.parse.__code__
         assert isinstance(protocol.queue, EventQueue)
