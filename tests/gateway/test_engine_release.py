@@ -4,6 +4,10 @@ against fake engines on 127.0.0.1, with a release time of a fraction of a second
 What must hold: the client's socket stays open and its next message is answered on a new
 engine connection opened where the last left off; a connection with a reply in flight, an
 open audio stream, or an engine that sends no receipts (after a frame) is never given up.
+
+The client and the relay share one event loop on a loaded machine: a stall longer than the
+release time between two client steps may give a connection up early (legitimately: nothing
+was in flight). So the tests count connections where it matters, not assume a stall-free run.
 """
 
 from __future__ import annotations
@@ -72,15 +76,16 @@ async def test_an_idle_session_gives_its_engine_connection_up_and_its_next_messa
         await client.send(text("one"))
         assert (await recv(client))["type"] == "text_delta"
         assert (await recv(client))["content"] == "echo: one"
-        await engine.wait_ended(1)
-        assert engine.ended == [1000], "a normal close, from the gateway"
-        assert releases(metrics) == 1
+        await engine.wait_ended(len(engine.connections))  # idle now: every one is given up
+        assert set(engine.ended) == {1000}, "normal closes, from the gateway"
+        assert releases(metrics) == len(engine.ended) >= 1
+        opened = len(engine.connections)
         await client.send(text("two"))
         assert (await recv(client))["type"] == "text_delta"
         assert (await recv(client))["content"] == "echo: two"
-        assert len(engine.connections) == 2
-        assert query(engine, 1)["stream"] == ["1"], "opened where the last left off"
-        assert query(engine, 1)["events"] == ["0"], "with the client's own query"
+        assert len(engine.connections) == opened + 1, "a new one took it"
+        assert query(engine, -1)["stream"] == ["1"], "opened where the last left off"
+        assert query(engine, -1)["events"] == ["0"], "with the client's own query"
         assert engine.received[-1] == text("two")
 
 
@@ -88,9 +93,10 @@ async def test_a_connection_that_never_sent_a_frame_is_given_up_too() -> None:
     engine = FakeEngine(receipts=False)  # an older engine: nothing to know about it
     async with relayed(engine) as (client, metrics):
         await engine.wait_ended(1)
+        assert releases(metrics) == 1  # the client is silent: nothing opens another yet
         await client.send(text("late"))
         assert await recv(client) == {"type": "text", "content": "echo: late"}
-        assert releases(metrics) == 1 and len(engine.connections) == 2
+        assert len(engine.connections) == 2
 
 
 @pytest.mark.parametrize(
@@ -109,11 +115,12 @@ async def test_an_engine_connection_that_holds_something_is_kept(
     async with relayed(engine) as (client, metrics):
         await client.send(frame)
         await engine.wait_received(1)
+        before = len(engine.ended)  # 0, unless the fresh connection went before the frame came
         await asyncio.sleep(QUIET)
-        assert engine.ended == [] and releases(metrics) == 0
+        assert len(engine.ended) == before and releases(metrics) == before
         await client.send(text("still there?"))
         await engine.wait_received(2)
-        assert len(engine.connections) == 1
+        assert len(engine.connections) == before + 1, "the one holding the frame took it"
 
 
 async def test_engine_frames_keep_a_connection_busy() -> None:
@@ -123,12 +130,13 @@ async def test_engine_frames_keep_a_connection_busy() -> None:
     async with relayed(engine, release=2.0) as (client, metrics):
         await client.send(text("one"))
         assert (await recv(client))["content"] == "echo: one"
+        before = len(engine.ended)  # 0, unless the fresh connection went before "one" came
         for _ in range(30):
             await asyncio.sleep(0.1)
-            await engine.connections[0].send(json.dumps({"type": "status"}))
+            await engine.connections[-1].send(json.dumps({"type": "status"}))
             assert (await recv(client))["type"] == "status"
-        assert engine.ended == [] and releases(metrics) == 0
-        await engine.wait_ended(1)  # once they stop
+        assert len(engine.ended) == before and releases(metrics) == before
+        await engine.wait_ended(before + 1)  # once they stop
 
 
 def test_a_real_engine_continues_the_connection_it_gave_up(
